@@ -1,0 +1,84 @@
+"""pytest wiring: the sweep options, and one engine per (variant, batch size) per session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from densenet_opt.config import OPTIONS, SweepOptions, options_from_mapping
+from densenet_opt.errors import UserError, VariantUnavailable
+from densenet_opt.sweep import Sweep, preflight
+from densenet_opt.variants import Engine
+
+OPTIONS_KEY = pytest.StashKey[SweepOptions]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("densenet-opt", "DenseNet-121 benchmark sweep")
+    for option in OPTIONS:
+        if option.is_flag:
+            group.addoption(option.name, action="store_true", help=option.help)
+        else:
+            group.addoption(option.name, default=option.default, help=f"{option.help} (default: {option.default})")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    raw = {option.dest: config.getoption(option.dest) for option in OPTIONS}
+    try:
+        config.stash[OPTIONS_KEY] = options = options_from_mapping(raw)
+        preflight(options)
+    except UserError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    """A problem the user can fix (a corrupt image, say) is one sentence, not a traceback."""
+    report = yield
+    if call.excinfo is not None and call.excinfo.errisinstance(UserError):
+        report.longrepr = f"densenet-opt: {call.excinfo.value}"
+    return report
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    variant: str
+    batch_size: int
+    engine: Engine
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "engine_config" in metafunc.fixturenames:
+        options = metafunc.config.stash[OPTIONS_KEY]
+        configs = [(variant, size) for variant in options.variants for size in options.batch_sizes]
+        metafunc.parametrize(
+            "engine_config", configs, ids=[f"{v}-bs{b}" for v, b in configs], indirect=True, scope="session"
+        )
+
+
+@pytest.fixture(scope="session")
+def sweep(pytestconfig: pytest.Config) -> Sweep:
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+
+    def progress(message: str) -> None:
+        with capture.global_and_fixture_disabled():
+            print(f"[densenet-opt] {message}", flush=True)
+
+    return Sweep(pytestconfig.stash[OPTIONS_KEY], progress=progress)
+
+
+@pytest.fixture(scope="session")
+def engine_config(request: pytest.FixtureRequest, sweep: Sweep) -> Iterator[EngineConfig]:
+    """Built once per session and shared by every test of that config."""
+    variant, batch_size = request.param
+    sweep.progress(f"building {variant} for batch {batch_size} on {sweep.device.type}")
+    try:
+        engine = sweep.build_engine(variant, batch_size)
+    except VariantUnavailable as reason:
+        pytest.skip(f"{variant} at batch {batch_size} on {sweep.device.type}: {reason}")
+    except UserError as error:
+        pytest.fail(str(error), pytrace=False)
+    yield EngineConfig(variant, batch_size, engine)
+    engine.close()

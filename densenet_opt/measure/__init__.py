@@ -1,0 +1,1 @@
+"""Timing, memory, environment capture and the fresh-process probe."""

@@ -1,0 +1,168 @@
+"""One sweep's shared state: weights, data, reference logits, and turning measurements into rows.
+
+The CLI, nox and pytest all go through this class; the pytest fixtures only wire it up.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+from collections.abc import Callable
+from functools import cached_property
+
+import torch
+
+from densenet_opt import data, model
+from densenet_opt.accuracy import Fidelity, fidelity, predict
+from densenet_opt.config import SweepOptions
+from densenet_opt.measure.env import environment_info
+from densenet_opt.measure.memory import MIB
+from densenet_opt.measure.probe import ProbeResult, run_probe
+from densenet_opt.measure.timing import LatencyStats
+from densenet_opt.report import RESULTS_FILE, upsert_row
+from densenet_opt.variants import BASELINE, BuildContext, Engine, get_variant
+from densenet_opt.variants.torch_engine import TorchEngine
+
+MODEL_NAME = "Densenet121"
+
+
+def preflight(options: SweepOptions) -> None:
+    """Find bad input (data layout, sample count, a weights file) in seconds, before a
+    run that takes minutes; raises UserError."""
+    if options.imagenet_val is not None:
+        data.select_samples(options.imagenet_val, options.num_samples, ground_truth=options.ground_truth)
+    if options.weights not in (model.AUTO, model.SYNTHETIC, model.TORCHVISION):
+        weights = model.resolve_weights(options.weights, cache_dir=options.cache_dir, allow_pickle=options.allow_unsafe_weights)
+        model.check_compatible(model.densenet121(weights=None).state_dict(), weights)
+
+
+class Sweep:
+    def __init__(self, options: SweepOptions, progress: Callable[[str], None] = print) -> None:
+        self.options = options
+        self.device = torch.device(options.device)
+        self.progress = progress
+        self._fidelity: dict[str, Fidelity] = {}
+
+    @cached_property
+    def weights(self) -> model.Weights:
+        return model.resolve_weights(
+            self.options.weights,
+            cache_dir=self.options.cache_dir,
+            allow_pickle=self.options.allow_unsafe_weights,
+            progress=self.progress,
+        )
+
+    @cached_property
+    def _reference(self) -> torch.nn.Module:
+        return model.build_model(self.weights)
+
+    def reference_model(self) -> torch.nn.Module:
+        """A private fp32 copy on the CPU: variants may change it in place."""
+        return copy.deepcopy(self._reference)
+
+    @cached_property
+    def eval_set(self) -> data.EvalSet:
+        eval_set = data.load_eval_set(
+            self.options.imagenet_val, self.options.num_samples, ground_truth=self.options.ground_truth
+        )
+        self.progress(f"evaluation data: {eval_set.source}")
+        return eval_set
+
+    @property
+    def uses_labels(self) -> bool:
+        """Labels only mean something for a trained network on real images."""
+        return self.weights.trained and self.eval_set.labels is not None
+
+    def calibration_images(self, count: int) -> torch.Tensor:
+        """Images from the same source as the evaluated ones, but never the same images."""
+        return data.load_eval_set(
+            self.options.imagenet_val, count, skip=self.options.num_samples, ground_truth=self.options.ground_truth
+        ).images
+
+    def build_context(self, batch_size: int) -> BuildContext:
+        return BuildContext(
+            device=self.device,
+            batch_size=batch_size,
+            reference_model=self.reference_model,
+            calibration_images=self.calibration_images,
+            weights_key=self.weights.key,
+            cache_dir=self.options.cache_dir,
+            options=self.options.variant_options,
+            progress=self.progress,
+        )
+
+    def build_engine(self, variant: str, batch_size: int) -> Engine:
+        """Raises VariantUnavailable when the variant cannot run on this device."""
+        return get_variant(variant).build_engine(self.build_context(batch_size))
+
+    def input_batch(self, batch_size: int) -> torch.Tensor:
+        """The first images of the evaluation set (repeated if it is smaller), prepared
+        outside any timed region: pinned on CUDA so the copy in is as fast as it can be."""
+        images = self.eval_set.images
+        batch = images[torch.arange(batch_size) % len(images)].contiguous()
+        return batch.pin_memory() if self.device.type == "cuda" else batch
+
+    @cached_property
+    def reference_logits(self) -> torch.Tensor:
+        self.progress(f"fp32 reference logits on {len(self.eval_set.images)} images")
+        engine = TorchEngine(self.reference_model().to(self.device), self.device, model_size_bytes=0)
+        try:
+            return predict(engine, self.eval_set.images, max(self.options.batch_sizes))
+        finally:
+            engine.close()
+
+    def fidelity(self, variant: str, engine: Engine, batch_size: int) -> Fidelity:
+        """Measured once per variant, with the first engine the sweep builds for it."""
+        if variant not in self._fidelity:
+            reference = self.reference_logits
+            self.progress(f"{variant}: accuracy over {len(self.eval_set.images)} images at batch {batch_size}")
+            logits = reference if variant == BASELINE else predict(engine, self.eval_set.images, batch_size)
+            self._fidelity[variant] = fidelity(logits, reference, self.eval_set.labels if self.uses_labels else None)
+        return self._fidelity[variant]
+
+    def probe(self, variant: str, batch_size: int) -> ProbeResult:
+        self.progress(f"{variant} batch {batch_size}: memory and cold start in a fresh process")
+        return run_probe(self.options, variant, batch_size)
+
+    @cached_property
+    def environment(self) -> dict[str, str]:
+        return environment_info(self.device)
+
+    def result_row(
+        self, variant: str, batch_size: int, engine: Engine, latency: LatencyStats,
+        accuracy: Fidelity, memory: ProbeResult,
+    ) -> dict[str, object]:
+        return {
+            "model_name": MODEL_NAME,
+            "batch_size": batch_size,
+            "optimization_technique": variant,
+            "device": self.device.type,
+            "model_size_mb": round(engine.model_size_bytes / MIB, 2),
+            "accuracy_top_1": round(accuracy.top1, 2),
+            "accuracy_top_5": round(accuracy.top5, 2),
+            "ram_usage_mb": round(memory.ram_usage_mb, 1),
+            "vram_usage_mb": round(memory.vram_usage_mb, 1),
+            "latency_ms_per_batch": round(latency.mean_ms, 2),
+            "throughput_samples_per_sec": round(batch_size * 1e3 / latency.mean_ms, 2),
+            "latency_ms_stddev": round(latency.stddev_ms, 2),
+            "latency_ms_median": round(latency.median_ms, 2),
+            "latency_ms_min": round(latency.min_ms, 2),
+            "latency_ms_max": round(latency.max_ms, 2),
+            "latency_ms_p90": round(latency.p90_ms, 2),
+            "latency_ms_p99": round(latency.p99_ms, 2),
+            "rounds": latency.rounds,
+            "accuracy_kind": accuracy.kind,
+            "agreement_top_1": round(accuracy.agreement_top1, 2),
+            "logit_relative_error": f"{accuracy.relative_error:.3g}",
+            "num_samples": len(self.eval_set.images),
+            "weights": self.weights.source,
+            "data": self.eval_set.source,
+            "vram_torch_peak_mb": round(memory.vram_torch_peak_mb, 1),
+            "cold_start_ms": round(memory.cold_start_ms, 1),
+            "engine_info": ";".join(f"{k}={v}" for k, v in engine.info.items()),
+            **self.environment,
+            "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def write_row(self, row: dict[str, object]) -> None:
+        upsert_row(self.options.output_dir / RESULTS_FILE, row)
