@@ -85,6 +85,7 @@ class Sweep:
             batch_size=batch_size,
             reference_model=self.reference_model,
             calibration_images=self.calibration_images,
+            calibration_samples=self.options.calibration_samples,
             weights_key=self.weights.key,
             cache_dir=self.options.cache_dir,
             options=self.options.variant_options,

@@ -48,6 +48,7 @@ class BuildContext:
     batch_size: int
     reference_model: Callable[[], torch.nn.Module]
     calibration_images: Callable[[int], torch.Tensor]
+    calibration_samples: int  # how many calibration images quantizing variants should use
     weights_key: str
     cache_dir: Path
     options: Mapping[str, str] = field(default_factory=dict)
