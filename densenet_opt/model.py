@@ -138,7 +138,8 @@ def build_model(weights: Weights) -> torch.nn.Module:
 
 
 def check_compatible(expected: Mapping[str, torch.Tensor], weights: Weights) -> None:
-    missing = [k for k in expected if k not in weights.state_dict]
+    # Checkpoints from before BatchNorm counted batches lack num_batches_tracked; torch fills it in.
+    missing = [k for k in expected if k not in weights.state_dict and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in weights.state_dict if k not in expected]
     wrong_shape = [
         f"{k} {tuple(weights.state_dict[k].shape)} != {tuple(v.shape)}"

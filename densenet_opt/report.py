@@ -82,7 +82,11 @@ def write_text_atomic(path: Path, text: str) -> None:
         tmp.write(text)
         tmp.flush()
         os.fsync(tmp.fileno())
-    os.replace(tmp.name, path)
+    try:
+        os.replace(tmp.name, path)
+    except BaseException:
+        os.unlink(tmp.name)
+        raise
 
 
 def upsert_row(path: Path, row: Mapping[str, object]) -> None:

@@ -20,7 +20,7 @@ from densenet_opt.measure.memory import MIB
 from densenet_opt.measure.probe import ProbeResult, run_probe
 from densenet_opt.measure.timing import LatencyStats
 from densenet_opt.report import RESULTS_FILE, upsert_row
-from densenet_opt.variants import BASELINE, BuildContext, Engine, get_variant
+from densenet_opt.variants import BuildContext, Engine, get_variant
 from densenet_opt.variants.torch_engine import TorchEngine
 
 MODEL_NAME = "Densenet121"
@@ -42,6 +42,7 @@ class Sweep:
         self.device = torch.device(options.device)
         self.progress = progress
         self._fidelity: dict[str, Fidelity] = {}
+        self._probes: dict[tuple[str, int], ProbeResult] = {}
 
     @cached_property
     def weights(self) -> model.Weights:
@@ -117,13 +118,26 @@ class Sweep:
         if variant not in self._fidelity:
             reference = self.reference_logits
             self.progress(f"{variant}: accuracy over {len(self.eval_set.images)} images at batch {batch_size}")
-            logits = reference if variant == BASELINE else predict(engine, self.eval_set.images, batch_size)
-            self._fidelity[variant] = fidelity(logits, reference, self.eval_set.labels if self.uses_labels else None)
+            logits = predict(engine, self.eval_set.images, batch_size)
+            self._fidelity[variant] = fidelity(logits, reference, self._labels)
         return self._fidelity[variant]
 
+    @property
+    def _labels(self) -> torch.Tensor | None:
+        return self.eval_set.labels if self.uses_labels else None
+
+    @cached_property
+    def reference_fidelity(self) -> Fidelity:
+        """The fp32 reference's own accuracy: what accuracy drops are measured against."""
+        return fidelity(self.reference_logits, self.reference_logits, self._labels)
+
     def probe(self, variant: str, batch_size: int) -> ProbeResult:
-        self.progress(f"{variant} batch {batch_size}: memory and cold start in a fresh process")
-        return run_probe(self.options, variant, batch_size)
+        """Measured once per config in a fresh process, shared by every test of it."""
+        key = (variant, batch_size)
+        if key not in self._probes:
+            self.progress(f"{variant} batch {batch_size}: memory and cold start in a fresh process")
+            self._probes[key] = run_probe(self.options, variant, batch_size)
+        return self._probes[key]
 
     @cached_property
     def environment(self) -> dict[str, str]:
