@@ -6,8 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from pytest_benchmark.utils import get_machine_id
+
+from densenet_opt import baselines
 from densenet_opt.config import OPTIONS, SweepOptions, options_from_mapping
 from densenet_opt.errors import UserError
+from densenet_opt.report import RESULTS_FILE, read_rows
 from densenet_opt.sweep import preflight
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -43,17 +47,30 @@ def build_parser() -> argparse.ArgumentParser:
         "(a row per config, as it is measured) and OUTPUT_DIR/benchmark.json. Arguments after -- go to pytest.",
     )
     add_sweep_options(sweep)
+    gate = sweep.add_argument_group("stored baselines (benchmarks_baseline/)")
+    gate.add_argument("--save-baseline", action="store_true",
+                      help="store this run as the device's baseline: pytest-benchmark JSON (per machine) and speedups-DEVICE.json")
+    gate.add_argument("--compare-baseline", action="store_true",
+                      help="fail (exit 1) when latency regressed against this machine's stored run, or a speedup over "
+                           "the baseline variant dropped against the stored speedups (checked on any machine)")
+    gate.add_argument("--baseline-dir", type=Path, default=baselines.BASELINE_DIR,
+                      help="where baselines are stored (default: the repository's benchmarks_baseline/)")
+    gate.add_argument("--max-regression", default=baselines.DEFAULT_MAX_REGRESSION,
+                      help="pytest-benchmark --benchmark-compare-fail expression (default: %(default)s)")
+    gate.add_argument("--max-speedup-drop", type=float, default=baselines.DEFAULT_MAX_SPEEDUP_DROP,
+                      help="largest allowed fractional drop of a speedup (default: %(default)s)")
     sweep.add_argument("pytest_args", nargs="*", help="extra pytest arguments, after --")
     commands.add_parser("list", help="list the registered variants")
     return parser
 
 
-def run_sweep(options: SweepOptions, pytest_args: list[str]) -> int:
+def run_sweep(options: SweepOptions, pytest_args: list[str], gate: argparse.Namespace | None = None) -> int:
     import pytest
 
     if not BENCHMARK_TESTS.exists():
         raise UserError(f"{BENCHMARK_TESTS} is missing: run the sweep from a checkout of densenet-opt (pip install -e .)")
     options.output_dir.mkdir(parents=True, exist_ok=True)
+    gate_args, stored_speedups = _baseline_args(options, gate)
     args = [
         str(BENCHMARK_TESTS),
         f"--rootdir={REPO_ROOT}",
@@ -61,12 +78,46 @@ def run_sweep(options: SweepOptions, pytest_args: list[str]) -> int:
         f"--benchmark-json={options.output_dir / BENCHMARK_JSON}",
         "-p", "no:cacheprovider",
         *options.to_args(),
+        *gate_args,
         *pytest_args,
     ]
-    code = pytest.main(args)
-    results = options.output_dir / "benchmark_results.csv"
+    code = int(pytest.main(args))
+    results = options.output_dir / RESULTS_FILE
     print(f"\nresults: {results}{'' if results.exists() else ' (no row was measured)'}")
-    return int(code)
+    rows = read_rows(results)
+    if gate is not None and gate.save_baseline and code == 0:
+        path = baselines.speedups_file(options.device, gate.baseline_dir)
+        baselines.save_speedups(rows, options.device, path)
+        print(f"stored speedups over the baseline variant: {path}")
+    if stored_speedups is not None:
+        problems = baselines.speedup_regressions(rows, options.device, stored_speedups, gate.max_speedup_drop)
+        for problem in problems:
+            print(f"SPEEDUP REGRESSION: {problem}")
+        if problems:
+            code = code or 1
+    return code
+
+
+def _baseline_args(options: SweepOptions, gate: argparse.Namespace | None) -> tuple[list[str], dict | None]:
+    """pytest-benchmark arguments for saving or comparing, and the stored speedups to check."""
+    if gate is None or not (gate.save_baseline or gate.compare_baseline):
+        return [], None
+    storage = gate.baseline_dir
+    args = [f"--benchmark-storage=file://{storage}"]
+    if gate.save_baseline:
+        args.append(f"--benchmark-save={options.device}")
+    stored_speedups = None
+    if gate.compare_baseline:
+        runs = [run for run in baselines.check_benchmark_storage(storage) if run.stem.endswith(f"_{options.device}")]
+        if runs:
+            args += [f"--benchmark-compare={runs[-1]}", f"--benchmark-compare-fail={gate.max_regression}"]
+            print(f"comparing latency with {runs[-1]}")
+        else:
+            print(f"no stored {options.device} run for this machine kind ({get_machine_id()}) in {storage}: comparing speedups only")
+        speedups_path = baselines.speedups_file(options.device, storage)
+        stored_speedups = baselines.load_speedups(speedups_path)
+        print(f"comparing speedups over the baseline variant with {speedups_path}")
+    return args, stored_speedups
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         options = options_from_mapping(vars(args))
         preflight(options)
-        return run_sweep(options, args.pytest_args)
+        return run_sweep(options, args.pytest_args, args)
     except UserError as error:
         print(f"densenet-opt: error: {error}", file=sys.stderr)
         return 2

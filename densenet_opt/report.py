@@ -27,6 +27,7 @@ SEED_COLUMNS = (
     "throughput_samples_per_sec",
 )
 EXTRA_COLUMNS = (
+    "speedup_vs_baseline",
     "latency_ms_stddev",
     "latency_ms_median",
     "latency_ms_min",

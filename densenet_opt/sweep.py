@@ -20,7 +20,7 @@ from densenet_opt.measure.memory import MIB
 from densenet_opt.measure.probe import ProbeResult, run_probe
 from densenet_opt.measure.timing import LatencyStats
 from densenet_opt.report import RESULTS_FILE, upsert_row
-from densenet_opt.variants import BuildContext, Engine, get_variant
+from densenet_opt.variants import BASELINE, BuildContext, Engine, get_variant
 from densenet_opt.variants.torch_engine import TorchEngine
 
 MODEL_NAME = "Densenet121"
@@ -43,6 +43,7 @@ class Sweep:
         self.progress = progress
         self._fidelity: dict[str, Fidelity] = {}
         self._probes: dict[tuple[str, int], ProbeResult] = {}
+        self._baseline_latency_ms: dict[int, float] = {}
 
     @cached_property
     def weights(self) -> model.Weights:
@@ -147,6 +148,9 @@ class Sweep:
         self, variant: str, batch_size: int, engine: Engine, latency: LatencyStats,
         accuracy: Fidelity, memory: ProbeResult,
     ) -> dict[str, object]:
+        if variant == BASELINE:
+            self._baseline_latency_ms[batch_size] = latency.mean_ms
+        baseline_ms = self._baseline_latency_ms.get(batch_size)
         return {
             "model_name": MODEL_NAME,
             "batch_size": batch_size,
@@ -159,6 +163,7 @@ class Sweep:
             "vram_usage_mb": round(memory.vram_usage_mb, 1),
             "latency_ms_per_batch": round(latency.mean_ms, 2),
             "throughput_samples_per_sec": round(batch_size * 1e3 / latency.mean_ms, 2),
+            "speedup_vs_baseline": round(baseline_ms / latency.mean_ms, 3) if baseline_ms else "",
             "latency_ms_stddev": round(latency.stddev_ms, 2),
             "latency_ms_median": round(latency.median_ms, 2),
             "latency_ms_min": round(latency.min_ms, 2),

@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Callable
+
+import torch
+
 from densenet_opt.measure.timing import benchmark_call
+
+# "VARIANT:MS" slows one variant's timed call. Set only by tests/test_regression_gate.py,
+# to show that the stored-baseline gate fails a slower engine.
+INJECTED_DELAY = "DENSENET_OPT_TEST_DELAY"
+
+
+def _timed_call(variant: str, engine: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    slowed_variant, _, delay_ms = os.environ.get(INJECTED_DELAY, "").partition(":")
+    if slowed_variant != variant:
+        return engine
+
+    def slowed(batch: torch.Tensor) -> torch.Tensor:
+        time.sleep(float(delay_ms) / 1e3)
+        return engine(batch)
+
+    return slowed
 
 
 def test_inference(benchmark, sweep, engine_config) -> None:
@@ -13,7 +35,7 @@ def test_inference(benchmark, sweep, engine_config) -> None:
     batch = sweep.input_batch(batch_size)
     benchmark.group = f"batch size {batch_size}"
     latency = benchmark_call(
-        benchmark, engine, batch, rounds=sweep.options.rounds, warmup_rounds=sweep.options.warmup_rounds
+        benchmark, _timed_call(variant, engine), batch, rounds=sweep.options.rounds, warmup_rounds=sweep.options.warmup_rounds
     )
     if latency is None:  # --benchmark-disable: nothing was timed, so no row
         return

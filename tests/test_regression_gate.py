@@ -1,0 +1,82 @@
+"""The stored-baseline gate: an unchanged run passes, a deliberately slowed engine fails.
+
+Each step is a real (tiny) sweep in a subprocess, storing into a temporary baseline dir.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pytest_benchmark.utils import get_machine_id
+
+TINY_SWEEP = ["--variants", "baseline,pruned", "--batch-sizes", "1", "--num-samples", "4",
+              "--rounds", "5", "--warmup-rounds", "1", "--weights", "synthetic"]
+# Generous thresholds: the gate must not trip on a shared machine's noise, and the
+# injected delay (several times the engine's own latency) is far beyond them.
+THRESHOLDS = ["--max-regression", "min:60%", "--max-speedup-drop", "0.5"]
+DELAY = {"DENSENET_OPT_TEST_DELAY": "pruned:400"}
+
+
+def sweep(tmp_path: Path, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "densenet_opt", "sweep", *TINY_SWEEP, "--output-dir", str(tmp_path / name),
+               "--baseline-dir", str(tmp_path / "baseline"), *args]
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+def show(result: subprocess.CompletedProcess) -> str:
+    return result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_gate_passes_unchanged_and_fails_a_slowed_engine(tmp_path: Path) -> None:
+    saved = sweep(tmp_path, "save", "--save-baseline")
+    assert saved.returncode == 0, show(saved)
+    machine_dir = tmp_path / "baseline" / get_machine_id()
+    assert [p.name for p in machine_dir.glob("*.json")] == ["0001_cpu.json"]
+    assert (tmp_path / "baseline" / "speedups-cpu.json").exists()
+
+    unchanged = sweep(tmp_path, "same", "--compare-baseline", *THRESHOLDS)
+    assert unchanged.returncode == 0, show(unchanged)
+    assert "comparing latency with" in unchanged.stdout and "SPEEDUP REGRESSION" not in unchanged.stdout
+
+    slowed = sweep(tmp_path, "slow", "--compare-baseline", *THRESHOLDS, env=DELAY)
+    assert slowed.returncode != 0, show(slowed)
+    assert "Performance has regressed" in slowed.stdout + slowed.stderr
+    assert "SPEEDUP REGRESSION: pruned at batch 1" in slowed.stdout
+
+    # A machine with no stored absolute run still checks the portable speedups.
+    shutil.rmtree(machine_dir)
+    elsewhere = sweep(tmp_path, "elsewhere", "--compare-baseline", *THRESHOLDS, env=DELAY)
+    assert elsewhere.returncode == 1, show(elsewhere)
+    assert "comparing speedups only" in elsewhere.stdout
+    assert "SPEEDUP REGRESSION: pruned at batch 1" in elsewhere.stdout
+
+
+@pytest.mark.parametrize(
+    ("relative_path", "content", "fragment"),
+    [
+        ("speedups-cpu.json", "{not json", "are not a valid speedups file"),
+        ("speedups-cpu.json", '{"device": "cpu"}', "are not a valid speedups file"),
+        (f"{get_machine_id()}/0001_cpu.json", "", "is not valid JSON"),
+        (f"{get_machine_id()}/0001_cpu.json", '{"benchmarks": []}', "holds no benchmarks"),
+    ],
+)
+def test_a_corrupt_baseline_is_one_sentence(tmp_path: Path, relative_path: str, content: str, fragment: str) -> None:
+    (tmp_path / "baseline" / get_machine_id()).mkdir(parents=True)
+    (tmp_path / "baseline" / "speedups-cpu.json").write_text('{"speedup_over_baseline": {}}')
+    target = tmp_path / "baseline" / relative_path
+    target.write_text(content)
+    result = sweep(tmp_path, "x", "--compare-baseline")
+    assert result.returncode == 2, show(result)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(target) in lines[0] and fragment in lines[0], result.stderr
+
+
+def test_missing_speedups_file_says_how_to_make_one(tmp_path: Path) -> None:
+    result = sweep(tmp_path, "x", "--compare-baseline")
+    assert result.returncode == 2
+    assert "save a baseline first (densenet-opt sweep --save-baseline" in result.stderr
