@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.options.sessions = ["tests"]
@@ -20,19 +22,34 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *TEST_SWEEP, "--output-dir=.nox/test-results", *session.posargs)
 
 
+def compare_args(device: str, posargs: list[str]) -> list[str]:
+    """Gate against the stored baseline when one exists for this device (benchmarks_baseline/)."""
+    if "--save-baseline" in posargs or not Path(f"benchmarks_baseline/speedups-{device}.json").exists():
+        return []
+    return ["--compare-baseline"]
+
+
+def has_cuda(session: nox.Session) -> bool:
+    answer = session.run("python", "-c", "import torch; print(torch.cuda.is_available())", silent=True)
+    return bool(answer) and answer.strip() == "True"
+
+
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Full sweep (all variants, batch sizes 1-32, 1024 samples) on the best local device -> results/."""
-    gpu = session.run("python", "-c", "import torch; print(torch.cuda.is_available())", silent=True, external=True)
-    session.install("-e", ".[gpu,test]" if gpu and gpu.strip() == "True" else ".[cpu,test]")
-    session.run("python", "-m", "densenet_opt", "sweep", *session.posargs)
+    """Full sweep (all variants, batch sizes 1-32, 1024 samples) on the best local device -> results/,
+    gated by that device's stored baseline."""
+    session.install("-e", ".[test]")
+    device = "cuda" if has_cuda(session) else "cpu"
+    session.install("-e", ".[gpu]" if device == "cuda" else ".[cpu]")
+    args = [f"--device={device}", *compare_args(device, session.posargs), *session.posargs]
+    session.run("python", "-m", "densenet_opt", "sweep", *args)
 
 
 @nox.session(python=PYTHON)
 def gpu_bench(session: nox.Session) -> None:
-    """The CUDA sweep -> results-gpu/; stops with a clear message on a machine without CUDA."""
+    """The CUDA sweep -> results-gpu/, gated by the stored CUDA baseline; stops without CUDA."""
     session.install("-e", ".[gpu,test]")
-    has_cuda = session.run("python", "-c", "import torch; print(torch.cuda.is_available())", silent=True)
-    if not has_cuda or has_cuda.strip() != "True":
+    if not has_cuda(session):
         session.error("gpu_bench needs a CUDA GPU and this torch sees none: run `nox -s bench` for the CPU sweep")
-    session.run("python", "-m", "densenet_opt", "sweep", "--device=cuda", "--output-dir=results-gpu", *session.posargs)
+    args = ["--device=cuda", "--output-dir=results-gpu", *compare_args("cuda", session.posargs), *session.posargs]
+    session.run("python", "-m", "densenet_opt", "sweep", *args)
