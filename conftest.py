@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+import torch
 
 from densenet_opt.config import OPTIONS, SweepOptions, options_from_mapping
 from densenet_opt.errors import UserError, VariantUnavailable
@@ -53,6 +56,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "engine_config" in metafunc.fixturenames:
         options = metafunc.config.stash[OPTIONS_KEY]
         configs = [(variant, size) for variant in options.variants for size in options.batch_sizes]
+        if options.resume:
+            done = Sweep(options).completed_configs()
+            configs = [config for config in configs if config not in done]
         metafunc.parametrize(
             "engine_config", configs, ids=[f"{v}-bs{b}" for v, b in configs], indirect=True, scope="session"
         )
@@ -80,5 +86,41 @@ def engine_config(request: pytest.FixtureRequest, sweep: Sweep) -> Iterator[Engi
         pytest.skip(f"{variant} at batch {batch_size} on {sweep.device.type}: {reason}")
     except UserError as error:
         pytest.fail(str(error), pytrace=False)
-    yield EngineConfig(variant, batch_size, engine)
+    yield EngineConfig(variant, batch_size, _with_injected_faults(variant, batch_size, engine))
     engine.close()
+
+
+# Set only by the tests of the fault handling and of the regression gate, in the sweeps
+# they start: comma-separated VARIANT@BATCH=KIND[:MS] (BATCH may be *), where KIND is
+# delay (MS per call), oom (the call raises CUDA out of memory) or nan (NaN logits).
+INJECT = "DENSENET_OPT_TEST_INJECT"
+
+
+class _InjectedFault:
+    def __init__(self, engine: Engine, kind: str, argument: str) -> None:
+        self.engine, self.kind, self.argument = engine, kind, argument
+        self.model_size_bytes, self.info = engine.model_size_bytes, engine.info
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.kind == "delay":
+            time.sleep(float(self.argument) / 1e3)
+        elif self.kind == "oom":
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected by {INJECT})")
+        logits = self.engine(batch)
+        if self.kind == "nan":
+            logits = logits.clone()
+            logits[0, 0] = float("nan")
+        return logits
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def _with_injected_faults(variant: str, batch_size: int, engine: Engine) -> Engine:
+    for item in filter(None, os.environ.get(INJECT, "").split(",")):
+        target, _, fault = item.partition("=")
+        name, _, size = target.partition("@")
+        kind, _, argument = fault.partition(":")
+        if name == variant and size in ("*", str(batch_size)):
+            return _InjectedFault(engine, kind, argument)
+    return engine

@@ -61,7 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="largest allowed fractional drop of a speedup (default: %(default)s)")
     sweep.add_argument("pytest_args", nargs="*", help="extra pytest arguments, after --")
     commands.add_parser("list", help="list the registered variants")
+    add_tool_commands(commands)
     return parser
+
+
+def add_tool_commands(commands: argparse._SubParsersAction) -> None:
+    """Reports, profiling and several GPUs: subcommands that live in their own modules."""
+    from densenet_opt import profiling, shard, summary
+
+    summary.add_commands(commands)
+    profiling.add_command(commands, add_sweep_options)
+    shard.add_command(commands)  # after "sweep": it takes the sweep's arguments
 
 
 def run_sweep(options: SweepOptions, pytest_args: list[str], gate: argparse.Namespace | None = None) -> int:
@@ -84,6 +94,9 @@ def run_sweep(options: SweepOptions, pytest_args: list[str], gate: argparse.Name
     code = int(pytest.main(args))
     results = options.output_dir / RESULTS_FILE
     print(f"\nresults: {results}{'' if results.exists() else ' (no row was measured)'}")
+    from densenet_opt.summary import summarize_after_sweep
+
+    summarize_after_sweep(options.output_dir)
     rows = read_rows(results)
     if gate is not None and gate.save_baseline and code == 0:
         path = baselines.speedups_file(options.device, gate.baseline_dir)
@@ -129,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             for variant in registry().values():
                 print(f"{variant.name:20} {variant.description} [{', '.join(variant.devices)}]")
             return 0
+        if hasattr(args, "handler"):
+            return args.handler(args)
         options = options_from_mapping(vars(args))
         preflight(options)
         return run_sweep(options, args.pytest_args, args)

@@ -44,6 +44,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--warmup-rounds", "2", "untimed rounds before the timed ones"),
     Option("--variant-options", "", "variant settings as comma-separated KEY=VALUE, e.g. pruned.amount=0.3"),
     Option("--cache-dir", None, "where synthetic weights and built artifacts are cached (default: $DENSENET_OPT_CACHE or ~/.cache/densenet_opt)"),
+    Option("--resume", None, "skip configs that already have a completed row in OUTPUT_DIR's CSV for this device", is_flag=True),
     Option("--allow-unsafe-weights", None, "allow a weights file that needs full unpickling (it can run code: only for files you trust)", is_flag=True),
 )
 
@@ -64,6 +65,7 @@ class SweepOptions:
     variant_options: Mapping[str, str]
     cache_dir: Path
     allow_unsafe_weights: bool = False
+    resume: bool = False
 
     def to_args(self) -> list[str]:
         """The command-line arguments that give these options back."""
@@ -83,7 +85,8 @@ class SweepOptions:
             "cache_dir": self.cache_dir,
         }
         args = [f"{option.name}={values[option.dest]}" for option in OPTIONS if values.get(option.dest) not in (None, "")]
-        return args + (["--allow-unsafe-weights"] if self.allow_unsafe_weights else [])
+        flags = {"--allow-unsafe-weights": self.allow_unsafe_weights, "--resume": self.resume}
+        return args + [flag for flag, on in flags.items() if on]
 
 
 def parse_positive_int(name: str, text: str, *, minimum: int = 1) -> int:
@@ -173,4 +176,5 @@ def options_from_mapping(raw: Mapping[str, object]) -> SweepOptions:
         variant_options=parse_key_values(str(get("variant_options"))),
         cache_dir=Path(str(get("cache_dir"))) if get("cache_dir") else default_cache_dir(),
         allow_unsafe_weights=bool(raw.get("allow_unsafe_weights")),
+        resume=bool(raw.get("resume")),
     )

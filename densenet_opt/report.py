@@ -27,6 +27,7 @@ SEED_COLUMNS = (
     "throughput_samples_per_sec",
 )
 EXTRA_COLUMNS = (
+    "status",
     "speedup_vs_baseline",
     "latency_ms_stddev",
     "latency_ms_median",
@@ -57,6 +58,9 @@ EXTRA_COLUMNS = (
 )
 COLUMNS = SEED_COLUMNS + EXTRA_COLUMNS
 KEY_COLUMNS = ("optimization_technique", "batch_size", "device")
+OK = "ok"
+OUT_OF_MEMORY = "out_of_memory"
+NON_FINITE_LOGITS = "non_finite_logits"
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import copy
 import datetime
+import gc
+import tempfile
 from collections.abc import Callable
 from functools import cached_property
 
 import torch
 
 from densenet_opt import data, model
-from densenet_opt.accuracy import Fidelity, fidelity, predict
+from densenet_opt.accuracy import Fidelity, NonFiniteLogits, fidelity, predict
 from densenet_opt.config import SweepOptions
+from densenet_opt.errors import UserError
 from densenet_opt.measure.env import environment_info
 from densenet_opt.measure.memory import MIB
 from densenet_opt.measure.probe import ProbeResult, run_probe
 from densenet_opt.measure.timing import LatencyStats
-from densenet_opt.report import RESULTS_FILE, upsert_row
+from densenet_opt.report import NON_FINITE_LOGITS, OK, OUT_OF_MEMORY, RESULTS_FILE, read_rows, upsert_row
 from densenet_opt.variants import BASELINE, BuildContext, Engine, get_variant
 from densenet_opt.variants.torch_engine import TorchEngine
 
@@ -27,8 +30,14 @@ MODEL_NAME = "Densenet121"
 
 
 def preflight(options: SweepOptions) -> None:
-    """Find bad input (data layout, sample count, a weights file) in seconds, before a
-    run that takes minutes; raises UserError."""
+    """Find bad input (data layout, sample count, a weights file, the output directory)
+    in seconds, before a run that takes minutes; raises UserError."""
+    try:
+        options.output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=options.output_dir):
+            pass
+    except OSError as error:
+        raise UserError(f"cannot write results to {options.output_dir} ({error.strerror}): choose another --output-dir") from None
     if options.imagenet_val is not None:
         data.select_samples(options.imagenet_val, options.num_samples, ground_truth=options.ground_truth)
     if options.weights not in (model.AUTO, model.SYNTHETIC, model.TORCHVISION):
@@ -44,6 +53,10 @@ class Sweep:
         self._fidelity: dict[str, Fidelity] = {}
         self._probes: dict[tuple[str, int], ProbeResult] = {}
         self._baseline_latency_ms: dict[int, float] = {}
+        if options.resume:  # speedups of resumed configs still compare with the baseline measured before
+            for row in self.completed_rows():
+                if row["optimization_technique"] == BASELINE:
+                    self._baseline_latency_ms[int(row["batch_size"])] = float(row["latency_ms_per_batch"])
 
     @cached_property
     def weights(self) -> model.Weights:
@@ -162,6 +175,7 @@ class Sweep:
             "ram_usage_mb": round(memory.ram_usage_mb, 1),
             "vram_usage_mb": round(memory.vram_usage_mb, 1),
             "latency_ms_per_batch": round(latency.mean_ms, 2),
+            "status": OK,
             "throughput_samples_per_sec": round(batch_size * 1e3 / latency.mean_ms, 2),
             "speedup_vs_baseline": round(baseline_ms / latency.mean_ms, 3) if baseline_ms else "",
             "latency_ms_stddev": round(latency.stddev_ms, 2),
@@ -186,3 +200,39 @@ class Sweep:
 
     def write_row(self, row: dict[str, object]) -> None:
         upsert_row(self.options.output_dir / RESULTS_FILE, row)
+
+    def completed_rows(self) -> list[dict[str, str]]:
+        """Rows of this device already in the output directory that measured successfully."""
+        rows = read_rows(self.options.output_dir / RESULTS_FILE)
+        return [r for r in rows if r.get("device") == self.device.type and r.get("status", OK) == OK]
+
+    def completed_configs(self) -> set[tuple[str, int]]:
+        return {(r["optimization_technique"], int(r["batch_size"])) for r in self.completed_rows()}
+
+    def record_fault(self, variant: str, batch_size: int, error: BaseException) -> str | None:
+        """Write a row saying why a config has no measurement (out of memory, NaN logits);
+        None for errors that are not a measured outcome."""
+        kind = classify_fault(error)
+        if kind is None:
+            return None
+        if kind == OUT_OF_MEMORY:  # let go of what the failed config allocated before the next one
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        row = {"model_name": MODEL_NAME, "batch_size": batch_size, "optimization_technique": variant,
+               "device": self.device.type, "status": kind, "device_name": self.environment["device_name"],
+               "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        self.write_row(row)
+        return kind
+
+
+def classify_fault(error: BaseException) -> str | None:
+    if isinstance(error, NonFiniteLogits):
+        return NON_FINITE_LOGITS
+    if isinstance(error, torch.cuda.OutOfMemoryError | MemoryError):
+        return OUT_OF_MEMORY
+    # ONNX Runtime and the fresh-process probe report allocation failures as text.
+    text = str(error).lower()
+    if isinstance(error, RuntimeError) and ("out of memory" in text or "failed to allocate memory" in text):
+        return OUT_OF_MEMORY
+    return None

@@ -19,7 +19,7 @@ TINY_SWEEP = ["--variants", "baseline,pruned", "--batch-sizes", "1", "--num-samp
 # Generous thresholds: the gate must not trip on a shared machine's noise, and the
 # injected delay (several times the engine's own latency) is far beyond them.
 THRESHOLDS = ["--max-regression", "min:60%", "--max-speedup-drop", "0.5"]
-DELAY = {"DENSENET_OPT_TEST_DELAY": "pruned:400"}
+DELAY = {"DENSENET_OPT_TEST_INJECT": "pruned@*=delay:400"}
 
 
 def sweep(tmp_path: Path, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
