@@ -53,11 +53,12 @@ def environment_info(device: torch.device) -> dict[str, str]:
     return {
         "device_name": device_name(device),
         "cpu": cpu_name(),
-        "gpu_driver": nvidia_driver() if cuda else "",
+        "gpu_driver": nvidia_driver() if cuda else "none",
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torchvision": _version("torchvision"),
-        "cuda": (torch.version.cuda or "") if cuda else "",
-        "cudnn": str(torch.backends.cudnn.version() or "") if cuda else "",
+        # The versions torch was built with, recorded on CPU too: they say which build ran.
+        "cuda": torch.version.cuda or "none",
+        "cudnn": str(torch.backends.cudnn.version() or "none"),
         "onnxruntime": ort,
     }

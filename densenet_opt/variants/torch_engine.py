@@ -36,7 +36,7 @@ class TorchEngine:
         self.dtype = dtype
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model_size_bytes = model_size_bytes
-        self.info = dict(info or {})
+        self.info = {"backend": "torch", "dtype": str(dtype).removeprefix("torch."), "threads": str(torch.get_num_threads()), **(info or {})}
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
