@@ -55,3 +55,25 @@ def test_a_crash_while_writing_keeps_the_rows_already_written(tmp_path: Path, mo
         report.upsert_row(path, _row("baseline", 4, 200.0))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def _write_rows(path: Path, variant: str, count: int) -> None:
+    for size in range(1, count + 1):
+        report.upsert_row(path, _row(variant, size, float(size)))
+
+
+def test_two_writers_on_one_file_lose_no_row(tmp_path: Path) -> None:
+    import multiprocessing
+
+    path = tmp_path / report.RESULTS_FILE
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_write_rows, args=(path, name, 25)) for name in ("a", "b")]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+        assert writer.exitcode == 0
+    rows = report.read_rows(path)
+    assert sorted((r["optimization_technique"], int(r["batch_size"])) for r in rows) == [
+        (name, size) for name in ("a", "b") for size in range(1, 26)
+    ]
