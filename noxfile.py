@@ -47,9 +47,10 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def gpu_bench(session: nox.Session) -> None:
-    """The CUDA sweep -> results-gpu/, gated by the stored CUDA baseline; stops without CUDA."""
+    """The CUDA sweep -> results-gpu/, gated by the stored CUDA baseline; stops without CUDA.
+    Uses every visible GPU: one sweep process per GPU, results merged (densenet_opt/shard.py)."""
     session.install("-e", ".[gpu,test]")
     if not has_cuda(session):
         session.error("gpu_bench needs a CUDA GPU and this torch sees none: run `nox -s bench` for the CPU sweep")
     args = ["--device=cuda", "--output-dir=results-gpu", *compare_args("cuda", session.posargs), *session.posargs]
-    session.run("python", "-m", "densenet_opt", "sweep", *args)
+    session.run("python", "-m", "densenet_opt", "sweep-gpus", *args)
