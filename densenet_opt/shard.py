@@ -1,0 +1,359 @@
+"""One sweep over every visible GPU: one process per GPU, results merged into one CSV and one JSON.
+
+pytest-benchmark turns itself off under pytest-xdist, so parallelism comes from whole
+sweeps instead: each GPU gets a process pinned to it with CUDA_VISIBLE_DEVICES that runs
+``densenet-opt sweep`` on its share of the (variant, batch size) configs, into its own
+directory under OUTPUT_DIR/shards/, and the parent merges what they wrote. With one GPU,
+or on the CPU, it is a plain sweep.
+
+Configs of one variant stay together where the GPU count allows, because a process
+builds (exports, compiles, quantizes) a variant once and measures its accuracy once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from densenet_opt.config import SweepOptions
+from densenet_opt.errors import UserError
+from densenet_opt.report import COLUMNS, KEY_COLUMNS, RESULTS_FILE, read_rows, write_text_atomic
+
+SHARDS_DIR = "shards"
+BENCHMARK_JSON = "benchmark.json"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One ``densenet-opt sweep`` process: these variants at these batch sizes, on one GPU."""
+
+    gpu: str  # the CUDA_VISIBLE_DEVICES entry: an index, or a GPU-/MIG- UUID
+    variants: tuple[str, ...]
+    batch_sizes: tuple[int, ...]
+
+    @property
+    def configs(self) -> list[tuple[str, int]]:
+        return [(variant, size) for variant in self.variants for size in self.batch_sizes]
+
+
+# ---------------------------------------------------------------------------------------
+# Planning
+
+
+def visible_gpus(environ: Mapping[str, str] | None = None, device_count: Callable[[], int] | None = None) -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries for its children."""
+    environ = os.environ if environ is None else environ
+    if device_count is None:
+        import torch
+
+        device_count = torch.cuda.device_count
+    count = device_count()  # already honours CUDA_VISIBLE_DEVICES, including entries CUDA rejects
+    listed = environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return [str(index) for index in range(count)]
+    return [entry.strip() for entry in listed.split(",") if entry.strip()][:count]
+
+
+def parse_gpus(text: str, environ: Mapping[str, str] | None = None, device_count: Callable[[], int] | None = None) -> list[str]:
+    """``all`` (every visible GPU) or a comma-separated list of CUDA_VISIBLE_DEVICES entries."""
+    if text.strip() in ("", "all"):
+        return visible_gpus(environ, device_count)
+    gpus = list(dict.fromkeys(entry.strip() for entry in text.split(",") if entry.strip()))
+    if not gpus:
+        raise UserError(f"--gpus {text!r} names no GPU: give all, or indices such as 0,1")
+    return gpus
+
+
+def plan_shards(variants: Sequence[str], batch_sizes: Sequence[int], gpus: Sequence[str]) -> list[Shard]:
+    """Share the configs out among ``gpus``; several shards on one GPU run one after another.
+
+    Work units are whole variants; while there are fewer units than GPUs, the unit with
+    the most batch sizes is split in two, alternating sizes so that both halves get small
+    and large batches. Units go to the least loaded GPU, largest first, and units of one
+    GPU that share their batch sizes become one process.
+    """
+    variants, batch_sizes = tuple(variants), tuple(batch_sizes)
+    if not variants or not batch_sizes:
+        return []
+    if len(gpus) <= 1:
+        return [Shard(gpus[0] if gpus else "", variants, batch_sizes)]
+    units = [(variant, batch_sizes) for variant in variants]
+    while len(units) < len(gpus):
+        widest = max(range(len(units)), key=lambda i: len(units[i][1]))
+        variant, sizes = units[widest]
+        if len(sizes) < 2:
+            break
+        units[widest : widest + 1] = [(variant, sizes[0::2]), (variant, sizes[1::2])]
+    loads = {gpu: 0 for gpu in gpus}
+    assigned: dict[str, list[tuple[str, tuple[int, ...]]]] = {gpu: [] for gpu in gpus}
+    for variant, sizes in sorted(units, key=lambda unit: -len(unit[1])):  # stable: ties keep sweep order
+        gpu = min(gpus, key=lambda g: loads[g])
+        assigned[gpu].append((variant, sizes))
+        loads[gpu] += len(sizes)
+    shards = []
+    for gpu in gpus:
+        by_sizes: dict[tuple[int, ...], list[str]] = {}
+        for variant, sizes in assigned[gpu]:
+            by_sizes.setdefault(tuple(sorted(sizes, key=batch_sizes.index)), []).append(variant)
+        for sizes, names in by_sizes.items():
+            shards.append(Shard(gpu, tuple(sorted(names, key=variants.index)), sizes))
+    return shards
+
+
+# ---------------------------------------------------------------------------------------
+# Merging
+
+
+def _key(row: Mapping[str, str]) -> tuple[str, ...]:
+    return tuple(str(row.get(column, "")) for column in KEY_COLUMNS)
+
+
+def merge_results(sources: Iterable[Path], target: Path) -> list[dict[str, str]]:
+    """Upsert every row of ``sources`` into ``target`` (rows of configs not measured now stay,
+    as in a plain sweep); a later source wins for the same variant, batch size and device."""
+    merged: dict[tuple[str, ...], dict[str, str]] = {_key(row): row for row in read_rows(target)}
+    columns = list(COLUMNS)
+    for source in sources:
+        rows = read_rows(source)
+        for row in rows:
+            merged.pop(_key(row), None)  # a re-measured config moves to the end, as upsert_row does
+            merged[_key(row)] = row
+            columns += [column for column in row if column not in columns]
+    rows = fill_speedups([{column: row.get(column, "") for column in columns} for row in merged.values()])
+    _write_csv(target, columns, rows)
+    return rows
+
+
+SPEEDUP = "speedup_vs_baseline"
+
+
+def fill_speedups(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """A shard without the baseline variant cannot compute its speedups; after merging, the
+    baseline row of the same batch size on the same kind of device can."""
+    from densenet_opt.variants import BASELINE
+
+    baseline = {
+        (r["batch_size"], r["device"], r.get("device_name", "")): r["latency_ms_per_batch"]
+        for r in rows if r["optimization_technique"] == BASELINE and r.get("latency_ms_per_batch")
+    }
+    for row in rows:
+        reference = baseline.get((row["batch_size"], row["device"], row.get("device_name", "")))
+        if SPEEDUP in row and not row[SPEEDUP] and reference and row.get("latency_ms_per_batch"):
+            row[SPEEDUP] = str(round(float(reference) / float(row["latency_ms_per_batch"]), 3))
+    return rows
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, str]]) -> None:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows({column: row.get(column, "") for column in columns} for row in rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def merge_benchmark_json(sources: Iterable[Path], target: Path) -> dict | None:
+    """One pytest-benchmark JSON from several runs of the same machine: the ``benchmarks``
+    lists joined (a later run wins for the same test), the first run's machine_info,
+    commit_info, datetime and version kept. None when no source exists."""
+    documents = []
+    for source in sources:
+        if not source.is_file():
+            continue
+        try:
+            document = json.loads(source.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise UserError(f"{source} is not valid JSON ({error}): that shard's run did not finish; see its sweep.log") from None
+        if not isinstance(document, dict) or not isinstance(document.get("benchmarks"), list):
+            raise UserError(f"{source} is not a pytest-benchmark JSON (no benchmarks list): see its shard's sweep.log")
+        documents.append(document)
+    if not documents:
+        return None
+    benchmarks: dict[str, dict] = {}
+    for document in documents:
+        for benchmark in document["benchmarks"]:
+            name = benchmark.get("fullname") or benchmark.get("name")
+            benchmarks.pop(name, None)
+            benchmarks[name] = benchmark
+    merged = {**documents[0], "benchmarks": list(benchmarks.values())}
+    write_text_atomic(target, json.dumps(merged, indent=4) + "\n")
+    return merged
+
+
+# ---------------------------------------------------------------------------------------
+# Running
+
+
+def shard_dirs(output_dir: Path, shards: Sequence[Shard]) -> list[Path]:
+    counts: dict[str, int] = {}
+    names = []
+    for shard in shards:
+        counts[shard.gpu] = counts.get(shard.gpu, 0) + 1
+        names.append(output_dir / SHARDS_DIR / f"gpu{_safe(shard.gpu)}-{counts[shard.gpu]}")
+    return names
+
+
+def _safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
+
+
+def seed_shard(results: Path, shard: Shard, device: str, directory: Path) -> None:
+    """Give a shard the rows already measured for its own configs, so --resume and
+    upserts behave as they do in one directory."""
+    configs = {(variant, str(size), device) for variant, size in shard.configs}
+    rows = [row for row in read_rows(results) if _key(row) in configs]
+    directory.mkdir(parents=True, exist_ok=True)
+    if rows:
+        _write_csv(directory / RESULTS_FILE, list(rows[0]), rows)
+
+
+def shard_command(python: str, options: SweepOptions, shard: Shard, directory: Path,
+                  sweep_flags: Sequence[str], pytest_args: Sequence[str]) -> list[str]:
+    own = dataclasses.replace(options, variants=shard.variants, batch_sizes=shard.batch_sizes, output_dir=directory)
+    command = [python, "-m", "densenet_opt", "sweep", *own.to_args(), *sweep_flags]
+    return command + (["--", *pytest_args] if pytest_args else [])
+
+
+def run_shards(commands: Sequence[tuple[Shard, Path, list[str]]], environ: Mapping[str, str] | None = None) -> list[int]:
+    """Run the commands, the ones of one GPU in turn and the GPUs at once; each process sees
+    only its GPU. Output goes to DIR/sweep.log and, prefixed with the GPU, to stdout."""
+    environ = dict(os.environ if environ is None else environ)
+    codes = [0] * len(commands)
+    printing = threading.Lock()
+
+    def run_gpu(gpu: str) -> None:
+        for index, (shard, directory, command) in enumerate(commands):
+            if shard.gpu != gpu:
+                continue
+            with printing:
+                sizes = ",".join(map(str, shard.batch_sizes))
+                print(f"[gpu {gpu}] {', '.join(shard.variants)} at batch sizes {sizes} -> {directory}", flush=True)
+            with (directory / "sweep.log").open("w") as log:
+                process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                           env={**environ, "CUDA_VISIBLE_DEVICES": gpu})
+                for line in process.stdout:
+                    log.write(line)
+                    with printing:
+                        print(f"[gpu {gpu}] {line}", end="", flush=True)
+                codes[index] = process.wait()
+
+    threads = [threading.Thread(target=run_gpu, args=(gpu,)) for gpu in dict.fromkeys(s.gpu for s, _, _ in commands)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return codes
+
+
+def sweep_on_gpus(
+    options: SweepOptions, gpus: Sequence[str], pytest_args: Sequence[str], gate: argparse.Namespace | None = None,
+    *, python: str = sys.executable, environ: Mapping[str, str] | None = None,
+) -> int:
+    """The sharded sweep; returns the exit code (the first failing shard's, or the gate's)."""
+    from densenet_opt import baselines
+
+    shards = plan_shards(options.variants, options.batch_sizes, gpus)
+    output_dir = options.output_dir
+    shutil.rmtree(output_dir / SHARDS_DIR, ignore_errors=True)  # a stale shard would merge old rows back
+    results = output_dir / RESULTS_FILE
+    directories = shard_dirs(output_dir, shards)
+    # Each shard checks latency itself; saving happens once, below, from the merged results.
+    flags = _compare_flags(gate) if gate is not None and gate.compare_baseline else []
+    commands = []
+    for shard, directory in zip(shards, directories, strict=True):
+        seed_shard(results, shard, options.device, directory)
+        commands.append((shard, directory, shard_command(python, options, shard, directory, flags, pytest_args)))
+    used = ", ".join(dict.fromkeys(s.gpu for s in shards))
+    print(f"sweeping {len(shards)} shards on GPUs {used}; logs in {output_dir / SHARDS_DIR}", flush=True)
+    codes = run_shards(commands, environ)
+    rows = merge_results([d / RESULTS_FILE for d in directories], results)
+    merged_json = merge_benchmark_json([d / BENCHMARK_JSON for d in directories], output_dir / BENCHMARK_JSON)
+    print(f"\nmerged results: {results}" + ("" if merged_json else " (no shard wrote a benchmark JSON)"))
+    failed = [f"{', '.join(s.variants)} on GPU {s.gpu} (exit {c}, log {d / 'sweep.log'})"
+              for (s, d, _), c in zip(commands, codes, strict=True) if c != 0]
+    for failure in failed:
+        print(f"shard failed: {failure}")
+    code = next((c for c in codes if c != 0), 0)
+    if gate is not None and gate.compare_baseline:
+        stored = baselines.load_speedups(baselines.speedups_file(options.device, gate.baseline_dir))
+        problems = baselines.speedup_regressions(rows, options.device, stored, gate.max_speedup_drop)
+        for problem in problems:
+            print(f"SPEEDUP REGRESSION (all GPUs): {problem}")
+        code = code or (1 if problems else 0)
+    if gate is not None and gate.save_baseline and code == 0 and merged_json:
+        save_baseline(merged_json, rows, options.device, gate.baseline_dir)
+    from densenet_opt.summary import summarize_after_sweep
+
+    summarize_after_sweep(output_dir)
+    return code
+
+
+def _compare_flags(gate: argparse.Namespace) -> list[str]:
+    return ["--compare-baseline", f"--baseline-dir={gate.baseline_dir}", f"--max-regression={gate.max_regression}",
+            f"--max-speedup-drop={gate.max_speedup_drop}"]
+
+
+def save_baseline(merged_json: dict, rows: list[dict[str, str]], device: str, directory: Path) -> None:
+    """What ``sweep --save-baseline`` stores, from the merged run: pytest-benchmark's
+    per-machine JSON (named as --benchmark-save names it) and the speedups."""
+    from pytest_benchmark.storage.file import FileStorage
+    from pytest_benchmark.utils import get_machine_id
+
+    from densenet_opt import baselines
+
+    stored = {**merged_json, "benchmarks": [
+        {**b, "stats": {k: v for k, v in b.get("stats", {}).items() if k != "data"}} for b in merged_json["benchmarks"]
+    ]}
+    FileStorage(directory, logging.getLogger(__name__), default_machine_id=get_machine_id()).save(stored, device)
+    path = baselines.speedups_file(device, directory)
+    baselines.save_speedups(rows, device, path)
+    print(f"stored the merged run as this machine's {device} baseline in {directory} and speedups in {path}")
+
+
+# ---------------------------------------------------------------------------------------
+# CLI
+
+
+def add_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "sweep-gpus",
+        parents=[commands.choices["sweep"]],  # every sweep option, the baseline gate, pytest args after --
+        conflict_handler="resolve",
+        help="the sweep over every visible GPU at once, merged into one results file",
+        description="Runs one `sweep` process per GPU (pinned with CUDA_VISIBLE_DEVICES) on a share of the "
+        "(variant, batch size) configs, each into OUTPUT_DIR/shards/gpuN-K/, then merges their results into "
+        f"OUTPUT_DIR/{RESULTS_FILE} and OUTPUT_DIR/{BENCHMARK_JSON}. With one GPU or on the CPU it is a plain sweep.",
+    )
+    parser.add_argument("--gpus", default="all",
+                        help="all (every GPU CUDA_VISIBLE_DEVICES shows), or a comma-separated list such as 0,1 (default: %(default)s)")
+    parser.set_defaults(handler=run_sweep_gpus)
+
+
+def run_sweep_gpus(args: argparse.Namespace) -> int:
+    from densenet_opt.cli import run_sweep
+    from densenet_opt.config import options_from_mapping
+    from densenet_opt.sweep import Sweep, preflight
+
+    options = options_from_mapping(vars(args))
+    preflight(options)
+    if options.device != "cuda" and args.gpus.strip() not in ("", "all"):
+        raise UserError(f"--gpus {args.gpus} needs the sweep on CUDA, but it runs on {options.device}: drop --gpus or use --device cuda")
+    gpus = parse_gpus(args.gpus) if options.device == "cuda" else []
+    # One visible GPU is a plain sweep; one GPU named with --gpus still needs its own pinned process.
+    if options.device != "cuda" or (len(gpus) <= 1 and args.gpus.strip() in ("", "all")):
+        return run_sweep(options, args.pytest_args, args)
+    _ = Sweep(options).weights  # resolve (and cache) the weights once, not in every process at once
+    return sweep_on_gpus(options, gpus, args.pytest_args, args)
