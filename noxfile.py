@@ -21,7 +21,7 @@ def tests(session: nox.Session) -> None:
     """CPU test suite: unit tests plus a small benchmark sweep (results in .nox/test-results)."""
     session.install("-e", ".[cpu,test]")
     # One cache for the tests and the sweeps they start: the synthetic weights take minutes to build.
-    session.env.setdefault("DENSENET_OPT_CACHE", os.environ.get("DENSENET_OPT_CACHE", str(Path.home() / ".cache" / "densenet_opt")))
+    session.env["DENSENET_OPT_CACHE"] = os.environ.get("DENSENET_OPT_CACHE", str(Path.home() / ".cache" / "densenet_opt"))
     session.run("pytest", *TEST_SWEEP, "--output-dir=.nox/test-results", *session.posargs)
 
 
