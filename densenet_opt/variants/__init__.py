@@ -20,7 +20,7 @@ import torch
 from densenet_opt.errors import UserError, VariantUnavailable
 
 # Order matters: it is the order of the sweep and of the registry listing.
-VARIANT_MODULES: tuple[str, ...] = ("baseline", "pruning")
+VARIANT_MODULES: tuple[str, ...] = ("baseline", "pruning", "onnx", "quantization", "precision", "compiled")
 
 BASELINE = "baseline"
 

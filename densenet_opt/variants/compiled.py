@@ -1,0 +1,182 @@
+"""Compiled fp32 (``compiled``) and CUDA graphs of the reduced-precision engine (``cuda_graphs``).
+
+``compiled`` on the CPU: inductor with freezing, channels_last, one dynamic-batch
+AOTInductor package cached on disk (inductor.py says why not ``torch.compile`` there).
+On CUDA: ``torch.compile`` with max-autotune (option ``compiled.mode``), channels_last,
+static shapes per batch size (autotuning and CUDA graphs want them); inductor's FX graph
+and autotuning caches carry across processes there, since no oneDNN tensors are involved.
+Compilation happens in the build, with its time in ``info["compile_s"]``.
+
+``cuda_graphs``: the fp16 or bf16 eager engine (whichever replays faster, or the one
+``cuda_graphs.dtype`` names) captured in one CUDA graph per static batch size. A call
+copies the host batch into the static input buffer, replays, and copies the logits out.
+"""
+
+from __future__ import annotations
+
+import time
+import torch
+
+from densenet_opt.errors import UserError
+from densenet_opt.variants import BuildContext, Engine, Variant
+from densenet_opt.variants.inductor import (
+    PackageEngine, dynamic_batch_shapes, example_batch, load_or_compile,
+)
+from densenet_opt.variants.precision import DTYPES, check_cuda_dtype, cuda_model
+from densenet_opt.variants.torch_engine import TorchEngine, state_dict_bytes
+
+COMPILED = "compiled"
+CUDA_GRAPHS = "cuda_graphs"
+DEFAULT_CUDA_MODE = "max-autotune"
+# Replays timed per dtype when cuda_graphs picks the faster of fp16 and bf16.
+SELECTION_REPLAYS = 20
+
+
+def option(ctx: BuildContext, key: str, choices: tuple[str, ...], default: str) -> str:
+    value = ctx.options.get(key, default)
+    if value not in choices:
+        raise UserError(f"--variant-options {key}={value!r} is not valid: choose one of {', '.join(choices)}")
+    return value
+
+
+def compile_mode(ctx: BuildContext) -> str:
+    modes = tuple(mode for mode in torch._inductor.list_mode_options() if mode != "lite")
+    key = f"{COMPILED}.mode"
+    mode = option(ctx, key, modes, DEFAULT_CUDA_MODE)
+    if ctx.device.type != "cuda" and key in ctx.options:
+        raise UserError(
+            f"--variant-options {key} applies on CUDA only (on the CPU, compiled is an AOTInductor "
+            "package with freezing): drop the option or use --device cuda"
+        )
+    return mode
+
+
+def build_compiled(ctx: BuildContext) -> Engine:
+    mode = compile_mode(ctx)
+    if ctx.device.type == "cuda":
+        return build_compiled_cuda(ctx, mode)
+
+    def export() -> torch.export.ExportedProgram:
+        model = ctx.reference_model().eval().to(memory_format=torch.channels_last)
+        return torch.export.export(model, example_batch(), dynamic_shapes=dynamic_batch_shapes())
+
+    runner, package = load_or_compile(ctx, COMPILED, {"dtype": "fp32"}, export, inductor_configs={"freezing": True})
+    info = {"backend": "aotinductor+onednn", "freezing": "on", "layout": "channels_last"}
+    return PackageEngine(runner, package, dtype=torch.float32, info=info)
+
+
+def build_compiled_cuda(ctx: BuildContext, mode: str) -> Engine:
+    model = ctx.reference_model().to(ctx.device, memory_format=torch.channels_last).eval()
+    size = state_dict_bytes(model)
+    # Static shapes: one compiled graph per batch size, so that autotuning and CUDA graphs
+    # see the real shape, and a second engine in this process cannot turn dynamic.
+    compiled = torch.compile(model, mode=mode, dynamic=False)
+    engine = TorchEngine(
+        compiled, ctx.device, model_size_bytes=size, channels_last=True,
+        info={"backend": "torch.compile+inductor", "mode": mode, "layout": "channels_last"},
+    )
+    ctx.progress(f"{COMPILED}: torch.compile mode={mode} for batch {ctx.batch_size} (minutes with max-autotune)")
+    started = time.perf_counter()
+    engine(torch.zeros(ctx.batch_size, 3, 224, 224))  # compiles
+    engine.info["compile_s"] = f"{time.perf_counter() - started:.1f}"
+    return engine
+
+
+class CudaGraphEngine:
+    """One captured inference for one static batch size: host batch in, host fp32 logits out."""
+
+    def __init__(self, model: torch.nn.Module, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.model = model
+        self.batch_size = batch_size
+        self.static_input = torch.zeros(batch_size, 3, 224, 224, device=device)
+        self.stream = torch.cuda.Stream(device)
+        previous = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            with torch.no_grad():
+                # Warm up on a side stream, as capture requires; cuDNN picks its algorithms here.
+                self.stream.wait_stream(torch.cuda.current_stream(device))
+                with torch.cuda.stream(self.stream):
+                    for _ in range(3):
+                        self._forward(dtype)
+                torch.cuda.current_stream(device).wait_stream(self.stream)
+                self.graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(self.graph):
+                    # The dtype and layout conversion of the input is part of the graph.
+                    self.static_output = self._forward(dtype).float()
+        finally:
+            torch.backends.cudnn.benchmark = previous
+        torch.cuda.synchronize(device)
+
+    def _forward(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.model(self.static_input.to(dtype=dtype, memory_format=torch.channels_last))
+
+    def replay_ms(self, replays: int) -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays):
+            self.graph.replay()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / replays
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        if batch.shape != self.static_input.shape:
+            raise ValueError(
+                f"this CUDA graph was captured for input {tuple(self.static_input.shape)}, got {tuple(batch.shape)}"
+            )
+        self.static_input.copy_(batch, non_blocking=True)
+        self.graph.replay()
+        return self.static_output.cpu()  # a fresh host tensor; waits for the replay
+
+    def close(self) -> None:
+        self.graph = self.model = self.static_input = self.static_output = None  # type: ignore[assignment]
+        torch.cuda.empty_cache()
+
+
+class CapturedEngine:
+    """A CudaGraphEngine plus the Engine protocol's size and info."""
+
+    def __init__(self, graph: CudaGraphEngine, model_size_bytes: int, info: dict[str, str]) -> None:
+        self.graph = graph
+        self.model_size_bytes = model_size_bytes
+        self.info = info
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.graph(batch)
+
+    def close(self) -> None:
+        self.graph.close()
+
+
+def build_cuda_graphs(ctx: BuildContext) -> Engine:
+    choice = option(ctx, f"{CUDA_GRAPHS}.dtype", ("auto", *DTYPES), "auto")
+    names = [name for name in DTYPES if choice in ("auto", name)]
+    if choice == "auto" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        names = ["fp16"]
+    info: dict[str, str] = {"layout": "channels_last", "cudnn_benchmark": "on"}
+    best: tuple[float, str, CudaGraphEngine, int] | None = None
+    started = time.perf_counter()
+    for name in names:
+        check_cuda_dtype(CUDA_GRAPHS, DTYPES[name], ctx.device)
+        engine = CudaGraphEngine(cuda_model(ctx, DTYPES[name]), ctx.batch_size, ctx.device, DTYPES[name])
+        replay_ms = engine.replay_ms(SELECTION_REPLAYS)
+        info[f"{name}_replay_ms"] = f"{replay_ms:.3f}"
+        if best is None or replay_ms < best[0]:
+            if best is not None:
+                best[2].close()
+            best = (replay_ms, name, engine, state_dict_bytes(engine.model))
+        else:
+            engine.close()
+    assert best is not None  # names is never empty
+    _, name, engine, size = best
+    info.update(dtype=name, selected="fastest replay" if choice == "auto" else "option", capture_s=f"{time.perf_counter() - started:.1f}")
+    return CapturedEngine(engine, size, info)
+
+
+VARIANTS = [
+    Variant(COMPILED, "fp32 inductor, channels_last: CPU AOTInductor package with freezing, "
+            "CUDA torch.compile max-autotune", build_compiled),
+    Variant(CUDA_GRAPHS, "fp16/bf16 eager engine (faster replay) captured in a CUDA graph per batch size",
+            build_cuda_graphs, devices=("cuda",)),
+]

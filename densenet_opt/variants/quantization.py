@@ -1,0 +1,95 @@
+"""Static post-training int8 on the CPU: PT2E with torchao's X86InductorQuantizer.
+
+The recommended x86 flow: ``torch.export`` with a dynamic batch dimension, torchao's
+``prepare_pt2e`` with the X86 inductor quantizer (uint8 per-tensor activations from
+histogram observers, int8 per-channel symmetric weights), calibration on images disjoint
+from the evaluated ones, ``convert_pt2e``, then inductor with freezing, which lowers the
+quantize/dequantize patterns to oneDNN int8 convolutions (VNNI on AVX-512). Compiled once
+into a cached AOTInductor package (see inductor.py for why not ``torch.compile``).
+
+There is no CUDA path: these patterns lower to oneDNN CPU kernels only, and PyTorch has
+no int8 convolution for CUDA GPUs.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import torch
+
+from densenet_opt.errors import VariantUnavailable
+from densenet_opt.variants import BuildContext, Engine, Variant
+from densenet_opt.variants.inductor import (
+    PackageEngine, dynamic_batch_shapes, example_batch, load_or_compile, tensor_digest,
+)
+
+NAME = "int8"
+TORCHAO_REQUIREMENT = "torchao>=0.18"
+# Calibration batches: large enough to amortise the observers' overhead, small enough
+# that a 2-core machine keeps the activations of a DenseNet in RAM comfortably.
+CALIBRATION_BATCH = 32
+
+
+def import_pt2e():
+    """torchao's PT2E API, or VariantUnavailable saying what to install.
+
+    ``torch.ao.quantization.quantize_pt2e`` is gone from torch 2.14, so torchao is the
+    only source of this API.
+    """
+    try:
+        from torchao.quantization.pt2e import quantize_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer
+    except ImportError as error:
+        raise VariantUnavailable(
+            f"int8 needs torchao's PT2E quantization API, which this environment lacks ({error}): "
+            f"pip install '{TORCHAO_REQUIREMENT}'"
+        ) from None
+    return quantize_pt2e, x86_inductor_quantizer
+
+
+def calibrate(model: torch.nn.Module, images: torch.Tensor) -> None:
+    with torch.no_grad():
+        for start in range(0, len(images), CALIBRATION_BATCH):
+            model(images[start : start + CALIBRATION_BATCH].contiguous(memory_format=torch.channels_last))
+
+
+def quantized_program(ctx: BuildContext, calibration: torch.Tensor) -> torch.export.ExportedProgram:
+    quantize_pt2e, xiq = import_pt2e()
+    ctx.progress(f"{NAME}: exporting, inserting observers, calibrating on {len(calibration)} images")
+    model = ctx.reference_model().eval().to(memory_format=torch.channels_last)
+    example, dynamic = example_batch(), dynamic_batch_shapes()
+    graph = torch.export.export(model, example, dynamic_shapes=dynamic).module()
+    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+    prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
+    calibrate(prepared, calibration)
+    converted = quantize_pt2e.convert_pt2e(prepared)
+    return torch.export.export(converted, example, dynamic_shapes=dynamic)
+
+
+def build(ctx: BuildContext) -> Engine:
+    import_pt2e()  # fail early, before the calibration images are made
+    calibration = ctx.calibration_images(ctx.calibration_samples)
+    key = {
+        "torchao": importlib.metadata.version("torchao"),
+        "calibration": f"{len(calibration)}-{tensor_digest(calibration)}",
+        "quantizer": "x86-inductor-default",
+    }
+    runner, package = load_or_compile(
+        ctx, NAME, key, lambda: quantized_program(ctx, calibration), inductor_configs={"freezing": True}
+    )
+    info = {
+        "quantizer": "X86InductorQuantizer(u8 per-tensor act, s8 per-channel weight)",
+        "calibration_images": str(len(calibration)),
+        "backend": "aotinductor+onednn",
+    }
+    return PackageEngine(runner, package, dtype=torch.float32, info=info)
+
+
+VARIANTS = [
+    Variant(
+        NAME,
+        "static int8 PT2E (torchao X86InductorQuantizer) lowered by inductor with freezing to oneDNN; CPU only",
+        build,
+        devices=("cpu",),
+    )
+]

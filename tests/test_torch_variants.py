@@ -1,0 +1,243 @@
+"""The PyTorch int8 / reduced-precision / compiled variants (quantization.py, precision.py,
+compiled.py, inductor.py).
+
+Engines are built through the session's Sweep, with its cache directory and calibration
+count, so they share the AOTInductor packages of the benchmark sweep in the same run:
+whichever builds first pays the compile (about a minute per variant on two cores).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from densenet_opt.accuracy import fidelity, predict
+from densenet_opt.budgets import budget_for, load_budgets
+from densenet_opt.errors import UserError, VariantUnavailable
+from densenet_opt.variants import BuildContext, Engine, get_variant
+from densenet_opt.variants import inductor, precision
+from densenet_opt.variants.compiled import build_cuda_graphs, compile_mode
+
+VARIANTS = ("int8", "fp16", "bf16", "compiled", "cuda_graphs")
+# A few images: enough for a budget check whose granularity the budgets allow for.
+FIDELITY_IMAGES = 32
+BUILD_BATCH = 3
+
+
+def context(device: str, tmp_path: Path, options: dict[str, str] | None = None) -> BuildContext:
+    """A context whose model and images fail the test if anything reaches for them."""
+
+    def unexpected(*_args):
+        raise AssertionError("the build should have stopped before using the model or images")
+
+    return BuildContext(
+        device=torch.device(device), batch_size=BUILD_BATCH, reference_model=unexpected,
+        calibration_images=unexpected, calibration_samples=4, weights_key="test",
+        cache_dir=tmp_path, options=options or {}, progress=lambda message: None,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Where a variant cannot run: one clear sentence, no build
+# ---------------------------------------------------------------------------------------
+
+
+def test_cuda_graphs_skip_on_cpu_says_it_needs_cuda(tmp_path: Path) -> None:
+    with pytest.raises(VariantUnavailable, match="cuda only, not cpu"):
+        get_variant("cuda_graphs").build_engine(context("cpu", tmp_path))
+
+
+def test_int8_skip_on_cuda_says_it_is_cpu_only(tmp_path: Path) -> None:
+    with pytest.raises(VariantUnavailable, match="cpu only, not cuda"):
+        get_variant("int8").build_engine(context("cuda", tmp_path))
+
+
+@pytest.mark.parametrize("name, missing", [("fp16", "AVX512-FP16 or AMX-FP16"), ("bf16", "AVX512-BF16 or AMX")])
+def test_reduced_precision_without_native_cpu_support_skips(monkeypatch, tmp_path: Path, name: str, missing: str) -> None:
+    monkeypatch.setattr(precision, "native_cpu_isa", lambda dtype: None)
+    with pytest.raises(VariantUnavailable) as reason:
+        get_variant(name).build_engine(context("cpu", tmp_path))
+    message = str(reason.value)
+    assert missing in message and "emulate" in message and "\n" not in message
+
+
+def test_native_cpu_isa_follows_the_cpu_flags(monkeypatch) -> None:
+    for amx, avx512_bf16, expected in [(True, False, "amx"), (False, True, "avx512_bf16"), (False, False, None)]:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda flag=avx512_bf16: flag)
+        assert precision.native_cpu_isa(torch.bfloat16) == expected
+
+
+def test_int8_without_torchao_names_the_install_command(monkeypatch, tmp_path: Path) -> None:
+    # None in sys.modules makes the import fail as if torchao were not installed.
+    monkeypatch.setitem(sys.modules, "torchao.quantization.pt2e", None)
+    with pytest.raises(VariantUnavailable) as reason:
+        get_variant("int8").build_engine(context("cpu", tmp_path))
+    message = str(reason.value)
+    assert "pip install 'torchao>=" in message and "\n" not in message
+
+
+# ---------------------------------------------------------------------------------------
+# Options
+# ---------------------------------------------------------------------------------------
+
+
+def test_compile_mode_defaults_to_max_autotune_on_cuda(tmp_path: Path) -> None:
+    assert compile_mode(context("cuda", tmp_path)) == "max-autotune"
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_unknown_compile_mode_is_a_user_error(tmp_path: Path, device: str) -> None:
+    with pytest.raises(UserError, match=r"compiled\.mode='fastest'.*choose one of .*max-autotune"):
+        compile_mode(context(device, tmp_path, {"compiled.mode": "fastest"}))
+
+
+def test_compile_mode_on_cpu_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"compiled\.mode applies on CUDA only"):
+        compile_mode(context("cpu", tmp_path, {"compiled.mode": "reduce-overhead"}))
+
+
+def test_unknown_cuda_graphs_dtype_is_a_user_error(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"cuda_graphs\.dtype='int4'.*auto, fp16, bf16"):
+        build_cuda_graphs(context("cuda", tmp_path, {"cuda_graphs.dtype": "int4"}))
+
+
+# ---------------------------------------------------------------------------------------
+# The package cache (compile and load stubbed: the logic, not inductor)
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_aoti(monkeypatch) -> list[str]:
+    """Stubs AOTInductor: 'compiling' writes a small file; returns the list of compiles."""
+    compiles: list[str] = []
+
+    def compile_and_package(program, *, package_path: str, inductor_configs) -> str:
+        compiles.append(program)
+        Path(package_path).write_bytes(b"package of " + program.encode() * 100)
+        return package_path
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", compile_and_package)
+    monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path: f"runner for {path}")
+    return compiles
+
+
+def test_package_is_compiled_once_then_loaded(fake_aoti: list[str], tmp_path: Path) -> None:
+    ctx = context("cpu", tmp_path)
+    first, built = inductor.load_or_compile(ctx, "v", {"k": "1"}, lambda: "program", {})
+    second, loaded = inductor.load_or_compile(ctx, "v", {"k": "1"}, lambda: "program", {})
+    assert fake_aoti == ["program"]
+    assert (built.cache_hit, loaded.cache_hit) == (False, True)
+    assert built.path == loaded.path and first == second == f"runner for {built.path}"
+    assert loaded.compile_s == pytest.approx(built.compile_s, abs=0.1)  # recorded at build, reported on load
+
+
+def test_package_key_separates_weights_and_options(fake_aoti: list[str], tmp_path: Path) -> None:
+    ctx = context("cpu", tmp_path)
+    inductor.load_or_compile(ctx, "v", {"k": "1"}, lambda: "a", {})
+    inductor.load_or_compile(ctx, "v", {"k": "2"}, lambda: "b", {})
+    other_weights = replace(ctx, weights_key="other")
+    inductor.load_or_compile(other_weights, "v", {"k": "1"}, lambda: "c", {})
+    assert fake_aoti == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda path: path.write_bytes(path.read_bytes()[:-7]), "truncated"),
+        (lambda path: path.write_bytes(path.read_bytes()[:-1] + b"!"), "corrupt"),
+        (lambda path: inductor._sidecar(path).write_text("{not json"), "sidecar"),
+        (lambda path: inductor._sidecar(path).unlink(), "sidecar"),
+    ],
+)
+def test_a_damaged_package_is_compiled_again(fake_aoti: list[str], tmp_path: Path, damage, reason: str) -> None:
+    messages: list[str] = []
+    ctx = replace(context("cpu", tmp_path), progress=messages.append)
+    _, package = inductor.load_or_compile(ctx, "v", {}, lambda: "program", {})
+    damage(package.path)
+    _, again = inductor.load_or_compile(ctx, "v", {}, lambda: "program", {})
+    assert fake_aoti == ["program", "program"] and not again.cache_hit
+    assert any(reason in message and "compiling it again" in message for message in messages)
+    assert json.loads(inductor._sidecar(package.path).read_text())["size"] == package.path.stat().st_size
+
+
+def test_a_failed_compile_leaves_no_package(monkeypatch, tmp_path: Path) -> None:
+    def failing(program, *, package_path: str, inductor_configs) -> str:
+        Path(package_path).write_bytes(b"half a package")
+        raise RuntimeError("compiler crashed")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", failing)
+    with pytest.raises(RuntimeError, match="compiler crashed"):
+        inductor.load_or_compile(context("cpu", tmp_path), "v", {}, lambda: "program", {})
+    assert not list((tmp_path / inductor.CACHE_SUBDIR).iterdir())
+
+
+# ---------------------------------------------------------------------------------------
+# Real engines (skipped where the variant cannot run)
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def built(request, sweep) -> tuple[str, Engine]:
+    """One engine per variant for the whole module: builds are expensive."""
+    name = request.param
+    try:
+        engine = sweep.build_engine(name, BUILD_BATCH)
+    except VariantUnavailable as reason:
+        pytest.skip(f"{name} on {sweep.device.type}: {reason}")
+    yield name, engine
+    engine.close()
+
+
+def test_engine_gives_finite_logits_within_budget(built, sweep) -> None:
+    name, engine = built
+    count = min(FIDELITY_IMAGES, len(sweep.eval_set.images))
+    logits = predict(engine, sweep.eval_set.images[:count], BUILD_BATCH)  # raises on NaN/Inf
+    assert logits.shape == (count, 1000) and logits.dtype == torch.float32
+    measured = fidelity(logits, sweep.reference_logits[:count], None)
+    limits = budget_for(load_budgets(), name).limits
+    assert measured.agreement_top1 >= limits["agreement_top1_min"], measured
+    assert measured.relative_error <= limits["relative_error_max"], measured
+
+
+def test_engine_reports_its_artifact_and_build_cost(built) -> None:
+    name, engine = built
+    assert engine.model_size_bytes > 1 << 20
+    assert any(key in engine.info for key in ("compile_s", "autotune_s", "capture_s")), engine.info
+    if "package_cache" in engine.info:
+        assert float(engine.info["compile_s"]) > 0
+
+
+def test_dynamic_batch_gives_the_same_logits_per_image(built, sweep) -> None:
+    name, engine = built
+    if engine.info.get("dynamic_batch") != "yes":
+        pytest.skip(f"{name} is built for one batch size")
+    images = sweep.eval_set.images[:5]
+    whole = engine(images)
+    parts = torch.cat([engine(images[:1]), engine(images[1:3]), engine(images[3:])])
+    assert whole.shape == parts.shape == (5, 1000)
+    assert torch.allclose(whole, parts, rtol=1e-2, atol=1e-2 * whole.abs().max().item())
+
+
+def test_second_build_loads_the_cached_package_without_the_fp32_model(built, sweep) -> None:
+    """What the memory probe's fresh process does: no compile, and no fp32 model either
+    (it would show in RAM and cold start)."""
+    name, engine = built
+    if "package_cache" not in engine.info:
+        pytest.skip(f"{name} builds no package on {sweep.device.type}")
+
+    def no_model():
+        raise AssertionError("reference_model() called although the package is cached")
+
+    again = get_variant(name).build_engine(replace(sweep.build_context(1), reference_model=no_model))
+    try:
+        assert again.info["package_cache"] == "hit" and again.info["compile_s"] == engine.info["compile_s"]
+        image = sweep.eval_set.images[:1]
+        assert torch.allclose(again(image), engine(image), rtol=1e-5, atol=1e-5)
+    finally:
+        again.close()
