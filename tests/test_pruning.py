@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torchvision.models import densenet121
+from torchvision.models import DenseNet, densenet121
 
 from densenet_opt.errors import UserError
 from densenet_opt.flops import count_flops, count_params
@@ -37,6 +37,13 @@ SMALL_IMAGES = (2, 3, 64, 64)
 def densenet() -> nn.Module:
     torch.manual_seed(0)
     return densenet121(weights=None).eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_densenet() -> nn.Module:
+    """Same structure, a fraction of the cost: for tests of the build wiring."""
+    torch.manual_seed(0)
+    return DenseNet(growth_rate=8, block_config=(2, 2, 2, 2), num_init_features=16, bn_size=4).eval()
 
 
 @pytest.fixture(scope="module")
@@ -81,9 +88,9 @@ def test_amount_outside_zero_one_is_a_user_error(text: str) -> None:
     assert "pruned_structured.amount" in message and "[0, 1)" in message and "\n" not in message
 
 
-def test_bad_amount_fails_the_build(densenet: nn.Module, images: torch.Tensor, tmp_path: Path) -> None:
+def test_bad_amount_fails_the_build(tiny_densenet: nn.Module, images: torch.Tensor, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="pruned.amount"):
-        build_pruned(context(densenet, images, {"pruned.amount": "2"}, tmp_path))
+        build_pruned(context(tiny_densenet, images, {"pruned.amount": "2"}, tmp_path))
 
 
 # ---------------------------------------------------------------------------------------
@@ -91,31 +98,39 @@ def test_bad_amount_fails_the_build(densenet: nn.Module, images: torch.Tensor, t
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("amount", [DEFAULT_UNSTRUCTURED_AMOUNT, 0.3])
-def test_unstructured_reaches_the_requested_sparsity(densenet: nn.Module, amount: float) -> None:
-    model = prune_unstructured(copy.deepcopy(densenet), amount)
-    for conv, original in zip(conv_layers(model), conv_layers(densenet)):
+UNSTRUCTURED_AMOUNT = 0.3
+
+
+@pytest.fixture(scope="module")
+def unstructured(densenet: nn.Module) -> nn.Module:
+    return prune_unstructured(copy.deepcopy(densenet), UNSTRUCTURED_AMOUNT)
+
+
+def test_unstructured_reaches_the_requested_sparsity(densenet: nn.Module, unstructured: nn.Module) -> None:
+    for conv, original in zip(conv_layers(unstructured), conv_layers(densenet), strict=True):
         zeros = int((conv.weight == 0).sum())
-        assert zeros == round(amount * conv.weight.numel())
+        assert zeros == round(UNSTRUCTURED_AMOUNT * conv.weight.numel())
         # The smallest magnitudes went: every kept weight is at least as large as any removed one.
         removed = original.weight.detach().abs()[conv.weight == 0]
         assert removed.max() <= conv.weight.detach().abs()[conv.weight != 0].min()
 
 
-def test_unstructured_leaves_no_reparametrisation(densenet: nn.Module) -> None:
-    model = prune_unstructured(copy.deepcopy(densenet), 0.3)
+def test_unstructured_leaves_no_reparametrisation(densenet: nn.Module, unstructured: nn.Module) -> None:
+    model = unstructured
     assert set(model.state_dict()) == set(densenet.state_dict())
     assert not any(name.endswith(("_orig", "_mask")) for name, _ in model.named_parameters())
     assert not any(name.endswith("_mask") for name, _ in model.named_buffers())
     assert all(not conv._forward_pre_hooks for conv in conv_layers(model))
 
 
-def test_pruned_engine(densenet: nn.Module, images: torch.Tensor, tmp_path: Path) -> None:
-    engine = build_pruned(context(densenet, images, {"pruned.amount": "0.2"}, tmp_path))
+def test_pruned_engine_defaults_to_the_seeds_amount(tiny_densenet: nn.Module, images: torch.Tensor, tmp_path: Path) -> None:
+    engine = build_pruned(context(tiny_densenet, images, {}, tmp_path))
     logits = engine(images)
     assert logits.shape == (len(images), 1000) and logits.dtype == torch.float32
-    assert float(engine.info["sparsity"]) == pytest.approx(0.2, abs=1e-3)
-    assert int(engine.info["params"]) == count_params(densenet)  # zeros are still stored
+    expected = sum(round(DEFAULT_UNSTRUCTURED_AMOUNT * c.weight.numel()) for c in conv_layers(tiny_densenet))
+    total = sum(c.weight.numel() for c in conv_layers(tiny_densenet))
+    assert float(engine.info["sparsity"]) == pytest.approx(expected / total, abs=1e-4)
+    assert int(engine.info["params"]) == count_params(tiny_densenet)  # zeros are still stored
     engine.close()
 
 
@@ -144,6 +159,7 @@ def test_structured_removes_bottleneck_channels(densenet: nn.Module, structured:
 
 
 def test_structured_model_runs(structured: nn.Module, images: torch.Tensor) -> None:
+    assert not any(m.training for m in structured.modules())  # the new modules too
     with torch.inference_mode():
         logits = structured(images)
     assert logits.shape == (len(images), 1000) and torch.isfinite(logits).all()
@@ -201,20 +217,24 @@ def test_recalibration_averages_batches_equally(structured: nn.Module, images: t
     torch.testing.assert_close(one_by_one.features.norm0.running_mean, torch.stack(stems).mean(0), rtol=1e-4, atol=1e-5)
 
 
-def test_pruned_structured_engine(densenet: nn.Module, images: torch.Tensor, tmp_path: Path) -> None:
-    engine = build_pruned_structured(context(densenet, images, {"pruned_structured.amount": "0.5"}, tmp_path))
+def test_pruned_structured_engine(tiny_densenet: nn.Module, images: torch.Tensor, tmp_path: Path) -> None:
+    engine = build_pruned_structured(context(tiny_densenet, images, {"pruned_structured.amount": "0.5"}, tmp_path))
     logits = engine(images)
     assert logits.shape == (len(images), 1000) and logits.dtype == torch.float32
-    assert all(b.channels == 64 for b in bottlenecks(engine.module))
-    assert int(engine.info["params"]) == count_params(engine.module) < count_params(densenet)
-    assert float(engine.info["gflops_per_image"]) < count_flops(densenet) / 1e9
-    assert engine.info["amount"] == "0.5" and engine.info["bottleneck_channels"] == "64"
+    half = bottlenecks(tiny_densenet)[0].channels // 2
+    assert all(b.channels == half for b in bottlenecks(engine.module))
+    assert int(engine.info["params"]) == count_params(engine.module) < count_params(tiny_densenet)
+    assert float(engine.info["gflops_per_image"]) < count_flops(tiny_densenet) / 1e9
+    assert engine.info["amount"] == "0.5" and engine.info["bottleneck_channels"] == str(half)
+    # Recalibrated on the calibration images, and in eval mode.
+    assert not any(m.training for m in engine.module.modules())
+    assert not torch.equal(engine.module.features.norm0.running_mean, tiny_densenet.features.norm0.running_mean)
     engine.close()
 
 
-def test_one_build_per_context_and_options(densenet: nn.Module, images: torch.Tensor, tmp_path: Path) -> None:
+def test_one_build_per_context_and_options(tiny_densenet: nn.Module, images: torch.Tensor, tmp_path: Path) -> None:
     """Each batch size of a session gets an engine, but the pruning and recalibration run once."""
-    ctx = context(densenet, images, {"pruned_structured.amount": "0.4"}, tmp_path)
+    ctx = context(tiny_densenet, images, {"pruned_structured.amount": "0.4"}, tmp_path)
     built = []
     counting = dataclasses.replace(ctx, reference_model=lambda: built.append(1) or ctx.reference_model())
     first, second = build_pruned_structured(counting), build_pruned_structured(counting)

@@ -4,6 +4,11 @@ Unstructured pruning zeroes weights but keeps every tensor's shape, so dense ker
 do exactly the same work: ``pruned`` reproduces the seed's technique to show that.
 ``pruned_structured`` physically removes channels, so the model has fewer FLOPs and
 parameters on any hardware.
+
+Time falls less than FLOPs: BatchNorm and ReLU over the concatenated feature maps,
+the concatenations and the pooling are untouched (about a quarter of eager CPU time at
+batch 32), and oneDNN computes channels in blocks of 16, so 90 kept channels cost as much as
+96. Amounts that leave a multiple of 16 of the 128 channels (0.25, 0.375) waste nothing.
 """
 
 from __future__ import annotations
@@ -46,8 +51,8 @@ def parse_amount(options: Mapping[str, str], variant: str, default: float) -> fl
         amount = math.nan
     if not 0.0 <= amount < 1.0:  # NaN fails this too
         raise UserError(
-            f"--variant-options {key}={text} is not a fraction in [0, 1): "
-            f"give the share of weights to remove, e.g. {key}={default}"
+            f"--variant-options {key}={text} is not a number in [0, 1): "
+            f"give the fraction to prune, e.g. {key}={default}"
         )
     return amount
 
@@ -85,7 +90,8 @@ class Bottleneck:
         After norm2 a channel's scale is |gamma| whatever conv1's filter norm was, and
         conv2's weights on that channel carry it forward, hence the product. BatchNorm
         scale alone (network slimming) ranks nothing on untrained weights, where every
-        gamma is 1.
+        gamma is 1. (On synthetic weights no criterion beat a random ranking by much:
+        they spread information evenly over channels.)
         """
         gamma = self.layer.norm2.weight.detach().abs()
         return gamma * self.layer.conv2.weight.detach().abs().sum(dim=(0, 2, 3))
