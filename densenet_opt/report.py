@@ -29,6 +29,8 @@ SEED_COLUMNS = (
 EXTRA_COLUMNS = (
     "status",
     "speedup_vs_baseline",
+    "gflops_per_image",
+    "achieved_gflops_per_sec",
     "latency_ms_stddev",
     "latency_ms_median",
     "latency_ms_min",

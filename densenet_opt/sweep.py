@@ -17,6 +17,7 @@ import torch
 from densenet_opt import data, model
 from densenet_opt.accuracy import Fidelity, NonFiniteLogits, fidelity, predict
 from densenet_opt.config import SweepOptions
+from densenet_opt.flops import count_flops
 from densenet_opt.errors import UserError
 from densenet_opt.measure.env import environment_info
 from densenet_opt.measure.memory import MIB
@@ -154,6 +155,16 @@ class Sweep:
         return self._probes[key]
 
     @cached_property
+    def reference_gflops_per_image(self) -> float:
+        return count_flops(self._reference) / 1e9
+
+    def gflops_per_image(self, engine: Engine) -> float:
+        """The variant's own count where its graph differs (structured pruning); otherwise the
+        reference's, since FlopCounterMode cannot see int8, ONNX Runtime or compiled kernels
+        and the same arithmetic at another precision is the same work."""
+        return float(engine.info.get("gflops_per_image", self.reference_gflops_per_image))
+
+    @cached_property
     def environment(self) -> dict[str, str]:
         return environment_info(self.device)
 
@@ -164,6 +175,8 @@ class Sweep:
         if variant == BASELINE:
             self._baseline_latency_ms[batch_size] = latency.mean_ms
         baseline_ms = self._baseline_latency_ms.get(batch_size)
+        gflops = self.gflops_per_image(engine)
+        throughput = batch_size * 1e3 / latency.mean_ms
         return {
             "model_name": MODEL_NAME,
             "batch_size": batch_size,
@@ -176,8 +189,10 @@ class Sweep:
             "vram_usage_mb": round(memory.vram_usage_mb, 1),
             "latency_ms_per_batch": round(latency.mean_ms, 2),
             "status": OK,
-            "throughput_samples_per_sec": round(batch_size * 1e3 / latency.mean_ms, 2),
+            "throughput_samples_per_sec": round(throughput, 2),
             "speedup_vs_baseline": round(baseline_ms / latency.mean_ms, 3) if baseline_ms else "",
+            "gflops_per_image": round(gflops, 3),
+            "achieved_gflops_per_sec": round(gflops * throughput, 1),
             "latency_ms_stddev": round(latency.stddev_ms, 2),
             "latency_ms_median": round(latency.median_ms, 2),
             "latency_ms_min": round(latency.min_ms, 2),

@@ -27,6 +27,7 @@ VARIANTS = ("int8", "fp16", "bf16", "compiled", "cuda_graphs")
 # A few images: enough for a budget check whose granularity the budgets allow for.
 FIDELITY_IMAGES = 32
 BUILD_BATCH = 3
+SHAPE = inductor.BatchShape(BUILD_BATCH)
 
 
 def context(device: str, tmp_path: Path, options: dict[str, str] | None = None) -> BuildContext:
@@ -102,6 +103,22 @@ def test_compile_mode_on_cpu_is_a_user_error(tmp_path: Path) -> None:
         compile_mode(context("cpu", tmp_path, {"compiled.mode": "reduce-overhead"}))
 
 
+@pytest.mark.parametrize("name", ["int8", "bf16", "compiled"])
+def test_unknown_batch_policy_is_a_user_error(monkeypatch, tmp_path: Path, name: str) -> None:
+    monkeypatch.setattr(precision, "native_cpu_isa", lambda dtype: "test")  # reach the option on any CPU
+    with pytest.raises(UserError, match=rf"{name}\.batch='sometimes'.*static.*dynamic"):
+        get_variant(name).build_engine(context("cpu", tmp_path, {f"{name}.batch": "sometimes"}))
+
+
+def test_batch_policy_keys_the_package(tmp_path: Path) -> None:
+    assert inductor.batch_shape(context("cpu", tmp_path), "v") == inductor.BatchShape(BUILD_BATCH)
+    assert inductor.batch_shape(context("cpu", tmp_path, {"v.batch": "dynamic"}), "v") == inductor.BatchShape(None)
+    ctx = context("cpu", tmp_path)
+    paths = {inductor.package_path(ctx, "v", {"batch": shape.key}) for shape in
+             (inductor.BatchShape(1), inductor.BatchShape(3), inductor.BatchShape(None))}
+    assert len(paths) == 3
+
+
 def test_unknown_cuda_graphs_dtype_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"cuda_graphs\.dtype='int4'.*auto, fp16, bf16"):
         build_cuda_graphs(context("cuda", tmp_path, {"cuda_graphs.dtype": "int4"}))
@@ -129,8 +146,8 @@ def fake_aoti(monkeypatch) -> list[str]:
 
 def test_package_is_compiled_once_then_loaded(fake_aoti: list[str], tmp_path: Path) -> None:
     ctx = context("cpu", tmp_path)
-    first, built = inductor.load_or_compile(ctx, "v", {"k": "1"}, lambda: "program", {})
-    second, loaded = inductor.load_or_compile(ctx, "v", {"k": "1"}, lambda: "program", {})
+    first, built = inductor.load_or_compile(ctx, "v", SHAPE, {"k": "1"}, lambda: "program", {})
+    second, loaded = inductor.load_or_compile(ctx, "v", SHAPE, {"k": "1"}, lambda: "program", {})
     assert fake_aoti == ["program"]
     assert (built.cache_hit, loaded.cache_hit) == (False, True)
     assert built.path == loaded.path and first == second == f"runner for {built.path}"
@@ -139,10 +156,10 @@ def test_package_is_compiled_once_then_loaded(fake_aoti: list[str], tmp_path: Pa
 
 def test_package_key_separates_weights_and_options(fake_aoti: list[str], tmp_path: Path) -> None:
     ctx = context("cpu", tmp_path)
-    inductor.load_or_compile(ctx, "v", {"k": "1"}, lambda: "a", {})
-    inductor.load_or_compile(ctx, "v", {"k": "2"}, lambda: "b", {})
+    inductor.load_or_compile(ctx, "v", SHAPE, {"k": "1"}, lambda: "a", {})
+    inductor.load_or_compile(ctx, "v", SHAPE, {"k": "2"}, lambda: "b", {})
     other_weights = replace(ctx, weights_key="other")
-    inductor.load_or_compile(other_weights, "v", {"k": "1"}, lambda: "c", {})
+    inductor.load_or_compile(other_weights, "v", SHAPE, {"k": "1"}, lambda: "c", {})
     assert fake_aoti == ["a", "b", "c"]
 
 
@@ -158,9 +175,9 @@ def test_package_key_separates_weights_and_options(fake_aoti: list[str], tmp_pat
 def test_a_damaged_package_is_compiled_again(fake_aoti: list[str], tmp_path: Path, damage, reason: str) -> None:
     messages: list[str] = []
     ctx = replace(context("cpu", tmp_path), progress=messages.append)
-    _, package = inductor.load_or_compile(ctx, "v", {}, lambda: "program", {})
+    _, package = inductor.load_or_compile(ctx, "v", SHAPE, {}, lambda: "program", {})
     damage(package.path)
-    _, again = inductor.load_or_compile(ctx, "v", {}, lambda: "program", {})
+    _, again = inductor.load_or_compile(ctx, "v", SHAPE, {}, lambda: "program", {})
     assert fake_aoti == ["program", "program"] and not again.cache_hit
     assert any(reason in message and "compiling it again" in message for message in messages)
     assert json.loads(inductor._sidecar(package.path).read_text())["size"] == package.path.stat().st_size
@@ -173,7 +190,7 @@ def test_a_failed_compile_leaves_no_package(monkeypatch, tmp_path: Path) -> None
 
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", failing)
     with pytest.raises(RuntimeError, match="compiler crashed"):
-        inductor.load_or_compile(context("cpu", tmp_path), "v", {}, lambda: "program", {})
+        inductor.load_or_compile(context("cpu", tmp_path), "v", SHAPE, {}, lambda: "program", {})
     assert not list((tmp_path / inductor.CACHE_SUBDIR).iterdir())
 
 
@@ -213,15 +230,40 @@ def test_engine_reports_its_artifact_and_build_cost(built) -> None:
         assert float(engine.info["compile_s"]) > 0
 
 
-def test_dynamic_batch_gives_the_same_logits_per_image(built, sweep) -> None:
-    name, engine = built
-    if engine.info.get("dynamic_batch") != "yes":
-        pytest.skip(f"{name} is built for one batch size")
-    images = sweep.eval_set.images[:5]
+def assert_same_logits_per_image(engine: Engine, images: torch.Tensor, splits: tuple[int, ...]) -> None:
     whole = engine(images)
-    parts = torch.cat([engine(images[:1]), engine(images[1:3]), engine(images[3:])])
-    assert whole.shape == parts.shape == (5, 1000)
+    parts = torch.cat([engine(part) for part in images.split(splits)])
+    assert whole.shape == parts.shape == (len(images), 1000)
     assert torch.allclose(whole, parts, rtol=1e-2, atol=1e-2 * whole.abs().max().item())
+
+
+def test_static_package_refuses_another_batch_size(built, sweep) -> None:
+    name, engine = built
+    if engine.info.get("batch") != f"static-{BUILD_BATCH}":
+        pytest.skip(f"{name} is not a static package here")
+    with pytest.raises(ValueError, match=rf"compiled for batch {BUILD_BATCH}, got 1.*{name}\.batch=dynamic"):
+        engine(sweep.eval_set.images[:1])
+
+
+def test_dynamic_batch_gives_the_same_logits_per_image(built, sweep) -> None:
+    """Runs for the engines of a sweep with --variant-options <variant>.batch=dynamic."""
+    name, engine = built
+    if engine.info.get("batch") != "dynamic":
+        pytest.skip(f"{name} is built for batch {BUILD_BATCH} (static)")
+    assert_same_logits_per_image(engine, sweep.eval_set.images[:5], (1, 2, 2))
+
+
+def test_a_dynamic_package_serves_every_batch_size(sweep) -> None:
+    """One dynamic build whatever the sweep's options (compiled: the cheapest to compile)."""
+    if sweep.device.type != "cpu":
+        pytest.skip("compiled is an AOTInductor package on the CPU only")
+    ctx = sweep.build_context(BUILD_BATCH)
+    engine = get_variant("compiled").build_engine(replace(ctx, options={**ctx.options, "compiled.batch": "dynamic"}))
+    try:
+        assert engine.info["batch"] == "dynamic"
+        assert_same_logits_per_image(engine, sweep.eval_set.images[:5], (1, 2, 2))
+    finally:
+        engine.close()
 
 
 def test_second_build_loads_the_cached_package_without_the_fp32_model(built, sweep) -> None:
@@ -234,7 +276,7 @@ def test_second_build_loads_the_cached_package_without_the_fp32_model(built, swe
     def no_model():
         raise AssertionError("reference_model() called although the package is cached")
 
-    again = get_variant(name).build_engine(replace(sweep.build_context(1), reference_model=no_model))
+    again = get_variant(name).build_engine(replace(sweep.build_context(BUILD_BATCH), reference_model=no_model))
     try:
         assert again.info["package_cache"] == "hit" and again.info["compile_s"] == engine.info["compile_s"]
         image = sweep.eval_set.images[:1]

@@ -1,7 +1,7 @@
 """Compiled fp32 (``compiled``) and CUDA graphs of the reduced-precision engine (``cuda_graphs``).
 
-``compiled`` on the CPU: inductor with freezing, channels_last, one dynamic-batch
-AOTInductor package cached on disk (inductor.py says why not ``torch.compile`` there).
+``compiled`` on the CPU: inductor with freezing, channels_last, an AOTInductor package
+per batch size cached on disk (inductor.py says why not ``torch.compile`` there).
 On CUDA: ``torch.compile`` with max-autotune (option ``compiled.mode``), channels_last,
 static shapes per batch size (autotuning and CUDA graphs want them); inductor's FX graph
 and autotuning caches carry across processes there, since no oneDNN tensors are involved.
@@ -19,9 +19,7 @@ import torch
 
 from densenet_opt.errors import UserError
 from densenet_opt.variants import BuildContext, Engine, Variant
-from densenet_opt.variants.inductor import (
-    PackageEngine, dynamic_batch_shapes, example_batch, load_or_compile,
-)
+from densenet_opt.variants.inductor import PackageEngine, batch_shape, load_or_compile
 from densenet_opt.variants.precision import DTYPES, check_cuda_dtype, cuda_model
 from densenet_opt.variants.torch_engine import TorchEngine, state_dict_bytes
 
@@ -56,11 +54,12 @@ def build_compiled(ctx: BuildContext) -> Engine:
     if ctx.device.type == "cuda":
         return build_compiled_cuda(ctx, mode)
 
-    def export() -> torch.export.ExportedProgram:
-        model = ctx.reference_model().eval().to(memory_format=torch.channels_last)
-        return torch.export.export(model, example_batch(), dynamic_shapes=dynamic_batch_shapes())
+    shape = batch_shape(ctx, COMPILED)
 
-    runner, package = load_or_compile(ctx, COMPILED, {"dtype": "fp32"}, export, inductor_configs={"freezing": True})
+    def export() -> torch.export.ExportedProgram:
+        return shape.export(ctx.reference_model().eval().to(memory_format=torch.channels_last))
+
+    runner, package = load_or_compile(ctx, COMPILED, shape, {"dtype": "fp32"}, export, inductor_configs={"freezing": True})
     info = {"backend": "aotinductor+onednn", "freezing": "on", "layout": "channels_last"}
     return PackageEngine(runner, package, dtype=torch.float32, info=info)
 

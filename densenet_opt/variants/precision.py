@@ -18,9 +18,7 @@ import torch
 
 from densenet_opt.errors import VariantUnavailable
 from densenet_opt.variants import BuildContext, Engine, Variant
-from densenet_opt.variants.inductor import (
-    PackageEngine, dynamic_batch_shapes, example_batch, load_or_compile,
-)
+from densenet_opt.variants.inductor import PackageEngine, batch_shape, load_or_compile
 from densenet_opt.variants.torch_engine import TorchEngine, state_dict_bytes
 
 DTYPES: Mapping[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -87,11 +85,12 @@ def build_cpu(ctx: BuildContext, name: str, dtype: torch.dtype) -> Engine:
             "than fp32; run it on CUDA"
         )
 
-    def export() -> torch.export.ExportedProgram:
-        model = ctx.reference_model().to(dtype=dtype, memory_format=torch.channels_last).eval()
-        return torch.export.export(model, example_batch(dtype), dynamic_shapes=dynamic_batch_shapes())
+    shape = batch_shape(ctx, name)
 
-    runner, package = load_or_compile(ctx, name, {"dtype": name}, export, inductor_configs={"freezing": True})
+    def export() -> torch.export.ExportedProgram:
+        return shape.export(ctx.reference_model().to(dtype=dtype, memory_format=torch.channels_last).eval(), dtype)
+
+    runner, package = load_or_compile(ctx, name, shape, {"dtype": name}, export, inductor_configs={"freezing": True})
     info = {"backend": "aotinductor+onednn", "cpu_isa": isa, "layout": "channels_last"}
     return PackageEngine(runner, package, dtype=dtype, info=info)
 
