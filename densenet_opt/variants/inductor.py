@@ -34,6 +34,7 @@ import torch
 
 from densenet_opt.errors import UserError
 from densenet_opt.variants import BuildContext
+from densenet_opt.model import file_sha256
 
 # Bump when what goes into a package changes in a way the key below does not capture.
 PACKAGE_RECIPE_VERSION = 1
@@ -111,14 +112,6 @@ class Package:
     load_s: float  # seconds to load it in this process
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Readers never see a partial file: write into a temp folder beside it under the
     final name (AOTInductor names the archive's contents after the file), then rename."""
@@ -149,7 +142,7 @@ def _check_cached(path: Path) -> tuple[dict | None, str]:
         return None, f"its sidecar is missing or unreadable ({error.__class__.__name__})"
     if path.stat().st_size != size:
         return None, f"its size {path.stat().st_size} is not the {size} recorded (truncated?)"
-    if _sha256(path) != sha256:
+    if file_sha256(path) != sha256:
         return None, "its sha256 is not the one recorded (corrupt)"
     return meta, "ok"
 
@@ -183,7 +176,7 @@ def load_or_compile(
                 ),
             )
         compile_s = time.perf_counter() - started
-        record = {"size": path.stat().st_size, "sha256": _sha256(path), "compile_s": round(compile_s, 1),
+        record = {"size": path.stat().st_size, "sha256": file_sha256(path), "compile_s": round(compile_s, 1),
                   "key": {"name": name, "weights": ctx.weights_key, **machine_key(), **key}}
         # The sidecar goes last: a crash before it leaves a package that fails the check.
         _atomic_write(_sidecar(path), lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))

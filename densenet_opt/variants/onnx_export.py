@@ -27,6 +27,7 @@ import torch
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from densenet_opt.errors import UserError, VariantUnavailable
+from densenet_opt.model import file_sha256
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -194,14 +195,6 @@ def fp16_artifact(source: Artifact, *, cache_dir: Path, progress: Callable[[str]
 
 def key_digest(key: Mapping[str, object]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_cached(folder: Path, key: Mapping[str, object]) -> str | None:

@@ -5,8 +5,15 @@ convolutions want), cuDNN benchmark mode (the fastest algorithm per shape, picke
 first call, which the build makes). On the CPU: only where the CPU computes the dtype
 natively (bf16: AVX512-BF16 or AMX; fp16: AVX512-FP16 or AMX-FP16); elsewhere oneDNN
 emulates it and it is slower than fp32, so the variant is skipped. There the model is
-compiled by inductor with freezing into a cached AOTInductor package, because eager
-bf16 pays a weight reorder and a dtype conversion per op that compilation removes.
+compiled by inductor with freezing into a cached AOTInductor package: eager bf16
+(channels_last) took 1545 ms at batch 32 on one thread, the package 1162 ms.
+
+This Zen4 has AVX512-BF16 and no AMX (torch.ops.mkldnn._is_mkldnn_bf16_supported() is
+True, _is_mkldnn_fp16_supported() False). bf16 measured 3.6x eager fp32 at batch 32 (one
+thread): oneDNN's avx512_core_bf16 convolutions take 930 ms, 2.1x less than fp32's 1937 ms,
+which is what two bf16 multiply-adds per 32-bit lane allow, plus 355 ms outside them. 4.5x
+(988 ms) would leave 58 ms for the rest; AMX, where 4.9x was measured, multiplies bf16 at
+8x the per-core rate of AVX512-BF16.
 """
 
 from __future__ import annotations
