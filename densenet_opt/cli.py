@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from pytest_benchmark.session import PerformanceRegression
 from pytest_benchmark.utils import get_machine_id
 
 from densenet_opt import baselines
@@ -91,7 +92,10 @@ def run_sweep(options: SweepOptions, pytest_args: list[str], gate: argparse.Name
         *gate_args,
         *pytest_args,
     ]
-    code = int(pytest.main(args))
+    try:
+        code = int(pytest.main(args))
+    except PerformanceRegression:  # pytest-benchmark has printed which benchmarks regressed
+        code = 1
     results = options.output_dir / RESULTS_FILE
     print(f"\nresults: {results}{'' if results.exists() else ' (no row was measured)'}")
     from densenet_opt.summary import summarize_after_sweep
