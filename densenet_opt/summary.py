@@ -358,6 +358,19 @@ def fastest_within_budget(
     return dict(sorted(best.items()))
 
 
+def throughput_matrix(results: Sequence[Result], device: str) -> str:
+    """Variants as rows, batch sizes as columns: samples/s and the speedup over the baseline
+    variant at the same batch size in the same results (the table a README shows)."""
+    on_device = [r for r in results if r.device == device]
+    sizes = sorted({r.batch_size for r in on_device})
+    baseline = {r.batch_size: r.throughput for r in on_device if r.variant == BASELINE}
+    rows: dict[str, dict[str, str]] = {}
+    for r in on_device:
+        speedup = f" ({r.throughput / baseline[r.batch_size]:.2f}x)" if r.batch_size in baseline else ""
+        rows.setdefault(r.variant, {"variant": f"`{r.variant}`"})[f"batch {r.batch_size}"] = f"{r.throughput:.1f}{speedup}"
+    return markdown_table(list(rows.values()), ("variant", *(f"batch {size}" for size in sizes)))
+
+
 def summary_markdown(
     results: Sequence[Result], checks: Mapping[Result, BudgetCheck], plots: Sequence[Path],
     source: Path, budgets_note: str | None = None, faults: Sequence[Mapping[str, str]] = (),
@@ -390,6 +403,14 @@ def summary_markdown(
         f"From `{source.name}`: {len(results)} (variant, batch size) configs on {', '.join(sorted({r.device for r in results}))}. "
         f"Accuracy columns are {' / '.join(ACCURACY_LABELS[k] for k in kinds) or 'not measured'}"
         + (" — agreement with the fp32 model on synthetic weights or images, not ImageNet accuracy." if AGREEMENT in kinds else "."),
+        "",
+        "## Throughput",
+        "",
+        "Samples/s (mean over the timed rounds) and, in brackets, the speedup over `baseline` at the same batch size.",
+    ]
+    for device in sorted({r.device for r in results}):
+        lines += ["", f"On {device}:", "", throughput_matrix(results, device)]
+    lines += [
         "",
         "## Results",
         "",
@@ -570,3 +591,6 @@ def summarize_after_sweep(output_dir: Path) -> None:
         print(f"no summary: {type(error).__name__}: {error}")
         return
     print(f"summary: {written[-1]} (plots: {', '.join(p.name for p in written[:-1])})")
+    results, _ = load_table(results_path(Path(output_dir)))
+    for device in sorted({r.device for r in results}):
+        print(f"\nsamples/s (speedup over baseline) on {device}:\n{throughput_matrix(results, device)}")

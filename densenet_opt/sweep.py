@@ -246,8 +246,10 @@ def classify_fault(error: BaseException) -> str | None:
         return NON_FINITE_LOGITS
     if isinstance(error, torch.cuda.OutOfMemoryError | MemoryError):
         return OUT_OF_MEMORY
-    # ONNX Runtime and the fresh-process probe report allocation failures as text.
+    # ONNX Runtime (its exceptions derive from Exception only) and the fresh-process probe
+    # report allocation failures as text.
     text = str(error).lower()
-    if isinstance(error, RuntimeError) and ("out of memory" in text or "failed to allocate memory" in text):
+    from_text = isinstance(error, RuntimeError) or type(error).__module__.startswith("onnxruntime")
+    if from_text and ("out of memory" in text or "failed to allocate memory" in text):
         return OUT_OF_MEMORY
     return None

@@ -17,7 +17,6 @@ between an optimised variant and fp32 sensitive to numeric regressions.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -30,6 +29,8 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+
+from densenet_opt.model import file_sha256  # model imports this module lazily: no cycle
 
 # Bump whenever anything below changes the produced weights: it is part of the cache key.
 RECIPE_VERSION: int = 2  # v1: an early draft (jitter 1.0, ridge 1.0) that may sit in caches
@@ -322,14 +323,6 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write via a temp file in the same directory and os.replace, so readers never see a partial file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -357,7 +350,7 @@ def _load_cached(path: Path) -> tuple[dict[str, torch.Tensor] | None, str]:
     size = path.stat().st_size
     if size != expected_size:
         return None, f"size {size} != {expected_size} recorded (truncated or replaced)"
-    if _sha256(path) != expected_sha:
+    if file_sha256(path) != expected_sha:
         return None, "sha256 differs from the one recorded (corrupt)"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -387,7 +380,7 @@ def load_or_build_synthetic_state_dict(
     _atomic_write(path, lambda tmp: torch.save(state, tmp))
     meta = {
         "size": path.stat().st_size,
-        "sha256": _sha256(path),
+        "sha256": file_sha256(path),
         "seed": seed,
         "recipe_version": RECIPE_VERSION,
         "torch": torch.__version__,

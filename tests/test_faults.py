@@ -13,7 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+import torch
+
 from densenet_opt import report
+from densenet_opt.sweep import classify_fault
 
 TINY = ["--variants", "baseline", "--num-samples", "4", "--rounds", "2", "--warmup-rounds", "0", "--weights", "synthetic"]
 
@@ -66,3 +70,14 @@ def test_an_unwritable_output_directory_is_one_sentence(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.strip().startswith(f"densenet-opt: error: cannot write results to {not_a_dir / 'out'}")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_allocation_failures_are_classified_as_out_of_memory() -> None:
+    ort_state = pytest.importorskip("onnxruntime.capi.onnxruntime_pybind11_state")
+    # The message CUDA's BFC arena gives; ORT's exceptions are not RuntimeErrors.
+    ort_error = ort_state.RuntimeException("[ONNXRuntimeError] : 6 : Failed to allocate memory for requested buffer of size 524288")
+    assert classify_fault(ort_error) == report.OUT_OF_MEMORY
+    assert classify_fault(torch.cuda.OutOfMemoryError("CUDA out of memory")) == report.OUT_OF_MEMORY
+    assert classify_fault(RuntimeError("probe: DefaultCPUAllocator: not enough memory... out of memory")) == report.OUT_OF_MEMORY
+    assert classify_fault(ort_state.Fail("[ONNXRuntimeError] : 1 : FAIL : model is invalid")) is None
+    assert classify_fault(ValueError("out of memory")) is None  # not an allocation failure reported by a runtime

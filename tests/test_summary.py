@@ -67,6 +67,9 @@ def test_summary_writes_plots_and_picks_the_fastest_within_budget(results_dir: P
     assert "fast at batch 64 on cuda: out_of_memory" in text  # the failed config is named, not plotted
     assert "| GFLOP/image | achieved GFLOP/s |" in text and "4.000" in text
     assert "agreement with the fp32 model" in text  # the accuracy kind is stated
+    matrix = text.split("On cuda:")[1].split("\n\n")[1].splitlines()
+    assert matrix[0] == "| variant | batch 1 | batch 8 | batch 32 |"
+    assert matrix[3] == "| `fastest` | 500.0 (3.00x) | 1846.2 (3.00x) | 2594.6 (3.00x) |"
 
 
 def test_without_flops_or_budgets_the_summary_says_what_it_left_out(tmp_path: Path) -> None:
@@ -181,3 +184,11 @@ def test_a_summary_that_fails_does_not_fail_the_sweep(results_dir: Path, monkeyp
     assert "no summary: RuntimeError: no fonts" in capsys.readouterr().out
     summary.summarize_after_sweep(results_dir / "absent")  # no results yet: nothing to say
     assert capsys.readouterr().out == ""
+
+
+def test_the_sweep_ends_by_printing_the_throughput_table(results_dir: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(summary, "write_plots", lambda results, out_dir: [])
+    summary.summarize_after_sweep(results_dir)
+    out = capsys.readouterr().out
+    assert "samples/s (speedup over baseline) on cuda:" in out
+    assert "| `fast` | 250.0 (1.50x) | 923.1 (1.50x) | 1297.3 (1.50x) |" in out

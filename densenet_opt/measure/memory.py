@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import resource
 import sys
@@ -15,6 +17,18 @@ MIB = 2**20
 
 def current_rss_bytes() -> int:
     return psutil.Process().memory_info().rss
+
+
+def release_freed_memory() -> None:
+    """Collect garbage and hand the heap memory glibc keeps after frees back to the kernel,
+    so that resident memory counts what is alive, not what a build (export, calibration)
+    freed. Measured on ``pruned_structured`` at batch 1, whose build recalibrates BatchNorm
+    in the process: 238-240 MiB without it, 168-187 MiB with it."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
+        pass
 
 
 def reset_peak_rss() -> bool:
