@@ -89,3 +89,11 @@ def check_benchmark_storage(storage: Path) -> list[Path]:
         if not isinstance(document, dict) or not isinstance(document.get("benchmarks"), list) or not document["benchmarks"]:
             raise UserError(f"stored benchmark {path} holds no benchmarks: delete it or save a new baseline")
     return runs
+
+
+def stored_device_name(run: Path) -> str | None:
+    """The device a stored pytest-benchmark run was measured on (our rows ride in each
+    benchmark's extra_info); None when the run does not say."""
+    benchmarks = json.loads(run.read_text())["benchmarks"]
+    extra = benchmarks[0].get("extra_info") if isinstance(benchmarks[0], dict) else None
+    return extra.get("device_name") if isinstance(extra, dict) else None

@@ -6,12 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
 from pytest_benchmark.session import PerformanceRegression
 from pytest_benchmark.utils import get_machine_id
 
 from densenet_opt import baselines
 from densenet_opt.config import OPTIONS, SweepOptions, options_from_mapping
 from densenet_opt.errors import UserError
+from densenet_opt.measure.env import device_name
 from densenet_opt.report import RESULTS_FILE, read_rows
 from densenet_opt.sweep import preflight
 
@@ -126,9 +128,15 @@ def _baseline_args(options: SweepOptions, gate: argparse.Namespace | None) -> tu
     stored_speedups = None
     if gate.compare_baseline:
         runs = [run for run in baselines.check_benchmark_storage(storage) if run.stem.endswith(f"_{options.device}")]
-        if runs:
+        # pytest-benchmark's machine id is only OS, Python and word size: the device must match too.
+        stored_on = baselines.stored_device_name(runs[-1]) if runs else None
+        here = device_name(torch.device(options.device))
+        if runs and stored_on in (None, here):
             args += [f"--benchmark-compare={runs[-1]}", f"--benchmark-compare-fail={gate.max_regression}"]
             print(f"comparing latency with {runs[-1]}")
+        elif runs:
+            print(f"the stored run {runs[-1]} was measured on {stored_on}, this is {here}: "
+                  "absolute times do not compare across machines, comparing speedups only")
         else:
             print(f"no stored {options.device} run for this machine kind ({get_machine_id()}) in {storage}: comparing speedups only")
         speedups_path = baselines.speedups_file(options.device, storage)

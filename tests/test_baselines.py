@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
 
-from densenet_opt import baselines
+import torch
+from pytest_benchmark.utils import get_machine_id
+
+from densenet_opt import baselines, cli
+from densenet_opt.config import options_from_mapping
+from densenet_opt.measure.env import device_name
 
 
 def rows(pruned_ms: float) -> list[dict[str, str]]:
@@ -30,3 +37,28 @@ def test_round_trip_and_regressions(tmp_path: Path) -> None:
     assert baselines.speedup_regressions(rows(70.0), "cpu", stored, 0.25) == []
     (problem,) = baselines.speedup_regressions(rows(120.0), "cpu", stored, 0.25)
     assert problem == "pruned at batch 1: speedup over baseline 0.50x, stored 1.00x (more than 25% lower)"
+
+
+def _stored_run(storage: Path, device_name: str) -> Path:
+    run = storage / get_machine_id() / "0001_cpu.json"
+    run.parent.mkdir(parents=True)
+    run.write_text(json.dumps({"benchmarks": [{"name": "test_inference[baseline-bs1]",
+                                               "extra_info": {"device_name": device_name}}]}))
+    baselines.save_speedups(rows(60.0), "cpu", baselines.speedups_file("cpu", storage))
+    return run
+
+
+def _gate_args(storage: Path) -> list[str]:
+    gate = argparse.Namespace(save_baseline=False, compare_baseline=True, baseline_dir=storage, max_regression="mean:25%")
+    args, stored = cli._baseline_args(options_from_mapping({"device": "cpu"}), gate)
+    assert stored == {"onnx": {"1": 3.0, "8": 4.0}, "pruned": {"1": 1.0}}
+    return args
+
+
+def test_absolute_times_are_compared_only_with_a_run_from_the_same_device(tmp_path: Path, capsys) -> None:
+    run = _stored_run(tmp_path / "same", device_name(torch.device("cpu")))
+    assert f"--benchmark-compare={run}" in _gate_args(tmp_path / "same")
+
+    run = _stored_run(tmp_path / "other", "Some Other CPU (64 cores)")
+    assert not any(arg.startswith("--benchmark-compare") for arg in _gate_args(tmp_path / "other"))
+    assert f"was measured on Some Other CPU (64 cores), this is {device_name(torch.device('cpu'))}" in capsys.readouterr().out

@@ -69,7 +69,7 @@ def test_summary_writes_plots_and_picks_the_fastest_within_budget(results_dir: P
     assert "agreement with the fp32 model" in text  # the accuracy kind is stated
     matrix = text.split("On cuda:")[1].split("\n\n")[1].splitlines()
     assert matrix[0] == "| variant | batch 1 | batch 8 | batch 32 |"
-    assert matrix[3] == "| `fastest` | 500.0 (3.00x) | 1846.2 (3.00x) | 2594.6 (3.00x) |"
+    assert matrix[4] == "| `fastest` | 500.0 (3.00x) | 1846.2 (3.00x) | 2594.6 (3.00x) |"
 
 
 def test_without_flops_or_budgets_the_summary_says_what_it_left_out(tmp_path: Path) -> None:
