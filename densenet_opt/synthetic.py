@@ -17,10 +17,8 @@ between an optimised variant and fp32 sensitive to numeric regressions.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -30,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from densenet_opt.model import file_sha256  # model imports this module lazily: no cycle
+from densenet_opt import cache  # model imports this module lazily: no cycle
 
 # Bump whenever anything below changes the produced weights: it is part of the cache key.
 RECIPE_VERSION: int = 2  # v1: an early draft (jitter 1.0, ridge 1.0) that may sit in caches
@@ -319,39 +317,11 @@ def cache_path(seed: int = 0, cache_dir: Path | None = None) -> Path:
     return directory / f"densenet121-synthetic-seed{seed}-v{RECIPE_VERSION}-torch{_torch_major_minor()}.pt"
 
 
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via a temp file in the same directory and os.replace, so readers never see a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _load_cached(path: Path) -> tuple[dict[str, torch.Tensor] | None, str]:
     """The cached state dict, or (None, reason) when it is absent or fails its checks."""
-    sidecar = _sidecar(path)
-    if not path.exists():
-        return None, "not cached"
-    try:
-        meta = json.loads(sidecar.read_text())
-        expected_size, expected_sha = int(meta["size"]), str(meta["sha256"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return None, f"sidecar {sidecar} missing or unreadable ({exc.__class__.__name__})"
-    size = path.stat().st_size
-    if size != expected_size:
-        return None, f"size {size} != {expected_size} recorded (truncated or replaced)"
-    if file_sha256(path) != expected_sha:
-        return None, "sha256 differs from the one recorded (corrupt)"
+    meta, reason = cache.check_cached(path)
+    if meta is None:
+        return None, reason
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file means rebuild
@@ -373,19 +343,10 @@ def load_or_build_synthetic_state_dict(
     state, reason = _load_cached(path)
     if state is not None:
         return state
-    if reason != "not cached":
+    if reason != cache.NOT_CACHED:
         progress(f"synthetic weights: cache {path} unusable: {reason}; rebuilding")
     state = build_synthetic_state_dict(seed=seed, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
-    meta = {
-        "size": path.stat().st_size,
-        "sha256": file_sha256(path),
-        "seed": seed,
-        "recipe_version": RECIPE_VERSION,
-        "torch": torch.__version__,
-    }
-    # The sidecar goes last: a crash before it leaves a file that fails the check and is rebuilt.
-    _atomic_write(_sidecar(path), lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+    cache.atomic_write(path, lambda tmp: torch.save(state, tmp))
+    cache.write_sidecar(path, {"seed": seed, "recipe_version": RECIPE_VERSION, "torch": torch.__version__})
     progress(f"synthetic weights: cached at {path}")
     return state

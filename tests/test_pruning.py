@@ -13,7 +13,7 @@ from torchvision.models import DenseNet, densenet121
 
 from densenet_opt.errors import UserError
 from densenet_opt.flops import count_flops, count_params
-from densenet_opt.variants import BuildContext
+from densenet_opt.variants import BuildContext, pruning
 from densenet_opt.variants.pruning import (
     DEFAULT_STRUCTURED_AMOUNT,
     DEFAULT_UNSTRUCTURED_AMOUNT,
@@ -244,3 +244,32 @@ def test_one_build_per_context_and_options(tiny_densenet: nn.Module, images: tor
     build_pruned_structured(dataclasses.replace(counting, options={"pruned_structured.amount": "0.5"}))
     build_pruned_structured(dataclasses.replace(counting, reference_model=lambda: built.append(1) or ctx.reference_model()))
     assert len(built) == 3
+
+
+def test_the_pruned_model_is_cached_on_disk_for_later_processes(
+    tiny_densenet: nn.Module, images: torch.Tensor, tmp_path: Path, monkeypatch
+) -> None:
+    """A fresh process (the memory probe) loads the pruned, recalibrated model instead of
+    recalibrating again; a damaged file is reported and built again."""
+    recalibrated = []
+    real_recalibrate = pruning.recalibrate_batchnorm
+    monkeypatch.setattr(pruning, "recalibrate_batchnorm", lambda *a, **k: recalibrated.append(1) or real_recalibrate(*a, **k))
+    messages: list[str] = []
+    ctx = dataclasses.replace(context(tiny_densenet, images, {}, tmp_path), progress=messages.append)
+
+    def fresh_process_build():
+        pruning._cache.clear()
+        return build_pruned_structured(ctx)
+
+    built = fresh_process_build()
+    loaded = fresh_process_build()
+    assert recalibrated == [1]
+    assert (built.info["pruned_model_cache"], loaded.info["pruned_model_cache"]) == ("miss", "hit")
+    assert loaded.info["recalibrate_s"] == built.info["recalibrate_s"]  # the build's cost is still reported
+    torch.testing.assert_close(loaded(images), built(images), rtol=0, atol=0)
+
+    (path,) = (tmp_path / pruning.CACHE_SUBDIR).glob("*.pt")
+    path.write_bytes(path.read_bytes()[:-5])
+    again = fresh_process_build()
+    assert recalibrated == [1, 1] and again.info["pruned_model_cache"] == "miss"
+    assert any("is unusable" in m and "truncated" in m for m in messages), messages

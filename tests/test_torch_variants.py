@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from densenet_opt import cache
 from densenet_opt.accuracy import fidelity, predict
 from densenet_opt.budgets import budget_for, load_budgets
 from densenet_opt.errors import UserError, VariantUnavailable
@@ -166,8 +167,8 @@ def test_package_key_separates_weights_and_options(fake_aoti: list[str], tmp_pat
     [
         (lambda path: path.write_bytes(path.read_bytes()[:-7]), "truncated"),
         (lambda path: path.write_bytes(path.read_bytes()[:-1] + b"!"), "corrupt"),
-        (lambda path: inductor._sidecar(path).write_text("{not json"), "sidecar"),
-        (lambda path: inductor._sidecar(path).unlink(), "sidecar"),
+        (lambda path: cache.sidecar(path).write_text("{not json"), "sidecar"),
+        (lambda path: cache.sidecar(path).unlink(), "sidecar"),
     ],
 )
 def test_a_damaged_package_is_compiled_again(fake_aoti: list[str], tmp_path: Path, damage, reason: str) -> None:
@@ -178,7 +179,7 @@ def test_a_damaged_package_is_compiled_again(fake_aoti: list[str], tmp_path: Pat
     _, again = inductor.load_or_compile(ctx, "v", SHAPE, {}, lambda: "program", {})
     assert fake_aoti == ["program", "program"] and not again.cache_hit
     assert any(reason in message and "compiling it again" in message for message in messages)
-    assert json.loads(inductor._sidecar(package.path).read_text())["size"] == package.path.stat().st_size
+    assert json.loads(cache.sidecar(package.path).read_text())["size"] == package.path.stat().st_size
 
 
 def test_a_failed_compile_leaves_no_package(monkeypatch, tmp_path: Path) -> None:

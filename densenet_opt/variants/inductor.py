@@ -20,11 +20,7 @@ batch size: half the compile time of a run over two batch sizes, for that cost p
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -32,9 +28,9 @@ from pathlib import Path
 
 import torch
 
+from densenet_opt import cache
 from densenet_opt.errors import UserError
 from densenet_opt.variants import BuildContext
-from densenet_opt.model import file_sha256
 
 # Bump when what goes into a package changes in a way the key below does not capture.
 PACKAGE_RECIPE_VERSION = 1
@@ -97,11 +93,6 @@ def machine_key() -> dict[str, str]:
     }
 
 
-def tensor_digest(tensor: torch.Tensor) -> str:
-    """Identifies calibration data in a cache key (same images, same package)."""
-    return hashlib.sha256(tensor.detach().contiguous().cpu().numpy().tobytes()).hexdigest()[:16]
-
-
 @dataclass(frozen=True)
 class Package:
     name: str
@@ -112,39 +103,9 @@ class Package:
     load_s: float  # seconds to load it in this process
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Readers never see a partial file: write into a temp folder beside it under the
-    final name (AOTInductor names the archive's contents after the file), then rename."""
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as folder:
-        tmp = Path(folder) / path.name
-        write(tmp)
-        os.replace(tmp, path)
-
-
 def package_path(ctx: BuildContext, name: str, key: Mapping[str, str]) -> Path:
     full_key = {"name": name, "weights": ctx.weights_key, **machine_key(), **key}
-    digest = hashlib.sha256(json.dumps(full_key, sort_keys=True).encode()).hexdigest()[:16]
-    return ctx.cache_dir / CACHE_SUBDIR / f"{name}-{digest}.pt2"
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
-
-
-def _check_cached(path: Path) -> tuple[dict | None, str]:
-    """The sidecar's record when the package matches it, else (None, why not)."""
-    if not path.exists():
-        return None, "not cached"
-    try:
-        meta = json.loads(_sidecar(path).read_text())
-        size, sha256 = int(meta["size"]), str(meta["sha256"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        return None, f"its sidecar is missing or unreadable ({error.__class__.__name__})"
-    if path.stat().st_size != size:
-        return None, f"its size {path.stat().st_size} is not the {size} recorded (truncated?)"
-    if file_sha256(path) != sha256:
-        return None, "its sha256 is not the one recorded (corrupt)"
-    return meta, "ok"
+    return ctx.cache_dir / CACHE_SUBDIR / f"{name}-{cache.key_digest(full_key)}.pt2"
 
 
 def load_or_compile(
@@ -159,27 +120,24 @@ def load_or_compile(
     quantize, calibrate...) runs only when no valid package is cached."""
     key = {**key, "batch": shape.key}
     path = package_path(ctx, name, key)
-    meta, reason = _check_cached(path)
+    meta, reason = cache.check_cached(path)
     compile_s = float(meta["compile_s"]) if meta else 0.0
     if meta is None:
-        if reason != "not cached":
+        if reason != cache.NOT_CACHED:
             ctx.progress(f"{name}: cached package {path} is unusable ({reason}); compiling it again")
-        path.parent.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         with torch.no_grad():
             program = export()
             ctx.progress(f"{name}: compiling with AOTInductor for batch {shape.key} (minutes on 2 cores; cached after)")
-            _atomic_write(
+            cache.atomic_write(
                 path,
                 lambda tmp: torch._inductor.aoti_compile_and_package(
                     program, package_path=str(tmp), inductor_configs=dict(inductor_configs)
                 ),
             )
         compile_s = time.perf_counter() - started
-        record = {"size": path.stat().st_size, "sha256": file_sha256(path), "compile_s": round(compile_s, 1),
-                  "key": {"name": name, "weights": ctx.weights_key, **machine_key(), **key}}
-        # The sidecar goes last: a crash before it leaves a package that fails the check.
-        _atomic_write(_sidecar(path), lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+        key_record = {"name": name, "weights": ctx.weights_key, **machine_key(), **key}
+        cache.write_sidecar(path, {"compile_s": round(compile_s, 1), "key": key_record})
     started = time.perf_counter()
     runner = torch._inductor.aoti_load_package(str(path))
     return runner, Package(name, path, shape, compile_s, meta is not None, time.perf_counter() - started)

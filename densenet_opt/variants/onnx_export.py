@@ -11,7 +11,6 @@ artifact where a reader looks.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -27,6 +26,7 @@ import torch
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from densenet_opt.errors import UserError, VariantUnavailable
+from densenet_opt.cache import key_digest
 from densenet_opt.model import file_sha256
 
 INPUT_NAME = "images"
@@ -191,10 +191,6 @@ def fp16_artifact(source: Artifact, *, cache_dir: Path, progress: Callable[[str]
         onnx.save(model, str(path))
 
     return cached_artifact(cache_dir, "fp16", key, convert, progress=progress, what="converting the ONNX model to float16")
-
-
-def key_digest(key: Mapping[str, object]) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def check_cached(folder: Path, key: Mapping[str, object]) -> str | None:

@@ -18,11 +18,13 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from densenet_opt import cache
 from densenet_opt.errors import UserError
 from densenet_opt.flops import count_flops, count_params, weight_sparsity
 from densenet_opt.variants import BuildContext, Engine, Variant
@@ -34,6 +36,9 @@ AMOUNT = "amount"
 # The seed pruned "around 1%" of the convolution weights.
 DEFAULT_UNSTRUCTURED_AMOUNT = 0.01
 DEFAULT_STRUCTURED_AMOUNT = 0.3
+# Bump when the pruning or recalibration changes what a cached pruned model holds.
+PRUNE_RECIPE_VERSION = 1
+CACHE_SUBDIR = "pruned"
 # Images per forward pass during BatchNorm recalibration: a batch statistic needs a
 # few images, and memory grows with it.
 RECALIBRATION_BATCH = 32
@@ -251,11 +256,19 @@ def build_pruned_structured(ctx: BuildContext) -> Engine:
     amount = parse_amount(ctx.options, PRUNED_STRUCTURED, DEFAULT_STRUCTURED_AMOUNT)
 
     def build() -> PrunedModel:
+        images = ctx.calibration_images(ctx.calibration_samples)
         started = time.perf_counter()
         model = prune_bottlenecks(ctx.reference_model(), amount)
         pruned_at = time.perf_counter()
-        ctx.progress(f"{PRUNED_STRUCTURED}: recalibrating BatchNorm on {ctx.calibration_samples} images")
-        images = ctx.calibration_images(ctx.calibration_samples)
+        path = pruned_model_path(ctx, amount, images)
+        meta, reason = cache.check_cached(path)
+        if meta is not None:  # the same channels kept, so the saved tensors fit this model
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            info = {**meta["info"], "pruned_model_cache": "hit", "load_s": f"{time.perf_counter() - pruned_at:.2f}"}
+            return PrunedModel(model, info)
+        if reason != cache.NOT_CACHED:
+            ctx.progress(f"{PRUNED_STRUCTURED}: cached model {path} is unusable ({reason}); building it again")
+        ctx.progress(f"{PRUNED_STRUCTURED}: recalibrating BatchNorm on {len(images)} images")
         model = recalibrate_batchnorm(model.to(ctx.device), images).cpu()
         info = {
             "amount": str(amount),
@@ -263,14 +276,26 @@ def build_pruned_structured(ctx: BuildContext) -> Engine:
             "prune_s": f"{pruned_at - started:.2f}",
             "recalibrate_s": f"{time.perf_counter() - pruned_at:.2f}",
             "calibration_images": str(len(images)),
+            **cost_info(model),
         }
-        return PrunedModel(model, {**info, **cost_info(model)})
+        cache.atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
+        cache.write_sidecar(path, {"info": info})
+        return PrunedModel(model, {**info, "pruned_model_cache": "miss"})
 
     key = (
         PRUNED_STRUCTURED, amount, ctx.weights_key, ctx.device, ctx.reference_model,
         ctx.calibration_images, ctx.calibration_samples,
     )
     return _engine(ctx, _cached(key, build))
+
+
+def pruned_model_path(ctx: BuildContext, amount: float, images: torch.Tensor) -> Path:
+    """Where the pruned, recalibrated state dict is cached: keyed by everything it depends on."""
+    key = {
+        "variant": PRUNED_STRUCTURED, "recipe": PRUNE_RECIPE_VERSION, "weights": ctx.weights_key, "amount": amount,
+        "calibration": f"{len(images)}-{cache.tensor_digest(images)}", "torch": torch.__version__,
+    }
+    return ctx.cache_dir / CACHE_SUBDIR / f"{PRUNED_STRUCTURED}-{cache.key_digest(key)}.pt"
 
 
 VARIANTS = [

@@ -27,10 +27,11 @@ import importlib.metadata
 
 import torch
 
+from densenet_opt.cache import tensor_digest
 from densenet_opt.errors import VariantUnavailable
 from densenet_opt.variants import BuildContext, Engine, Variant
 from densenet_opt.variants.inductor import (
-    BatchShape, PackageEngine, batch_shape, load_or_compile, tensor_digest,
+    BatchShape, PackageEngine, batch_shape, load_or_compile,
 )
 
 NAME = "int8"
