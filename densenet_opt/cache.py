@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
+from densenet_opt.errors import UserError
 from densenet_opt.model import file_sha256
 
 NOT_CACHED = "not cached"
@@ -56,13 +58,19 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Readers never see a partial file: ``write`` fills a temp folder beside ``path``
     under the final name (AOTInductor names an archive's contents after its file), then
     the file is renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as folder:
-        tmp = Path(folder) / path.name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    except OSError as error:
+        raise UserError(f"cannot write {path} ({error.strerror}): pass a writable --cache-dir") from None
+    try:
+        tmp = folder / path.name
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_sidecar(path: Path, record: Mapping[str, object]) -> dict:

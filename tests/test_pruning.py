@@ -273,3 +273,11 @@ def test_the_pruned_model_is_cached_on_disk_for_later_processes(
     again = fresh_process_build()
     assert recalibrated == [1, 1] and again.info["pruned_model_cache"] == "miss"
     assert any("is unusable" in m and "truncated" in m for m in messages), messages
+
+
+def test_an_unwritable_cache_dir_is_one_sentence(tiny_densenet: nn.Module, images: torch.Tensor, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    pruning._cache.clear()
+    with pytest.raises(UserError, match="pass a writable --cache-dir"):
+        build_pruned_structured(context(tiny_densenet, images, {}, blocker))
