@@ -404,19 +404,12 @@ def int8_provider(setting: Settings, device_type: str, available: list[str]) -> 
     return "cpu", None
 
 
-def build_int8(ctx: BuildContext) -> Engine:
-    setting = settings(ONNX_INT8, ctx.options)
-    ort = import_onnxruntime()
-    # Imported once onnxruntime is known to be there: it imports onnxruntime.quantization.
-    from densenet_opt.variants.onnx_quantize import CPU, TENSORRT, check_calibration_count, describe, int8_artifact
+def int8_model(ctx: BuildContext, source: Artifact, target: str) -> tuple[Artifact, int]:
+    """The int8 model for ``target`` calibrated on the context's images (cached), and how
+    many images it was calibrated on."""
+    from densenet_opt.variants.onnx_quantize import int8_artifact
 
-    check_calibration_count(ctx.calibration_samples)  # before an export that takes a while
-    provider, note = int8_provider(setting, ctx.device.type, ort.get_available_providers())
-    if note:
-        ctx.progress(f"onnx_int8: {note}")
-    target = TENSORRT if provider == "tensorrt" else CPU
-    source = fp32_model(ctx)
-    artifact, calibrated_on = int8_artifact(
+    return int8_artifact(
         source,
         target=target,
         calibration_images=ctx.calibration_images,
@@ -424,6 +417,21 @@ def build_int8(ctx: BuildContext) -> Engine:
         cache_dir=ctx.cache_dir,
         progress=ctx.progress,
     )
+
+
+def build_int8(ctx: BuildContext) -> Engine:
+    setting = settings(ONNX_INT8, ctx.options)
+    ort = import_onnxruntime()
+    # Imported once onnxruntime is known to be there: it imports onnxruntime.quantization.
+    from densenet_opt.variants.onnx_quantize import CPU, TENSORRT, check_calibration_count, describe
+
+    check_calibration_count(ctx.calibration_samples)  # before an export that takes a while
+    provider, note = int8_provider(setting, ctx.device.type, ort.get_available_providers())
+    if note:
+        ctx.progress(f"onnx_int8: {note}")
+    target = TENSORRT if provider == "tensorrt" else CPU
+    source = fp32_model(ctx)
+    artifact, calibrated_on = int8_model(ctx, source, target)
     return open_engine(
         ctx, artifact, provider=provider, setting=setting, precision="int8", strict=True,
         info={
@@ -457,17 +465,10 @@ def cpu_graph_op_counts(ctx: BuildContext) -> dict[str, Counter[str]]:
     """Op counts of the optimized CPU graphs of onnx (fp32) and onnx_int8, for the README:
     builds (or takes from the cache) both models."""
     import_onnxruntime()
-    from densenet_opt.variants.onnx_quantize import CPU, int8_artifact
+    from densenet_opt.variants.onnx_quantize import CPU
 
     source = fp32_model(ctx)
-    int8, _ = int8_artifact(
-        source,
-        target=CPU,
-        calibration_images=ctx.calibration_images,
-        calibration_samples=ctx.calibration_samples,
-        cache_dir=ctx.cache_dir,
-        progress=ctx.progress,
-    )
+    int8, _ = int8_model(ctx, source, CPU)
     return {ONNX: optimized_op_counts(source.path), ONNX_INT8: optimized_op_counts(int8.path)}
 
 
