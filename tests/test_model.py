@@ -93,7 +93,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     with path.open("wb") as handle:
-        pickle.dump({"features.conv0.weight": _PlantsMarker(marker)}, handle)
+        pickle.dump({"features.conv0.weight": _PlantsMarker(marker)}, handle, protocol=2)  # torch.save's protocol
     with pytest.raises(UserError, match="can run arbitrary code.*--allow-unsafe-weights"):
         model.resolve_weights(str(path), cache_dir=tmp_path)
     assert not marker.exists()
