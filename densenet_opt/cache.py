@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -54,13 +55,30 @@ def check_cached(path: Path) -> tuple[dict | None, str]:
     return meta, "ok"
 
 
+# A build in progress touches its folder within minutes; one a day old was left by a
+# process that was killed (SIGKILL, out of memory) before it could clean up.
+ABANDONED_AFTER_S = 24 * 3600
+
+
+def build_folder(parent: Path, name: str) -> Path:
+    """A fresh hidden folder in ``parent`` to build ``name`` in before it is renamed into
+    place; removes the ones that killed processes abandoned there, so they do not pile up."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for old in parent.glob(f".{name}.*"):
+        try:
+            if old.is_dir() and time.time() - old.stat().st_mtime > ABANDONED_AFTER_S:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:  # another process removed it first
+            pass
+    return Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}."))
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Readers never see a partial file: ``write`` fills a temp folder beside ``path``
     under the final name (AOTInductor names an archive's contents after its file), then
     the file is renamed into place."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        folder = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        folder = build_folder(path.parent, path.name)
     except OSError as error:
         raise UserError(f"cannot write {path} ({error.strerror}): pass a writable --cache-dir") from None
     try:

@@ -15,7 +15,6 @@ import importlib.metadata
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ import torch
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from densenet_opt.errors import UserError, VariantUnavailable
-from densenet_opt.cache import key_digest
+from densenet_opt.cache import build_folder, key_digest
 from densenet_opt.model import file_sha256
 
 INPUT_NAME = "images"
@@ -238,8 +237,7 @@ def cached_artifact(
     if problem != "not cached":
         progress(f"onnx: cached {kind} model in {folder} is unusable ({problem}); rebuilding it")
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{folder.name}.", suffix=".tmp"))
+        staging = build_folder(root, folder.name)
     except OSError as error:
         raise UserError(
             f"cannot write ONNX artifacts under {root} ({error.strerror}): pass a writable --cache-dir"
