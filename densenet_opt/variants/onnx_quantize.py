@@ -22,7 +22,6 @@ set at once would need gigabytes.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
+from densenet_opt.cache import tensor_digest
 from densenet_opt.errors import UserError
 from densenet_opt.variants.onnx_export import (
     INPUT_NAME,
@@ -180,10 +180,6 @@ def quantize(source: onnx.ModelProto | Path, output: Path, images: np.ndarray, t
     )
 
 
-def images_sha256(images: torch.Tensor) -> str:
-    return hashlib.sha256(np.ascontiguousarray(images.numpy(), dtype=np.float32).tobytes()).hexdigest()
-
-
 def check_calibration_count(count: int) -> None:
     if count < 1:
         raise UserError(
@@ -199,7 +195,7 @@ def int8_key(source: Artifact, target: str, images: torch.Tensor) -> dict[str, o
         "artifact": f"densenet121-int8-{target}",
         "source_sha256": source.sha256,
         "calibration_images": len(images),
-        "calibration_sha256": images_sha256(images),
+        "calibration_sha256": tensor_digest(images),
         "quantizer": f"onnxruntime-{onnxruntime.__version__}",
         "recipe": {**asdict(RECIPES[target]), "version": RECIPE_VERSION, "batch": CALIBRATION_BATCH},
     }
