@@ -48,11 +48,17 @@ def check_cached(path: Path) -> tuple[dict | None, str]:
         size, sha256 = int(meta["size"]), str(meta["sha256"])
     except (OSError, ValueError, KeyError, TypeError) as error:
         return None, f"its sidecar is missing or unreadable ({error.__class__.__name__})"
+    problem = file_problem(path, size, sha256)
+    return (None, problem) if problem else (meta, "ok")
+
+
+def file_problem(path: Path, size: int, sha256: str) -> str | None:
+    """Why ``path`` is not the file recorded with ``size`` and ``sha256``; None if it is."""
     if path.stat().st_size != size:
-        return None, f"its size {path.stat().st_size} is not the {size} recorded (truncated?)"
+        return f"its size {path.stat().st_size} is not the {size} recorded (truncated?)"
     if file_sha256(path) != sha256:
-        return None, "its sha256 is not the one recorded (corrupt)"
-    return meta, "ok"
+        return "its sha256 is not the one recorded (corrupt)"
+    return None
 
 
 # A build in progress touches its folder within minutes; one a day old was left by a

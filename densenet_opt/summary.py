@@ -457,7 +457,12 @@ def summary_markdown(
 def summarize(output_dir: Path, budgets_path: Path | None = None) -> list[Path]:
     """Plots and summary.md for the results in ``output_dir``; returns the files written."""
     source = results_path(Path(output_dir))
-    results, faults = load_table(source)
+    return write_summary(source, *load_table(source), budgets_path)
+
+
+def write_summary(
+    source: Path, results: Sequence[Result], faults: Sequence[Mapping[str, str]], budgets_path: Path | None = None,
+) -> list[Path]:
     budgets, note = load_budgets_or_none(budgets_path)
     checks = check_budgets(results, budgets)
     plots = write_plots(results, source.parent)
@@ -580,10 +585,12 @@ def run_summary(args: argparse.Namespace) -> int:
 
 def summarize_after_sweep(output_dir: Path) -> None:
     """The end of a sweep: a report that cannot be drawn is one line, never a lost exit code."""
-    if not results_path(Path(output_dir)).is_file():
+    source = results_path(Path(output_dir))
+    if not source.is_file():
         return
     try:
-        written = summarize(output_dir)
+        results, faults = load_table(source)
+        written = write_summary(source, results, faults)
     except UserError as error:
         print(f"no summary: {error}")
         return
@@ -591,6 +598,5 @@ def summarize_after_sweep(output_dir: Path) -> None:
         print(f"no summary: {type(error).__name__}: {error}")
         return
     print(f"summary: {written[-1]} (plots: {', '.join(p.name for p in written[:-1])})")
-    results, _ = load_table(results_path(Path(output_dir)))
     for device in sorted({r.device for r in results}):
         print(f"\nsamples/s (speedup over baseline) on {device}:\n{throughput_matrix(results, device)}")

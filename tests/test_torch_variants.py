@@ -113,7 +113,7 @@ def test_batch_policy_keys_the_package(tmp_path: Path) -> None:
     assert inductor.batch_shape(context("cpu", tmp_path), "v") == inductor.BatchShape(BUILD_BATCH)
     assert inductor.batch_shape(context("cpu", tmp_path, {"v.batch": "dynamic"}), "v") == inductor.BatchShape(None)
     ctx = context("cpu", tmp_path)
-    paths = {inductor.package_path(ctx, "v", {"batch": shape.key}) for shape in
+    paths = {inductor.package_path(ctx, inductor.package_key(ctx, "v", {"batch": shape.key})) for shape in
              (inductor.BatchShape(1), inductor.BatchShape(3), inductor.BatchShape(None))}
     assert len(paths) == 3
 

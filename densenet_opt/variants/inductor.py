@@ -103,9 +103,13 @@ class Package:
     load_s: float  # seconds to load it in this process
 
 
-def package_path(ctx: BuildContext, name: str, key: Mapping[str, str]) -> Path:
-    full_key = {"name": name, "weights": ctx.weights_key, **machine_key(), **key}
-    return ctx.cache_dir / CACHE_SUBDIR / f"{name}-{cache.key_digest(full_key)}.pt2"
+def package_key(ctx: BuildContext, name: str, key: Mapping[str, str]) -> dict[str, str]:
+    """Everything a package's bytes depend on (recorded in its sidecar)."""
+    return {"name": name, "weights": ctx.weights_key, **machine_key(), **key}
+
+
+def package_path(ctx: BuildContext, full_key: Mapping[str, str]) -> Path:
+    return ctx.cache_dir / CACHE_SUBDIR / f"{full_key['name']}-{cache.key_digest(full_key)}.pt2"
 
 
 def load_or_compile(
@@ -118,8 +122,8 @@ def load_or_compile(
 ):
     """The loaded AOTInductor model and its Package record; ``export`` (which may
     quantize, calibrate...) runs only when no valid package is cached."""
-    key = {**key, "batch": shape.key}
-    path = package_path(ctx, name, key)
+    full_key = package_key(ctx, name, {**key, "batch": shape.key})
+    path = package_path(ctx, full_key)
     meta, reason = cache.check_cached(path)
     compile_s = float(meta["compile_s"]) if meta else 0.0
     if meta is None:
@@ -136,8 +140,7 @@ def load_or_compile(
                 ),
             )
         compile_s = time.perf_counter() - started
-        key_record = {"name": name, "weights": ctx.weights_key, **machine_key(), **key}
-        cache.write_sidecar(path, {"compile_s": round(compile_s, 1), "key": key_record})
+        cache.write_sidecar(path, {"compile_s": round(compile_s, 1), "key": full_key})
     started = time.perf_counter()
     runner = torch._inductor.aoti_load_package(str(path))
     return runner, Package(name, path, shape, compile_s, meta is not None, time.perf_counter() - started)

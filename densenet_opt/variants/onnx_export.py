@@ -25,7 +25,7 @@ import torch
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
 from densenet_opt.errors import UserError, VariantUnavailable
-from densenet_opt.cache import build_folder, key_digest
+from densenet_opt.cache import NOT_CACHED, build_folder, file_problem, key_digest
 from densenet_opt.model import file_sha256
 
 INPUT_NAME = "images"
@@ -196,7 +196,7 @@ def check_cached(folder: Path, key: Mapping[str, object]) -> str | None:
     """None when ``folder`` holds the artifact for ``key`` intact, else why it cannot be used."""
     manifest_path = folder / MANIFEST_FILE
     if not manifest_path.exists():
-        return "not cached" if not folder.exists() else "no manifest (an interrupted build)"
+        return NOT_CACHED if not folder.exists() else "no manifest (an interrupted build)"
     try:
         manifest = json.loads(manifest_path.read_text())
         files = {name: (int(meta["size"]), str(meta["sha256"])) for name, meta in manifest["files"].items()}
@@ -211,10 +211,8 @@ def check_cached(folder: Path, key: Mapping[str, object]) -> str | None:
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
-        if path.stat().st_size != size:
-            return f"{name} is {path.stat().st_size} bytes, {size} recorded (truncated or replaced)"
-        if file_sha256(path) != sha256:
-            return f"{name} sha256 differs from the one recorded (corrupt)"
+        if problem := file_problem(path, size, sha256):
+            return f"{name}: {problem}"
     return None
 
 
@@ -234,7 +232,7 @@ def cached_artifact(
     problem = check_cached(folder, key)
     if problem is None:
         return Artifact(folder / MODEL_FILE, build_s=0.0, from_cache=True)
-    if problem != "not cached":
+    if problem != NOT_CACHED:
         progress(f"onnx: cached {kind} model in {folder} is unusable ({problem}); rebuilding it")
     try:
         staging = build_folder(root, folder.name)
