@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from densenet_opt import baselines
 from densenet_opt.config import OPTIONS, SweepOptions, options_from_mapping
 from densenet_opt.errors import UserError, VariantUnavailable
 from densenet_opt.sweep import Sweep, preflight
@@ -34,6 +35,44 @@ def pytest_configure(config: pytest.Config) -> None:
         preflight(options)
     except UserError as error:
         raise pytest.UsageError(str(error)) from None
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_benchmark_compare_machine_info(benchmarksession) -> None:
+    """Before pytest-benchmark's own check, whose "machine_info is different" warning
+    names the storage relative to the working directory and raised ValueError (an
+    INTERNALERROR before anything was measured) for a --benchmark-storage outside it."""
+    baselines.locate_anywhere(benchmarksession.storage)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """pytest-benchmark's JSON report and stored runs are written atomically, and a full
+    disk is one sentence (see baselines.route_benchmark_writes)."""
+    benchmarks = getattr(session.config, "_benchmarksession", None)
+    if benchmarks is not None:
+        baselines.route_benchmark_writes(benchmarks)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
+    """pytest-benchmark writes its files here: one that cannot be written (a full disk)
+    ends the run with its one sentence and exit code 2, not a traceback."""
+    try:
+        return (yield)
+    except UserError as error:
+        pytest.exit(f"densenet-opt: {error}", returncode=2)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """A sweep config found unavailable inside its test (by the fresh-process probe) is
+    a skip with the reason, as when its engine cannot be built."""
+    try:
+        return (yield)
+    except VariantUnavailable as reason:
+        if "engine_config" not in getattr(item, "fixturenames", ()):
+            raise
+        pytest.skip(f"{item.name}: {reason}")
 
 
 @pytest.hookimpl(wrapper=True)

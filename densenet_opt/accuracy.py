@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -16,30 +17,103 @@ class NonFiniteLogits(Exception):
 
 
 def in_top_k(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
-    """Per sample: is the target among the k highest logits?
+    """Per sample: is the target among the k highest logits? A tie does not count as a hit.
 
-    Ties are resolved in the target's favour: it counts when fewer than k classes score
-    strictly higher, so the answer never depends on how topk orders equal values.
+    ``logits``: float [N, C]; ``targets``: int64 [N] class indices in [0, C); ``k`` >= 1.
+    Returns bool [N]: True when fewer than k *other* classes score greater than or equal
+    to the target's logit. Without ties this is exactly whether the target is in
+    ``torch.topk(logits, k).indices``; with all logits equal it is False for every k < C.
+
+    Why a tie is a miss: torchvision's reference scripts (references/classification/utils.py,
+    ``accuracy``) use ``torch.topk``, whose order among equal values is unspecified, so a
+    tied target would be a hit or a miss depending on the kernel. Counting a tie as a miss
+    keeps the figure independent of that order, and keeps top-1 accuracy against the fp32
+    reference's argmax at or below the argmax agreement (an int8 engine's rounded logits
+    tie often). A NaN target logit is a miss. Raises RuntimeError (from ``gather``) for a
+    target outside [0, C).
     """
     target_logit = logits.gather(1, targets.view(-1, 1))
-    return (logits > target_logit).sum(dim=1) < k
+    at_or_above = logits >= target_logit
+    at_or_above.scatter_(1, targets.view(-1, 1), False)  # count only the other classes
+    return (at_or_above.sum(dim=1) < k) & ~target_logit.view(-1).isnan()
 
 
-def predict(engine: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Logits for all images, in batches of exactly ``batch_size`` (the last one padded),
-    so that engines built for a static batch size see only that size."""
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        real = len(batch)
-        if real < batch_size:
-            batch = torch.cat([batch, batch[-1:].expand(batch_size - real, *batch.shape[1:])])
-        outputs.append(engine(batch)[:real].float())
-    logits = torch.cat(outputs)
+class ImageStream(Protocol):
+    """Images in order as chunks of any sizes (e.g. data.EvalStream): ``len()`` images in
+    all, each chunk float32 [n,3,H,W]."""
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[torch.Tensor]: ...
+
+
+def predict(
+    engine: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor | ImageStream, batch_size: int
+) -> torch.Tensor:
+    """Logits float32 [N, C] for N images given as one float32 [N,3,H,W] tensor or as an
+    ImageStream, in engine calls of exactly ``batch_size`` images (the last one padded by
+    repeating its last image), so that engines built for a static batch size see only that
+    size. A stream is consumed as it comes: at most one batch plus one chunk of images is
+    held here, and the stream is closed when this returns or raises. Batches may be views of
+    ``images``: engines must not write into their input.
+
+    Raises NonFiniteLogits when any logit is NaN or Inf, ValueError when a stream yields
+    another number of images than its len(); whatever the engine raises passes through.
+    """
+    total = len(images)
+    chunks = images.split(batch_size) if isinstance(images, torch.Tensor) else images
+    logits: torch.Tensor | None = None
+    done = 0
+    batches = _exact_batches(iter(chunks), batch_size)
+    try:
+        for batch, real in batches:
+            out = engine(batch)[:real].float()
+            if logits is None:  # preallocated: no list of outputs plus their concatenation
+                logits = torch.empty((total, *out.shape[1:]), dtype=torch.float32)
+            if done + real > total:
+                raise ValueError(f"the image stream yielded more than its {total} images")
+            logits[done : done + real] = out
+            done += real
+    finally:
+        batches.close()
+    if done != total or logits is None:
+        raise ValueError(f"the image stream yielded {done} images, not its {total}")
     if not torch.isfinite(logits).all():
         bad = int((~torch.isfinite(logits)).any(dim=1).sum())
         raise NonFiniteLogits(f"{bad} of {len(logits)} samples have NaN or Inf logits")
     return logits
+
+
+def _exact_batches(chunks: Iterator[torch.Tensor], batch_size: int) -> Iterator[tuple[torch.Tensor, int]]:
+    """(batch of exactly batch_size images, how many of them are real) from chunks of any
+    sizes; only the last batch is padded, by repeating its last image. A batch inside one
+    chunk is a view of it; one spanning chunks is filled in a fresh tensor as they come, so
+    at most one batch plus one chunk is held. Closes ``chunks`` (when it can be) on the way out."""
+    buffer: torch.Tensor | None = None
+    filled = 0
+    try:
+        for chunk in chunks:
+            start = 0
+            while start < len(chunk):
+                if filled == 0 and len(chunk) - start >= batch_size:
+                    yield chunk[start : start + batch_size], batch_size
+                    start += batch_size
+                    continue
+                if buffer is None:
+                    buffer = chunk.new_empty((batch_size, *chunk.shape[1:]))
+                take = min(batch_size - filled, len(chunk) - start)
+                buffer[filled : filled + take] = chunk[start : start + take]
+                filled, start = filled + take, start + take
+                if filled == batch_size:
+                    yield buffer, batch_size
+                    buffer, filled = None, 0
+        if filled:
+            buffer[filled:] = buffer[filled - 1]
+            yield buffer, filled
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,19 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from pytest_benchmark.utils import get_machine_id
+from pytest_benchmark.storage.file import FileStorage
+from pytest_benchmark.utils import get_machine_id, safe_dumps
 
+from densenet_opt import atomic
 from densenet_opt.errors import UserError
-from densenet_opt.report import write_text_atomic
 from densenet_opt.variants import BASELINE
 
 BASELINE_DIR = Path(__file__).resolve().parent.parent / "benchmarks_baseline"
 DEFAULT_MAX_REGRESSION = "mean:25%"  # runs on shared 2-core machines vary by 10-15%
 DEFAULT_MAX_SPEEDUP_DROP = 0.25
+# What a failed write tells the user to change.
+BASELINE_OPTION = "--baseline-dir"
+OUTPUT_OPTION = "--output-dir"
 
 
 def speedups_file(device: str, directory: Path = BASELINE_DIR) -> Path:
@@ -42,12 +46,14 @@ def speedups(rows: Iterable[Mapping[str, str]]) -> dict[str, dict[str, float]]:
 
 
 def save_speedups(rows: list[Mapping[str, str]], device: str, path: Path) -> dict[str, dict[str, float]]:
+    """Store the speedups of ``device``'s rows in ``path``, atomically. Raises UserError when no
+    variant was measured beside the baseline, or when ``path`` cannot be written (disk full, read-only)."""
     measured = speedups(r for r in rows if r["device"] == device)
     if not measured:
         raise UserError(f"no variant was measured beside the baseline on {device}: nothing to store in {path}")
     machine = next(r["device_name"] for r in rows if r["device"] == device)
     document = {"device": device, "measured_on": machine, "speedup_over_baseline": measured}
-    write_text_atomic(path, json.dumps(document, indent=2, sort_keys=True) + "\n")
+    atomic.write_text(path, json.dumps(document, indent=2, sort_keys=True) + "\n", option=BASELINE_OPTION)
     return measured
 
 
@@ -97,3 +103,65 @@ def stored_device_name(run: Path) -> str | None:
     benchmarks = json.loads(run.read_text())["benchmarks"]
     extra = benchmarks[0].get("extra_info") if isinstance(benchmarks[0], dict) else None
     return extra.get("device_name") if isinstance(extra, dict) else None
+
+
+def benchmark_document_bytes(document: Mapping) -> bytes:
+    """A pytest-benchmark JSON document, serialised exactly as pytest-benchmark writes it."""
+    return safe_dumps(document, ensure_ascii=True, indent=4).encode()
+
+
+def write_benchmark_json(path: Path, document: Mapping) -> None:
+    """pytest-benchmark's ``--benchmark-json`` file, written atomically (see
+    ``route_benchmark_writes``). Raises UserError naming ``path`` when the disk is full or
+    the directory read-only; an existing file is left intact."""
+    atomic.write_bytes(Path(path), benchmark_document_bytes(document), option=OUTPUT_OPTION)
+
+
+def store_run(storage: FileStorage, document: Mapping, name: str) -> Path:
+    """What pytest-benchmark's ``FileStorage.save`` stores (``--benchmark-save NAME``: the
+    next run number, in this machine's folder), written atomically. Returns the file.
+    Raises UserError naming the file when the disk is full or the directory read-only."""
+    # FileStorage numbers runs itself; --benchmark-compare finds them by that number.
+    path = Path(storage.get(f"{storage._next_num}_{name}.json"))
+    atomic.write_bytes(path, benchmark_document_bytes(document), option=BASELINE_OPTION)
+    return path
+
+
+def route_benchmark_writes(session) -> None:
+    """Make pytest-benchmark's session (``config._benchmarksession``) write its JSON report
+    and its stored runs through ``write_atomic``: a full disk is then one sentence
+    (UserError) and leaves no partial file, where pytest-benchmark's own writes leave a
+    truncated file and end in a traceback."""
+    if session.json:
+        def save_json(document: Mapping) -> None:
+            write_benchmark_json(Path(session.json), document)
+            session.logger.info(f"Wrote benchmark data in: {session.json}", purple=True)
+
+        session.save_json = save_json
+    storage = session.storage
+    if isinstance(storage, FileStorage):
+        def save(document: Mapping, name: str) -> None:
+            path = store_run(storage, document, name)
+            session.logger.info(f"Saved benchmark data in: {path}")
+
+        storage.save = save
+
+
+class AnywhereFileStorage(FileStorage):
+    """pytest-benchmark's FileStorage, whose ``location`` also works for storage outside the
+    working directory: pytest-benchmark's raises ValueError there (pytest-benchmark issue
+    #217), which ended a gate run from another directory in an INTERNALERROR."""
+
+    @property
+    def location(self) -> str:
+        try:
+            return str(self.path.relative_to(Path.cwd()))
+        except ValueError:
+            return str(self.path)
+
+
+def locate_anywhere(storage: object) -> None:
+    """Give a FileStorage made by pytest-benchmark the ``location`` of AnywhereFileStorage
+    (pytest-benchmark makes its storage itself, from --benchmark-storage)."""
+    if type(storage) is FileStorage:
+        storage.__class__ = AnywhereFileStorage

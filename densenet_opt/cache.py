@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
-from densenet_opt.errors import UserError
+from densenet_opt import atomic
 from densenet_opt.model import file_sha256
 
 NOT_CACHED = "not cached"
+# What a failed write into the cache tells the user to change.
+CACHE_OPTION = "--cache-dir"
 
 
 def key_digest(key: Mapping[str, object]) -> str:
@@ -61,45 +59,17 @@ def file_problem(path: Path, size: int, sha256: str) -> str | None:
     return None
 
 
-# A build in progress touches its folder within minutes; one a day old was left by a
-# process that was killed (SIGKILL, out of memory) before it could clean up.
-ABANDONED_AFTER_S = 24 * 3600
-
-
-def build_folder(parent: Path, name: str) -> Path:
-    """A fresh hidden folder in ``parent`` to build ``name`` in before it is renamed into
-    place; removes the ones that killed processes abandoned there, so they do not pile up."""
-    parent.mkdir(parents=True, exist_ok=True)
-    for old in parent.glob(f".{name}.*"):
-        try:
-            if old.is_dir() and time.time() - old.stat().st_mtime > ABANDONED_AFTER_S:
-                shutil.rmtree(old, ignore_errors=True)
-        except OSError:  # another process removed it first
-            pass
-    return Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}."))
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Readers never see a partial file: ``write`` fills a temp folder beside ``path``
-    under the final name (AOTInductor names an archive's contents after its file), then
-    the file is renamed into place."""
-    try:
-        folder = build_folder(path.parent, path.name)
-    except OSError as error:
-        raise UserError(f"cannot write {path} ({error.strerror}): pass a writable --cache-dir") from None
-    try:
-        tmp = folder / path.name
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+def torch_save(obj: object, path: Path) -> None:
+    """``torch.save`` through a Python file: a failed write then keeps its OSError (and its
+    errno: a full disk) as the context of torch's RuntimeError, which ``atomic`` reads.
+    Meant as the ``write`` of ``atomic.write_atomic``; raises what torch.save raises."""
+    with open(path, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def write_sidecar(path: Path, record: Mapping[str, object]) -> dict:
     """Record ``path``'s size and sha256 (and ``record``) beside it: call it last, once
-    ``path`` is complete."""
+    ``path`` is complete. Raises UserError when the cache's disk is full or read-only."""
     meta = {"size": path.stat().st_size, "sha256": file_sha256(path), **record}
-    atomic_write(sidecar(path), lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic.write_text(sidecar(path), json.dumps(meta, indent=2) + "\n", option=CACHE_OPTION)
     return meta

@@ -121,7 +121,8 @@ def _baseline_args(options: SweepOptions, gate: argparse.Namespace | None) -> tu
     """pytest-benchmark arguments for saving or comparing, and the stored speedups to check."""
     if gate is None or not (gate.save_baseline or gate.compare_baseline):
         return [], None
-    storage = gate.baseline_dir
+    # Absolute: pytest-benchmark resolves a relative storage against the working directory.
+    storage = Path(gate.baseline_dir).resolve()
     args = [f"--benchmark-storage=file://{storage}"]
     if gate.save_baseline:
         args.append(f"--benchmark-save={options.device}")
@@ -132,7 +133,10 @@ def _baseline_args(options: SweepOptions, gate: argparse.Namespace | None) -> tu
         stored_on = baselines.stored_device_name(runs[-1]) if runs else None
         here = device_name(torch.device(options.device))
         if runs and stored_on in (None, here):
-            args += [f"--benchmark-compare={runs[-1]}", f"--benchmark-compare-fail={gate.max_regression}"]
+            # --benchmark-compare takes a run, not a path: the start of its name, which
+            # pytest-benchmark looks up in this machine's folder of the storage. The number
+            # and the device, since runs stored on two machines of one kind can share a number.
+            args += [f"--benchmark-compare={runs[-1].stem}", f"--benchmark-compare-fail={gate.max_regression}"]
             print(f"comparing latency with {runs[-1]}")
         elif runs:
             print(f"the stored run {runs[-1]} was measured on {stored_on}, this is {here}: "

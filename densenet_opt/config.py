@@ -39,6 +39,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--ground-truth", None, "ground-truth file for a flat val folder (LOC_val_solution.csv or the devkit's ILSVRC2012_validation_ground_truth.txt); found automatically when beside the images"),
     Option("--num-samples", "1024", "images evaluated for accuracy/agreement"),
     Option("--calibration-samples", "128", "images for quantization calibration, taken after the evaluated ones (never the same images)"),
+    Option("--data-workers", "auto", "processes decoding evaluation images while accuracy is measured (0: in the main process; auto: min(4, CPU count))"),
     Option("--output-dir", "results", "where benchmark_results.csv and the benchmark JSON are written"),
     Option("--rounds", "10", "timed rounds per (variant, batch size)"),
     Option("--warmup-rounds", "2", "untimed rounds before the timed ones"),
@@ -66,6 +67,7 @@ class SweepOptions:
     cache_dir: Path
     allow_unsafe_weights: bool = False
     resume: bool = False
+    data_workers: int | None = None  # None: data.default_num_workers()
 
     def to_args(self) -> list[str]:
         """The command-line arguments that give these options back."""
@@ -83,6 +85,7 @@ class SweepOptions:
             "warmup_rounds": self.warmup_rounds,
             "variant_options": ",".join(f"{k}={v}" for k, v in self.variant_options.items()),
             "cache_dir": self.cache_dir,
+            "data_workers": "auto" if self.data_workers is None else self.data_workers,
         }
         args = [f"{option.name}={values[option.dest]}" for option in OPTIONS if values.get(option.dest) not in (None, "")]
         flags = {"--allow-unsafe-weights": self.allow_unsafe_weights, "--resume": self.resume}
@@ -97,6 +100,13 @@ def parse_positive_int(name: str, text: str, *, minimum: int = 1) -> int:
     if value < minimum:
         raise UserError(f"{name} must be at least {minimum}, got {value}")
     return value
+
+
+def parse_workers(text: str) -> int | None:
+    """--data-workers: "auto" -> None (min(4, CPU count) when used), else an int >= 0."""
+    if str(text).strip().lower() == "auto":
+        return None
+    return parse_positive_int("--data-workers", text, minimum=0)
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -177,4 +187,5 @@ def options_from_mapping(raw: Mapping[str, object]) -> SweepOptions:
         cache_dir=Path(str(get("cache_dir"))) if get("cache_dir") else default_cache_dir(),
         allow_unsafe_weights=bool(raw.get("allow_unsafe_weights")),
         resume=bool(raw.get("resume")),
+        data_workers=parse_workers(str(get("data_workers"))),
     )

@@ -9,18 +9,26 @@ Two on-disk layouts are accepted because users have one or the other:
   ``ILSVRC2012_validation_ground_truth.txt`` (+ ``meta.mat``).
 
 Labels are torchvision class indices: the position of the wnid in the sorted
-list of the 1000 ImageNet wnids.  All decoding happens here, before any timed
-region, and the result is one stacked tensor.
+list of the 1000 ILSVRC2012 wnids, shipped as ``imagenet_wnids.txt``.  Every
+layout maps its wnids through that canonical list, so a subset of the classes
+(a few synset folders, or a ground truth listing only the images present) keeps
+the labels the full set would give; a wnid outside the list is a UserError.
+Ground-truth files may start with a UTF-8 byte-order mark and use CRLF line
+ends.  All decoding happens here, before any timed region: load_eval_set decodes
+a small set into one stacked tensor (timed batches, calibration), open_eval_stream
+gives the evaluation set as a stream that workers decode in chunks while accuracy
+is measured, so memory does not grow with the number of images.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import re
-import warnings
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from PIL import Image
@@ -31,6 +39,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 IMAGENET_NUM_CLASSES = 1000
+# The 1000 ILSVRC2012 wnids, sorted, one a line: torchvision's class order.
+# Taken from timm 1.0.31 (timm/data/_info/imagenet_synsets.txt, Apache-2.0).
+IMAGENET_WNIDS_FILE = "imagenet_wnids.txt"
 PROGRESS_EVERY = 256
 
 # Same list torchvision's ImageFolder accepts.
@@ -98,7 +109,7 @@ def load_eval_set(
 
     images, _pseudo_labels = synthetic_images(num_samples, seed=seed, offset=skip)
     # Accuracy on synthetic images is agreement with the fp32 reference, so no labels.
-    source = f"synthetic seed={seed} ({num_samples} samples" + (f", skip {skip})" if skip else ")")
+    source = _source(f"synthetic seed={seed}", num_samples, skip)
     return EvalSet(images=images, labels=None, source=source)
 
 
@@ -115,7 +126,7 @@ def load_imagenet_subset(
     chosen = select_samples(root, num_samples, skip=skip, ground_truth=ground_truth)
     images = _decode(chosen, progress, root)
     labels = torch.tensor([s.label for s in chosen], dtype=torch.int64)
-    source = f"imagenet-val {root} ({num_samples} samples" + (f", skip {skip})" if skip else ")")
+    source = _source(f"imagenet-val {root}", num_samples, skip)
     return EvalSet(images=images, labels=labels, source=source)
 
 
@@ -188,26 +199,62 @@ def _image_folder_samples(root: Path, subdirs: list[Path]) -> list[Sample]:
         raise UserError(
             f"{root} has folders that are not ImageNet synset ids ({shown}): pass {EXPECTED_LAYOUT}."
         )
-    wnids = sorted(d.name for d in subdirs)
-    _warn_if_partial(len(wnids), f"{root} has {len(wnids)} synset folders")
-    index = {wnid: i for i, wnid in enumerate(wnids)}
     samples = []
-    for d in subdirs:
+    for d in sorted(subdirs):
+        # Any subset of the synset folders keeps the full set's labels.
+        label = imagenet_class_index(d.name, f"folder {d}", "remove that folder or point at ImageNet-1k val images")
         for path in sorted(_visible(list(d.iterdir()))):
             if _is_image(path):
-                samples.append(Sample(path, index[d.name]))
+                samples.append(Sample(path, label))
     if not samples:
         raise UserError(f"The synset folders in {root} contain no images: pass {EXPECTED_LAYOUT}.")
     return samples
 
 
-def _warn_if_partial(num_classes: int, what: str) -> None:
-    if num_classes != IMAGENET_NUM_CLASSES:
-        warnings.warn(
-            f"{what}, not {IMAGENET_NUM_CLASSES}: labels index the sorted wnids found, "
-            "so they match torchvision class indices only for the full 1000-class set.",
-            stacklevel=3,
+# --- Canonical class indices ---------------------------------------------------
+
+
+@functools.cache
+def imagenet_wnids() -> tuple[str, ...]:
+    """The 1000 ILSVRC2012 wnids, sorted: wnid ``imagenet_wnids()[i]`` is torchvision class i.
+
+    Raises UserError if the package's imagenet_wnids.txt is missing or damaged.
+    """
+    try:
+        text = resources.files(__package__).joinpath(IMAGENET_WNIDS_FILE).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise UserError(
+            f"The class list {IMAGENET_WNIDS_FILE} is missing from the densenet_opt package ({exc}): "
+            "reinstall densenet-opt."
+        ) from None
+    wnids = tuple(text.split())
+    if len(set(wnids)) != IMAGENET_NUM_CLASSES or list(wnids) != sorted(wnids):
+        raise UserError(
+            f"The class list {IMAGENET_WNIDS_FILE} in the densenet_opt package is not the {IMAGENET_NUM_CLASSES} "
+            "sorted ILSVRC2012 wnids: reinstall densenet-opt."
         )
+    return wnids
+
+
+@functools.cache
+def _class_index_by_wnid() -> dict[str, int]:
+    return {wnid: i for i, wnid in enumerate(imagenet_wnids())}
+
+
+def imagenet_class_index(
+    wnid: str, where: object, fix: str = "pass ImageNet-1k (ILSVRC2012) validation data"
+) -> int:
+    """torchvision class index (0..999) of an ILSVRC2012 wnid such as ``n01440764``.
+
+    ``where`` (the file or folder the wnid came from) and ``fix`` (what to do)
+    word the UserError raised when the wnid is not one of the 1000 classes.
+    """
+    index = _class_index_by_wnid().get(wnid)
+    if index is None:
+        raise UserError(
+            f"{where} names wnid {wnid}, which is not one of the {IMAGENET_NUM_CLASSES} ILSVRC2012 classes: {fix}."
+        )
+    return index
 
 
 def _round_robin(samples: list[Sample]) -> list[Sample]:
@@ -283,52 +330,61 @@ def _read_ground_truth(gt: Path) -> dict[str, int]:
 
 
 def _read_kaggle_solution(path: Path) -> dict[str, int]:
-    wnid_by_stem: dict[str, str] = {}
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"ImageId", "PredictionString"} <= set(reader.fieldnames):
-            raise UserError(
-                f"{path} lacks the ImageId,PredictionString columns: pass Kaggle's {KAGGLE_SOLUTION} unchanged."
-            )
-        for row in reader:
-            tokens = (row["PredictionString"] or "").split()
-            if not tokens or not WNID_RE.match(tokens[0]):
+    labels: dict[str, int] = {}
+    # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark (and
+    # newline="" lets csv take CRLF line ends as they are).
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"ImageId", "PredictionString"} <= set(reader.fieldnames):
                 raise UserError(
-                    f"{path} row {row['ImageId']!r} does not start its PredictionString with a wnid: "
-                    f"pass Kaggle's {KAGGLE_SOLUTION} unchanged."
+                    f"{path} lacks the ImageId,PredictionString columns: pass Kaggle's {KAGGLE_SOLUTION} unchanged."
                 )
-            wnid_by_stem[row["ImageId"]] = tokens[0]
-    if not wnid_by_stem:
+            for row in reader:
+                tokens = (row["PredictionString"] or "").split()
+                if not tokens or not WNID_RE.match(tokens[0]):
+                    raise UserError(
+                        f"{path} row {row['ImageId']!r} does not start its PredictionString with a wnid: "
+                        f"pass Kaggle's {KAGGLE_SOLUTION} unchanged."
+                    )
+                labels[row["ImageId"]] = imagenet_class_index(
+                    tokens[0], f"{path} row {row['ImageId']!r}", f"pass Kaggle's {KAGGLE_SOLUTION} unchanged"
+                )
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text: pass Kaggle's {KAGGLE_SOLUTION} unchanged.") from None
+    if not labels:
         raise UserError(f"{path} has no rows: pass Kaggle's {KAGGLE_SOLUTION} unchanged.")
-    # The full solution file names all 1000 classes, so its sorted wnids are torchvision's.
-    wnids = sorted(set(wnid_by_stem.values()))
-    _warn_if_partial(len(wnids), f"{path} names {len(wnids)} classes")
-    index = {wnid: i for i, wnid in enumerate(wnids)}
-    return {stem: index[wnid] for stem, wnid in wnid_by_stem.items()}
+    return labels
 
 
 def _read_devkit_ground_truth(path: Path) -> dict[str, int]:
     meta = _find_meta(path)
     wnid_by_id = _read_meta(meta)
     # ILSVRC2012_IDs follow the devkit's own order, not torchvision's sorted wnids.
-    wnids = sorted(wnid_by_id.values())
-    _warn_if_partial(len(wnids), f"{meta} lists {len(wnids)} leaf synsets")
-    index = {wnid: i for i, wnid in enumerate(wnids)}
+    index_by_id = {
+        ilsvrc_id: imagenet_class_index(wnid, meta, "pass the meta.mat from ILSVRC2012_devkit_t12/data")
+        for ilsvrc_id, wnid in wnid_by_id.items()
+    }
     labels: dict[str, int] = {}
-    for line_no, line in enumerate(path.read_text().split(), start=1):
+    try:
+        # utf-8-sig and split(): a byte-order mark and CRLF line ends are tolerated.
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text: pass the devkit's {DEVKIT_GROUND_TRUTH} unchanged.") from None
+    for line_no, line in enumerate(text.split(), start=1):
         try:
             ilsvrc_id = int(line)
         except ValueError:
             raise UserError(
                 f"{path} line {line_no} is not an ILSVRC2012_ID: pass the devkit's {DEVKIT_GROUND_TRUTH} unchanged."
             ) from None
-        if ilsvrc_id not in wnid_by_id:
+        if ilsvrc_id not in index_by_id:
             raise UserError(
                 f"{path} line {line_no} names ILSVRC2012_ID {ilsvrc_id}, which {meta} does not list: "
                 "pass the meta.mat from the same devkit."
             )
         # Line i (1-based) is the label of ILSVRC2012_val_<i, 8 digits>.
-        labels[f"ILSVRC2012_val_{line_no:08d}"] = index[wnid_by_id[ilsvrc_id]]
+        labels[f"ILSVRC2012_val_{line_no:08d}"] = index_by_id[ilsvrc_id]
     if not labels:
         raise UserError(f"{path} is empty: pass the devkit's {DEVKIT_GROUND_TRUTH} unchanged.")
     return labels
@@ -392,3 +448,201 @@ def _open_rgb(path: Path) -> Image.Image:
             return img.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise UserError(f"{path} is not a readable image ({exc}): delete or replace it.") from None
+
+
+# --- Streaming ----------------------------------------------------------------
+#
+# Accuracy over the full validation set cannot hold the images: 602 KB each decoded, 30 GB
+# for 50,000. The evaluation set is therefore a stream: workers decode it in order, a
+# bounded number of chunks at a time, and only the logits (4 KB an image) are kept.
+
+# Images per chunk a worker decodes and hands over. The engine's batches are assembled from
+# chunks (accuracy.predict), so this bounds what is in flight, not the engine's batch size.
+STREAM_CHUNK = 16
+# Chunks each worker decodes ahead (DataLoader's prefetch_factor): in flight at most
+# workers x PREFETCH_CHUNKS x STREAM_CHUNK images (4 x 2 x 16 x 602 KB = 77 MB).
+PREFETCH_CHUNKS = 2
+MAX_DEFAULT_WORKERS = 4
+
+
+def default_num_workers() -> int:
+    """min(4, CPUs this process may run on): decoding JPEGs keeps about 4 workers busy
+    feeding an accelerator, and more would only compete with the engine for the CPU."""
+    import os
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_DEFAULT_WORKERS, cpus))
+
+
+class _DecodeFailure:
+    """A UserError's message, carried out of a DataLoader worker as a value: raised there,
+    it would come back wrapped in a multi-line "Caught UserError in DataLoader worker"."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Item i: sample i's image decoded with eval_transform(), float32 [3,224,224], or a
+    _DecodeFailure naming the file when it cannot be read."""
+
+    def __init__(self, samples: list[Sample]) -> None:
+        self.samples = samples
+        self._transform: Callable | None = None  # built in the worker that uses it
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> torch.Tensor | _DecodeFailure:
+        if self._transform is None:
+            self._transform = eval_transform()
+        try:
+            return self._transform(_open_rgb(self.samples[index].path))
+        except UserError as error:
+            return _DecodeFailure(str(error))
+
+
+class SyntheticImages(torch.utils.data.Dataset):
+    """Item i: synthetic image offset + i, float32 [3,224,224], normalised, rendered when
+    asked for (the same values as synthetic_images(count, seed, offset)[0][i])."""
+
+    def __init__(self, count: int, seed: int = 0, offset: int = 0) -> None:
+        self.count, self.seed, self.offset = count, seed, offset
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if not 0 <= index < self.count:
+            raise IndexError(f"synthetic image {index} of {self.count}")
+        from densenet_opt.synthetic import synthetic_images
+
+        images, _ = synthetic_images(1, seed=self.seed, offset=self.offset + index)
+        return images[0]
+
+
+# OpenBLAS's thread-count setters under the names its builds export (numpy's wheels bundle
+# scipy-openblas with a 64-bit-integer suffix; distribution builds use the plain name).
+_OPENBLAS_SET_THREADS = (
+    "scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
+    "openblas_set_num_threads",
+)
+
+
+def _one_blas_thread(worker_id: int) -> None:
+    """DataLoader worker_init_fn: numpy's OpenBLAS down to one thread in this worker.
+
+    The workers already run side by side (and DataLoader sets torch to one thread in each);
+    OpenBLAS would start a thread per core in every worker, and its spinning threads made
+    rendering a synthetic image 12x slower (54 ms instead of 4.5 ms on 2 busy cores).
+    Does nothing where the libraries cannot be found (no /proc, no OpenBLAS)."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return
+    for path in paths:
+        try:
+            library = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in _OPENBLAS_SET_THREADS:
+            setter = getattr(library, name, None)
+            if setter is not None:
+                setter(1)
+                break
+
+
+def _collate(items: list) -> torch.Tensor | _DecodeFailure:
+    for item in items:
+        if isinstance(item, _DecodeFailure):
+            return item
+    return torch.utils.data.default_collate(items)
+
+
+@dataclass(frozen=True)
+class EvalStream:
+    """The evaluation set without its pixels in memory: ``len()`` images, decoded on demand.
+
+    Iterating yields float32 [<=STREAM_CHUNK, 3, 224, 224] chunks in the deterministic sample
+    order, decoded by ``num_workers`` processes (0: in this process) with at most
+    PREFETCH_CHUNKS chunks per worker ahead; every iteration decodes the images again.
+    Raises UserError naming the file (one sentence) when an image cannot be read.
+    """
+
+    dataset: torch.utils.data.Dataset  # item i: float32 [3,224,224], normalised
+    labels: torch.Tensor | None  # int64 [N] torchvision class indices; None for synthetic images
+    source: str  # human-readable description for reports, as EvalSet.source
+    num_workers: int = 0
+    chunk_size: int = STREAM_CHUNK
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        workers = min(self.num_workers, -(-len(self) // self.chunk_size))  # no idle workers
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=self.chunk_size,
+            shuffle=False,
+            num_workers=workers,
+            collate_fn=_collate,
+            prefetch_factor=PREFETCH_CHUNKS if workers else None,
+            worker_init_fn=_one_blas_thread if workers else None,
+        )
+        chunks = iter(loader)
+        try:
+            for chunk in chunks:
+                if isinstance(chunk, _DecodeFailure):
+                    raise UserError(chunk.message)
+                yield chunk
+        finally:
+            del chunks  # stops the workers now, also when the consumer stops early
+
+    def head(self, count: int) -> torch.Tensor:
+        """The first ``count`` images (1 <= count <= len(self)), decoded in this process:
+        float32 [count,3,224,224]. Raises UserError for an unreadable image."""
+        if not 1 <= count <= len(self):
+            raise ValueError(f"head({count}) of an evaluation stream of {len(self)} images")
+        out = torch.empty((count, 3, 224, 224), dtype=torch.float32)
+        for i in range(count):
+            item = self.dataset[i]
+            if isinstance(item, _DecodeFailure):
+                raise UserError(item.message)
+            out[i] = item
+        return out
+
+
+def open_eval_stream(
+    imagenet_val: Path | None,
+    num_samples: int,
+    *,
+    skip: int = 0,
+    seed: int = 0,
+    ground_truth: Path | None = None,
+    num_workers: int | None = None,
+) -> EvalStream:
+    """The images load_eval_set would decode, with the same labels and source, as a stream:
+    samples [skip, skip+num_samples) of the ImageNet-val order when a path is given (listed
+    now, decoded when iterated), otherwise synthetic images. ``num_workers`` None means
+    default_num_workers(). Raises UserError for bad counts or data (as select_samples)."""
+    workers = default_num_workers() if num_workers is None else num_workers
+    if workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {workers}")
+    if imagenet_val is not None:
+        root = Path(imagenet_val).expanduser()
+        chosen = select_samples(root, num_samples, skip=skip, ground_truth=ground_truth)
+        labels = torch.tensor([s.label for s in chosen], dtype=torch.int64)
+        source = _source(f"imagenet-val {root}", num_samples, skip)
+        return EvalStream(ImageFiles(chosen), labels, source, workers)
+    _check_counts(num_samples, skip)
+    return EvalStream(SyntheticImages(num_samples, seed, skip), None, _source(f"synthetic seed={seed}", num_samples, skip), workers)
+
+
+def _source(what: str, num_samples: int, skip: int) -> str:
+    return f"{what} ({num_samples} samples" + (f", skip {skip})" if skip else ")")

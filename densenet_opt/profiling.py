@@ -24,7 +24,9 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function, schedule, tensorboard_trace_handler
 
+from densenet_opt import atomic
 from densenet_opt.errors import UserError, VariantUnavailable
+from densenet_opt.report import OUTPUT_OPTION
 
 PROFILES_DIR = "profiles"
 TENSORBOARD_DIR = "tensorboard"
@@ -51,7 +53,9 @@ def profile_engine(
     rounds: int = DEFAULT_ROUNDS, *, cuda: bool | None = None,
 ) -> ProfileFiles:
     """Record ``rounds`` engine calls (after one untraced warm-up call and one profiler
-    warm-up step) with CPU and, when ``cuda``, CUDA activities, shapes and memory."""
+    warm-up step) with CPU and, when ``cuda``, CUDA activities, shapes and memory.
+    Raises UserError for rounds < 1, or when the trace or the op table cannot be written
+    (disk full, read-only)."""
     if rounds < 1:
         raise UserError(f"profiling needs at least one round, got {rounds}")
     cuda = torch.cuda.is_available() if cuda is None else cuda
@@ -68,7 +72,7 @@ def profile_engine(
         # Kineto saves a trace once: TensorBoard's file (named by the handler), then a copy.
         to_tensorboard(prof)
         newest = max(files.tensorboard_dir.glob(f"{name}.*.pt.trace.json"), key=lambda p: p.stat().st_mtime_ns)
-        shutil.copyfile(newest, files.chrome_trace)
+        atomic.write_atomic(files.chrome_trace, lambda tmp: shutil.copyfile(newest, tmp), option=OUTPUT_OPTION)
 
     engine(batch)  # first calls compile, autotune and allocate: not what a trace should show
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -84,7 +88,8 @@ def profile_engine(
                 engine(batch)
             prof.step()
     sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
-    files.op_table.write_text(prof.key_averages(group_by_input_shape=True).table(sort_by=sort_by, row_limit=TOP_OPS) + "\n")
+    table = prof.key_averages(group_by_input_shape=True).table(sort_by=sort_by, row_limit=TOP_OPS)
+    atomic.write_text(files.op_table, table + "\n", option=OUTPUT_OPTION)
     return files
 
 

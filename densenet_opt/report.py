@@ -5,13 +5,16 @@ from __future__ import annotations
 import csv
 import fcntl
 import io
-import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from densenet_opt import atomic
+from densenet_opt.errors import UserError
+
 RESULTS_FILE = "benchmark_results.csv"
+# What a failed write of results tells the user to change.
+OUTPUT_OPTION = "--output-dir"
 
 SEED_COLUMNS = (
     "model_name",
@@ -66,16 +69,34 @@ NON_FINITE_LOGITS = "non_finite_logits"
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a results CSV ([] when the file does not exist).
+
+    A UTF-8 byte-order mark (a spreadsheet's "CSV UTF-8") and CRLF line ends are
+    accepted; a file that is not UTF-8 text raises UserError.
+    """
     if not path.exists():
         return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
+    try:
+        # utf-8-sig drops a byte-order mark, which would otherwise glue itself to the first column name.
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            return list(csv.DictReader(handle))
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text: pass a {RESULTS_FILE} written by densenet-opt.") from None
 
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    """Two sweeps writing one directory take turns instead of overwriting each other."""
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
+    """Two sweeps writing one directory take turns instead of overwriting each other.
+    Raises UserError when the lock file cannot be created (disk full, read-only)."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        lock = open(lock_path, "w")
+    except OSError as error:
+        failure = atomic.write_failure(lock_path, error, OUTPUT_OPTION)
+        if failure is None:
+            raise
+        raise failure from error
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -83,21 +104,17 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """A reader (or a crash) sees the old file or the new one, never half of one."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False, newline="") as tmp:
-        tmp.write(text)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    try:
-        os.replace(tmp.name, path)
-    except BaseException:
-        os.unlink(tmp.name)
-        raise
+def write_text_atomic(path: Path, text: str, option: str = OUTPUT_OPTION) -> None:
+    """A reader (or a crash) sees the old file or the new one, never half of one: see
+    atomic.write_atomic. Raises UserError naming ``path`` and ``option`` when the disk is
+    full or the directory read-only."""
+    atomic.write_text(path, text, option=option)
 
 
 def upsert_row(path: Path, row: Mapping[str, object]) -> None:
-    """Add ``row``, replacing an earlier one for the same variant, batch size and device."""
+    """Add ``row``, replacing an earlier one for the same variant, batch size and device.
+    Raises ValueError for a column that is not in COLUMNS, UserError when the file cannot
+    be written (disk full, read-only); the file is then left as it was."""
     unknown = set(row) - set(COLUMNS)
     if unknown:
         raise ValueError(f"not results columns: {sorted(unknown)}")

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from densenet_opt.config import SweepOptions
 from densenet_opt.errors import UserError
-from densenet_opt.report import COLUMNS, KEY_COLUMNS, RESULTS_FILE, read_rows, write_text_atomic
+from densenet_opt import atomic
+from densenet_opt.report import COLUMNS, KEY_COLUMNS, OUTPUT_OPTION, RESULTS_FILE, read_rows
 
 SHARDS_DIR = "shards"
 BENCHMARK_JSON = "benchmark.json"
@@ -120,7 +121,8 @@ def _key(row: Mapping[str, str]) -> tuple[str, ...]:
 
 def merge_results(sources: Iterable[Path], target: Path) -> list[dict[str, str]]:
     """Upsert every row of ``sources`` into ``target`` (rows of configs not measured now stay,
-    as in a plain sweep); a later source wins for the same variant, batch size and device."""
+    as in a plain sweep); a later source wins for the same variant, batch size and device.
+    Raises UserError when ``target`` cannot be written (disk full, read-only)."""
     merged: dict[tuple[str, ...], dict[str, str]] = {_key(row): row for row in read_rows(target)}
     columns = list(COLUMNS)
     for source in sources:
@@ -162,13 +164,14 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, s
     writer.writeheader()
     writer.writerows({column: row.get(column, "") for column in columns} for row in rows)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, buffer.getvalue())
+    atomic.write_text(path, buffer.getvalue(), option=OUTPUT_OPTION)
 
 
 def merge_benchmark_json(sources: Iterable[Path], target: Path) -> dict | None:
     """One pytest-benchmark JSON from several runs of the same machine: the ``benchmarks``
     lists joined (a later run wins for the same test), the first run's machine_info,
-    commit_info, datetime and version kept. None when no source exists."""
+    commit_info, datetime and version kept. None when no source exists. Raises UserError
+    for a source that is not a pytest-benchmark JSON, or when ``target`` cannot be written."""
     documents = []
     for source in sources:
         if not source.is_file():
@@ -189,7 +192,7 @@ def merge_benchmark_json(sources: Iterable[Path], target: Path) -> dict | None:
             benchmarks.pop(name, None)
             benchmarks[name] = benchmark
     merged = {**documents[0], "benchmarks": list(benchmarks.values())}
-    write_text_atomic(target, json.dumps(merged, indent=4) + "\n")
+    atomic.write_text(target, json.dumps(merged, indent=4) + "\n", option=OUTPUT_OPTION)
     return merged
 
 
@@ -308,7 +311,8 @@ def _compare_flags(gate: argparse.Namespace) -> list[str]:
 
 def save_baseline(merged_json: dict, rows: list[dict[str, str]], device: str, directory: Path) -> None:
     """What ``sweep --save-baseline`` stores, from the merged run: pytest-benchmark's
-    per-machine JSON (named as --benchmark-save names it) and the speedups."""
+    per-machine JSON (named as --benchmark-save names it) and the speedups. Raises
+    UserError when either cannot be written (disk full, read-only)."""
     from pytest_benchmark.storage.file import FileStorage
     from pytest_benchmark.utils import get_machine_id
 
@@ -317,7 +321,8 @@ def save_baseline(merged_json: dict, rows: list[dict[str, str]], device: str, di
     stored = {**merged_json, "benchmarks": [
         {**b, "stats": {k: v for k, v in b.get("stats", {}).items() if k != "data"}} for b in merged_json["benchmarks"]
     ]}
-    FileStorage(directory, logging.getLogger(__name__), default_machine_id=get_machine_id()).save(stored, device)
+    storage = FileStorage(directory, logging.getLogger(__name__), default_machine_id=get_machine_id())
+    baselines.store_run(storage, stored, device)
     path = baselines.speedups_file(device, directory)
     baselines.save_speedups(rows, device, path)
     print(f"stored the merged run as this machine's {device} baseline in {directory} and speedups in {path}")

@@ -14,9 +14,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from densenet_opt import atomic
 from densenet_opt.accuracy import ACCURACY, AGREEMENT, Fidelity
 from densenet_opt.errors import UserError
-from densenet_opt.report import OK, RESULTS_FILE, markdown_table, read_rows, write_text_atomic
+from densenet_opt.report import OK, OUTPUT_OPTION, RESULTS_FILE, markdown_table, read_rows
 from densenet_opt.variants import BASELINE
 
 SUMMARY_FILE = "summary.md"
@@ -252,7 +253,7 @@ def plot_latency_throughput(results: Sequence[Result], path: Path) -> Path:
         _batch_axis(axes, results)
         axes.set_ylim(bottom=0)
     throughput.legend(fontsize="small")
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
     return path
 
 
@@ -279,7 +280,7 @@ def plot_accuracy_throughput(results: Sequence[Result], path: Path) -> Path | No
     axes.set_title(f"{accuracy_label(measured).split(' (')[0].capitalize()} against throughput")
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize="small")
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
     return path
 
 
@@ -303,7 +304,7 @@ def plot_memory(results: Sequence[Result], path: Path) -> Path:
         _batch_axis(axes, results)
         axes.set_ylim(bottom=0)
         axes.legend(fontsize="small")
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
     return path
 
 
@@ -321,8 +322,15 @@ def plot_achieved_flops(results: Sequence[Result], path: Path) -> Path | None:
     _batch_axis(axes, counted)
     axes.set_ylim(bottom=0)
     axes.legend(fontsize="small")
-    figure.savefig(path, dpi=120)
+    save_figure(figure, path)
     return path
+
+
+def save_figure(figure, path: Path) -> None:
+    """``figure`` as ``path`` (the format from its suffix), written atomically. Raises
+    UserError naming ``path`` when the disk is full or the directory read-only; an existing
+    plot is then left as it was."""
+    atomic.write_atomic(path, lambda tmp: figure.savefig(tmp, dpi=120), option=OUTPUT_OPTION)
 
 
 def write_plots(results: Sequence[Result], out_dir: Path) -> list[Path]:
@@ -455,7 +463,9 @@ def summary_markdown(
 
 
 def summarize(output_dir: Path, budgets_path: Path | None = None) -> list[Path]:
-    """Plots and summary.md for the results in ``output_dir``; returns the files written."""
+    """Plots and summary.md for the results in ``output_dir``; returns the files written.
+    Raises UserError for an unreadable results file, or when a file cannot be written
+    (disk full, read-only: nothing partial is left)."""
     source = results_path(Path(output_dir))
     return write_summary(source, *load_table(source), budgets_path)
 
@@ -467,7 +477,7 @@ def write_summary(
     checks = check_budgets(results, budgets)
     plots = write_plots(results, source.parent)
     summary = source.parent / SUMMARY_FILE
-    write_text_atomic(summary, summary_markdown(results, checks, plots, source, note, faults))
+    atomic.write_text(summary, summary_markdown(results, checks, plots, source, note, faults), option=OUTPUT_OPTION)
     return [*plots, summary]
 
 

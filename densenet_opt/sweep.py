@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import copy
 import datetime
+import errno
 import gc
+import re
 import tempfile
 from collections.abc import Callable
 from functools import cached_property
@@ -28,6 +30,8 @@ from densenet_opt.variants import BASELINE, BuildContext, Engine, get_variant
 from densenet_opt.variants.torch_engine import TorchEngine
 
 MODEL_NAME = "Densenet121"
+# Largest batch the fp32 reference logits are computed at (see Sweep.reference_batch_size).
+MAX_REFERENCE_BATCH = 32
 
 
 def preflight(options: SweepOptions) -> None:
@@ -77,11 +81,15 @@ class Sweep:
         return copy.deepcopy(self._reference)
 
     @cached_property
-    def eval_set(self) -> data.EvalSet:
-        eval_set = data.load_eval_set(
-            self.options.imagenet_val, self.options.num_samples, ground_truth=self.options.ground_truth
+    def eval_set(self) -> data.EvalStream:
+        """The ``num_samples`` evaluation images as a stream (listed now, decoded by
+        ``--data-workers`` processes each time accuracy is measured): memory does not grow
+        with num_samples, except for the logits kept (4 KB an image)."""
+        eval_set = data.open_eval_stream(
+            self.options.imagenet_val, self.options.num_samples, ground_truth=self.options.ground_truth,
+            num_workers=self.options.data_workers,
         )
-        self.progress(f"evaluation data: {eval_set.source}")
+        self.progress(f"evaluation data: {eval_set.source}, decoded by {eval_set.num_workers} worker(s) as it is used")
         return eval_set
 
     @property
@@ -113,27 +121,40 @@ class Sweep:
         return get_variant(variant).build_engine(self.build_context(batch_size))
 
     def input_batch(self, batch_size: int) -> torch.Tensor:
-        """The first images of the evaluation set (repeated if it is smaller), prepared
-        outside any timed region: pinned on CUDA so the copy in is as fast as it can be."""
-        images = self.eval_set.images
-        batch = images[torch.arange(batch_size) % len(images)].contiguous()
+        """The timed batch, float32 [batch_size,3,224,224]: the first images of the evaluation
+        set (repeated if it is smaller), decoded and prepared outside any timed region;
+        pinned on CUDA so the copy in is as fast as it can be."""
+        count = min(batch_size, len(self.eval_set))
+        images = self.eval_set.head(count)
+        batch = images[torch.arange(batch_size) % count].contiguous()
         return batch.pin_memory() if self.device.type == "cuda" else batch
+
+    @property
+    def reference_batch_size(self) -> int:
+        """The batch the fp32 reference runs at: the smallest timed batch size, at most
+        MAX_REFERENCE_BATCH. Never the largest: a batch size too large for memory must cost
+        only its own row, not the reference every other config is compared with."""
+        return min(min(self.options.batch_sizes), MAX_REFERENCE_BATCH)
 
     @cached_property
     def reference_logits(self) -> torch.Tensor:
-        self.progress(f"fp32 reference logits on {len(self.eval_set.images)} images")
+        """The fp32 model's logits, float32 [num_samples, 1000], over the same image stream
+        the variants are evaluated on, at reference_batch_size."""
+        self.progress(f"fp32 reference logits on {len(self.eval_set)} images at batch {self.reference_batch_size}")
         engine = TorchEngine(self.reference_model().to(self.device), self.device, model_size_bytes=0)
         try:
-            return predict(engine, self.eval_set.images, max(self.options.batch_sizes))
+            return predict(engine, self.eval_set, self.reference_batch_size)
         finally:
             engine.close()
 
     def fidelity(self, variant: str, engine: Engine, batch_size: int) -> Fidelity:
-        """Measured once per variant, with the first engine the sweep builds for it."""
+        """Measured once per variant, with the first engine the sweep builds for it, at that
+        engine's batch size (an engine built for a static shape accepts no other), streaming
+        the evaluation images: only the logits, float32 [num_samples, 1000], are kept."""
         if variant not in self._fidelity:
             reference = self.reference_logits
-            self.progress(f"{variant}: accuracy over {len(self.eval_set.images)} images at batch {batch_size}")
-            logits = predict(engine, self.eval_set.images, batch_size)
+            self.progress(f"{variant}: accuracy over {len(self.eval_set)} images at batch {batch_size}")
+            logits = predict(engine, self.eval_set, batch_size)
             self._fidelity[variant] = fidelity(logits, reference, self._labels)
         return self._fidelity[variant]
 
@@ -203,7 +224,7 @@ class Sweep:
             "accuracy_kind": accuracy.kind,
             "agreement_top_1": round(accuracy.agreement_top1, 2),
             "logit_relative_error": f"{accuracy.relative_error:.3g}",
-            "num_samples": len(self.eval_set.images),
+            "num_samples": len(self.eval_set),
             "weights": self.weights.source,
             "data": self.eval_set.source,
             "vram_torch_peak_mb": round(memory.vram_torch_peak_mb, 1),
@@ -241,15 +262,68 @@ class Sweep:
         return kind
 
 
+# Text that each runtime puts in the exception it raises when an allocation fails; matched
+# case-insensitively, and only in exceptions that report a runtime's failure as text (see
+# classify_fault), never in a ValueError or a UserError that merely mentions memory.
+OUT_OF_MEMORY_PATTERNS: tuple[tuple[str, str], ...] = (
+    # torch.cuda.OutOfMemoryError ("CUDA out of memory. Tried to allocate ...") as a probe's tail;
+    # the CUDA runtime's "CUDA error: out of memory" (cudaErrorMemoryAllocation's text);
+    # CUDA driver/NVRTC "CUDA_ERROR_OUT_OF_MEMORY"; MPS/XPU "... out of memory".
+    (r"out of memory", "torch, CUDA runtime and driver"),
+    (r"cudaErrorMemoryAllocation", "CUDA runtime error name (ONNX Runtime's CUDA provider prints it)"),
+    (r"CUDA_ERROR_OUT_OF_MEMORY", "CUDA driver API error name (Triton, cuda-python)"),
+    (r"CUBLAS_STATUS_ALLOC_FAILED", "cuBLAS workspace or handle allocation"),
+    (r"CUDNN_STATUS_ALLOC_FAILED", "cuDNN workspace allocation"),
+    # torch's CPU allocator (c10/core/impl/alloc_cpu.cpp): "[enforce fail at alloc_cpu.cpp:127]
+    # err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes.
+    # Error code 12 (Cannot allocate memory)"; on other platforms "not enough memory".
+    (r"DefaultCPUAllocator", "torch CPU allocator"),
+    (r"can't allocate memory", "torch CPU allocator"),
+    # ONNX Runtime's arenas (BFCArena, CPU and CUDA): "Failed to allocate memory for
+    # requested buffer of size N", raised as onnxruntime's RuntimeException or Fail.
+    (r"Failed to allocate memory", "ONNX Runtime arena"),
+    # C++ operator new failing inside a native library whose binding turns the exception into
+    # text: ONNX Runtime ("std::bad_alloc", MSVC's "bad allocation"), OpenVINO ("std::bad_alloc").
+    (r"bad_alloc|bad allocation", "C++ std::bad_alloc (ONNX Runtime, OpenVINO)"),
+    # strerror(ENOMEM): OpenVINO's and torch's allocators append it to their messages.
+    (r"Cannot allocate memory", "strerror(ENOMEM) (OpenVINO, torch)"),
+    # A Python MemoryError in the fresh-process probe, seen in the child's traceback tail
+    # (numpy's _ArrayMemoryError is a MemoryError subclass and prints its own name).
+    (r"^[\w.]*MemoryError\b", "Python MemoryError in the probe's child process"),
+)
+_OUT_OF_MEMORY_RE = re.compile("|".join(f"(?:{pattern})" for pattern, _ in OUT_OF_MEMORY_PATTERNS), re.I | re.M)
+# Modules whose exception types carry a native runtime's failure as text but derive from
+# Exception only (onnxruntime's RuntimeException, Fail, EPFail ...; OpenVINO's).
+_RUNTIME_EXCEPTION_MODULES = ("onnxruntime", "openvino")
+
+
 def classify_fault(error: BaseException) -> str | None:
+    """The results ``status`` for an exception that is a measured outcome of a config:
+    NON_FINITE_LOGITS for NonFiniteLogits, OUT_OF_MEMORY for an allocation failure in any
+    backend (by type: torch.cuda.OutOfMemoryError, MemoryError, an OSError with errno
+    ENOMEM; by text, per OUT_OF_MEMORY_PATTERNS, in a RuntimeError -- torch's c10 errors,
+    OpenVINO's, the fresh-process probe's carrying its child's tail -- or in an onnxruntime
+    or openvino exception); None for anything else. Follows ``__cause__`` (``raise X from
+    error``), so an allocation failure re-raised as another error still counts; an error
+    merely raised while handling another (``__context__``) is judged on its own."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        kind = _classify_one(error)
+        if kind is not None:
+            return kind
+        error = error.__cause__
+    return None
+
+
+def _classify_one(error: BaseException) -> str | None:
     if isinstance(error, NonFiniteLogits):
         return NON_FINITE_LOGITS
     if isinstance(error, torch.cuda.OutOfMemoryError | MemoryError):
         return OUT_OF_MEMORY
-    # ONNX Runtime (its exceptions derive from Exception only) and the fresh-process probe
-    # report allocation failures as text.
-    text = str(error).lower()
-    from_text = isinstance(error, RuntimeError) or type(error).__module__.startswith("onnxruntime")
-    if from_text and ("out of memory" in text or "failed to allocate memory" in text):
+    if isinstance(error, OSError) and error.errno == errno.ENOMEM:
+        return OUT_OF_MEMORY
+    from_text = isinstance(error, RuntimeError) or type(error).__module__.startswith(_RUNTIME_EXCEPTION_MODULES)
+    if from_text and _OUT_OF_MEMORY_RE.search(str(error)):
         return OUT_OF_MEMORY
     return None

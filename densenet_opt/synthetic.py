@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from densenet_opt import cache  # model imports this module lazily: no cycle
+from densenet_opt import atomic, cache  # model imports this module lazily: no cycle
 
 # Bump whenever anything below changes the produced weights: it is part of the cache key.
 RECIPE_VERSION: int = 2  # v1: an early draft (jitter 1.0, ridge 1.0) that may sit in caches
@@ -337,7 +337,8 @@ def load_or_build_synthetic_state_dict(
     """Cached synthetic state dict for (seed, RECIPE_VERSION, torch major.minor); builds it once.
 
     A missing, truncated or corrupt cache file (checked against the size and sha256 in its
-    JSON sidecar) is reported through ``progress`` and rebuilt.
+    JSON sidecar) is reported through ``progress`` and rebuilt. Raises UserError when the
+    cache cannot be written (disk full, read-only); nothing partial is left there.
     """
     path = cache_path(seed, cache_dir)
     state, reason = _load_cached(path)
@@ -346,7 +347,7 @@ def load_or_build_synthetic_state_dict(
     if reason != cache.NOT_CACHED:
         progress(f"synthetic weights: cache {path} unusable: {reason}; rebuilding")
     state = build_synthetic_state_dict(seed=seed, progress=progress)
-    cache.atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic.write_atomic(path, lambda tmp: cache.torch_save(state, tmp), option=cache.CACHE_OPTION)
     cache.write_sidecar(path, {"seed": seed, "recipe_version": RECIPE_VERSION, "torch": torch.__version__})
     progress(f"synthetic weights: cached at {path}")
     return state

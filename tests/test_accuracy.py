@@ -16,11 +16,62 @@ def test_top_k_on_hand_made_logits() -> None:
     assert in_top_k(logits, targets, 5).tolist() == [True, True]
 
 
-def test_ties_count_in_the_targets_favour() -> None:
+def test_all_equal_logits_are_a_miss_at_top_1_and_top_5() -> None:
+    logits = torch.zeros(8, 1000)
+    targets = torch.arange(8) * 100
+    assert in_top_k(logits, targets, 1).tolist() == [False] * 8
+    assert in_top_k(logits, targets, 5).tolist() == [False] * 8
+    result = fidelity(logits, torch.randn(8, 1000), targets)
+    assert (result.top1, result.top5) == (0.0, 0.0)
+
+
+def test_a_two_way_tie_at_the_top_is_a_miss_for_both() -> None:
     logits = torch.tensor([[1.0, 1.0, 0.0]])
-    assert in_top_k(logits, torch.tensor([0]), 1).item()
-    assert in_top_k(logits, torch.tensor([1]), 1).item()
+    assert not in_top_k(logits, torch.tensor([0]), 1).item()
+    assert not in_top_k(logits, torch.tensor([1]), 1).item()
+    assert in_top_k(logits, torch.tensor([0]), 2).item()  # only one other class at or above it
     assert not in_top_k(logits, torch.tensor([2]), 2).item()
+
+
+def test_a_tie_at_the_fifth_place_is_a_top_5_miss() -> None:
+    logits = torch.tensor([[9.0, 8.0, 7.0, 6.0, 5.0, 5.0, 1.0]])
+    assert not in_top_k(logits, torch.tensor([4]), 5).item()
+    assert not in_top_k(logits, torch.tensor([5]), 5).item()
+    assert in_top_k(logits, torch.tensor([3]), 5).item()  # 4th place, no tie
+    assert in_top_k(logits, torch.tensor([4]), 6).item()
+
+
+def test_a_nan_target_logit_is_a_miss() -> None:
+    logits = torch.tensor([[float("nan"), 1.0, 2.0]])
+    assert not in_top_k(logits, torch.tensor([0]), 3).item()
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 10])
+def test_without_ties_it_agrees_with_torch_topk(k: int) -> None:
+    generator = torch.Generator().manual_seed(k)
+    logits = torch.randn(512, 100, generator=generator)  # continuous: no ties
+    targets = torch.randint(0, 100, (512,), generator=generator)
+    expected = (torch.topk(logits, k, dim=1).indices == targets.view(-1, 1)).any(dim=1)
+    assert torch.equal(in_top_k(logits, targets, k), expected)
+    assert 0 < int(expected.sum()) < 512
+
+
+@pytest.mark.parametrize("step", [0.5, 1.0, 2.0])
+def test_top_1_never_exceeds_argmax_agreement_on_quantized_logits(step: float) -> None:
+    """Rounded logits (what an int8 engine's coarse output looks like) tie often; the
+    reference's argmax as target, top-1 must not read higher than argmax agreement."""
+    generator = torch.Generator().manual_seed(int(step * 10))
+    reference = torch.randn(2048, 1000, generator=generator) * 2
+    logits = torch.round((reference + 0.3 * torch.randn(2048, 1000, generator=generator)) / step) * step
+    result = fidelity(logits, reference, None)
+    assert result.kind == AGREEMENT
+    assert result.top1 <= result.agreement_top1
+    targets = reference.argmax(dim=1)
+    top_count = (logits == logits.max(dim=1, keepdim=True).values).sum(dim=1)
+    assert bool((top_count > 1).any())  # the rounding made ties at the top
+    # Exactly the samples whose argmax is the target and unique at the top are hits.
+    expected = (logits.gather(1, targets.view(-1, 1)).view(-1) == logits.max(dim=1).values) & (top_count == 1)
+    assert result.top1 == pytest.approx(expected.float().mean().item() * 100)
 
 
 class _FixedBatchEngine:

@@ -57,8 +57,31 @@ def _gate_args(storage: Path) -> list[str]:
 
 def test_absolute_times_are_compared_only_with_a_run_from_the_same_device(tmp_path: Path, capsys) -> None:
     run = _stored_run(tmp_path / "same", device_name(torch.device("cpu")))
-    assert f"--benchmark-compare={run}" in _gate_args(tmp_path / "same")
+    # pytest-benchmark takes the run's name (looked up in this machine's folder), not a path.
+    assert f"--benchmark-compare={run.stem}" in _gate_args(tmp_path / "same")
 
     run = _stored_run(tmp_path / "other", "Some Other CPU (64 cores)")
     assert not any(arg.startswith("--benchmark-compare") for arg in _gate_args(tmp_path / "other"))
     assert f"was measured on Some Other CPU (64 cores), this is {device_name(torch.device('cpu'))}" in capsys.readouterr().out
+
+
+def test_the_storage_is_passed_as_an_absolute_path(tmp_path: Path, monkeypatch) -> None:
+    _stored_run(tmp_path / "baseline", device_name(torch.device("cpu")))
+    monkeypatch.chdir(tmp_path)
+    args = _gate_args(Path("baseline"))
+    assert f"--benchmark-storage=file://{tmp_path / 'baseline'}" in args
+
+
+def test_a_file_storage_outside_the_working_directory_has_a_location(tmp_path: Path, monkeypatch) -> None:
+    """pytest-benchmark's own FileStorage.location raises ValueError there (its issue #217)."""
+    import logging
+
+    from pytest_benchmark.storage.file import FileStorage
+
+    storage = FileStorage(tmp_path / "baseline", logging.getLogger(__name__), default_machine_id=get_machine_id())
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    baselines.locate_anywhere(storage)
+    assert storage.location == str(tmp_path / "baseline")
+    monkeypatch.chdir(tmp_path)
+    assert storage.location == "baseline"

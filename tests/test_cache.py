@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from densenet_opt.cache import ABANDONED_AFTER_S, atomic_write, build_folder
+from densenet_opt.atomic import ABANDONED_AFTER_S, build_folder, write_atomic
 
 
 def test_a_build_folder_abandoned_by_a_killed_process_is_removed(tmp_path: Path) -> None:
@@ -30,6 +30,6 @@ def test_a_build_folder_abandoned_by_a_killed_process_is_removed(tmp_path: Path)
 
 def test_atomic_write_publishes_the_file_and_leaves_no_build_folder(tmp_path: Path) -> None:
     target = tmp_path / "cache" / "weights.pt"
-    atomic_write(target, lambda tmp: tmp.write_bytes(b"weights"))
+    write_atomic(target, lambda tmp: tmp.write_bytes(b"weights"), option="--cache-dir")
     assert target.read_bytes() == b"weights"
     assert sorted(p.name for p in target.parent.iterdir()) == ["weights.pt"]

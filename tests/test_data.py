@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 
 from densenet_opt import data
+from densenet_opt.accuracy import ACCURACY, fidelity
 from densenet_opt.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -23,14 +25,14 @@ from densenet_opt.data import (
 )
 from densenet_opt.errors import UserError
 
-# Tiny test sets are never 1000 classes; the warning has its own test.
-pytestmark = pytest.mark.filterwarnings("ignore:.*not 1000:UserWarning")
-
 # Created in this (unsorted) order so that a mapping by creation order would be caught.
-WNIDS = ["n02000000", "n01000000", "n03000000"]
+WNIDS = ["n02102040", "n01440764", "n03000684"]
 SORTED_WNIDS = sorted(WNIDS)
+# Their torchvision class indices (positions in the sorted 1000 ILSVRC2012 wnids),
+# pinned here rather than computed from the list under test.
+CLASS_INDEX = {"n01440764": 0, "n02102040": 217, "n03000684": 491}
 # Per-class image counts (unequal, to exercise the round-robin tail).
-COUNTS = {"n01000000": 2, "n02000000": 3, "n03000000": 4}
+COUNTS = {"n01440764": 2, "n02102040": 3, "n03000684": 4}
 SIZES = [(300, 260), (180, 400), (256, 256), (500, 333)]
 
 
@@ -61,22 +63,22 @@ def image_folder(tmp_path: Path) -> tuple[Path, dict[str, list[Path]]]:
         # Names written in reverse so sorting within a class is exercised.
         for k in reversed(range(COUNTS[wnid])):
             path = root / wnid / f"img_{k}.JPEG"
-            mode = {(0, "n01000000"): "L", (1, "n02000000"): "CMYK"}.get((k, wnid), "RGB")
+            mode = {(0, "n01440764"): "L", (1, "n02102040"): "CMYK"}.get((k, wnid), "RGB")
             _write_image(path, seed, SIZES[seed % len(SIZES)], mode)
             seed += 1
             paths.append(path)
         files[wnid] = sorted(paths)
     (root / ".DS_Store").write_bytes(b"junk")  # hidden files are ignored
-    (root / "n03000000" / "notes.txt").write_text("not an image")  # non-images are ignored
+    (root / "n03000684" / "notes.txt").write_text("not an image")  # non-images are ignored
     return root, files
 
 
 def _round_robin_paths(files: dict[str, list[Path]]) -> list[tuple[Path, int]]:
     out = []
     for rnd in range(max(len(v) for v in files.values())):
-        for label, wnid in enumerate(SORTED_WNIDS):
+        for wnid in SORTED_WNIDS:
             if rnd < len(files[wnid]):
-                out.append((files[wnid][rnd], label))
+                out.append((files[wnid][rnd], CLASS_INDEX[wnid]))
     return out
 
 
@@ -90,7 +92,7 @@ def test_image_folder_shapes_labels_and_pixels(image_folder):
     assert ev.images.shape == (9, 3, 224, 224) and ev.images.dtype == torch.float32
     assert ev.labels is not None and ev.labels.dtype == torch.int64
     expected = _round_robin_paths(files)
-    assert ev.labels.tolist() == [label for _, label in expected] == [0, 1, 2, 0, 1, 2, 1, 2, 2]
+    assert ev.labels.tolist() == [label for _, label in expected] == [0, 217, 491, 0, 217, 491, 217, 491, 491]
     # Each row is exactly the standard transform of the file the order predicts.
     for row, (path, _) in zip(ev.images, expected):
         torch.testing.assert_close(row, _reference(path))
@@ -100,8 +102,8 @@ def test_image_folder_shapes_labels_and_pixels(image_folder):
 def test_grayscale_and_cmyk_become_rgb(image_folder):
     root, files = image_folder
     ev = load_imagenet_subset(root, 9)
-    gray = files["n01000000"][0]
-    with Image.open(gray) as g, Image.open(files["n02000000"][1]) as c:
+    gray = files["n01440764"][0]
+    with Image.open(gray) as g, Image.open(files["n02102040"][1]) as c:
         assert (g.mode, c.mode) == ("L", "CMYK")
     row = [p for p, _ in _round_robin_paths(files)].index(gray)
     # A grayscale image in RGB has equal channels before normalisation.
@@ -114,9 +116,9 @@ def test_grayscale_and_cmyk_become_rgb(image_folder):
 
 def test_normalisation_of_solid_colour(tmp_path):
     root = tmp_path / "val"
-    (root / "n01000000").mkdir(parents=True)
+    (root / "n01440764").mkdir(parents=True)
     # PNG keeps the colour exact; resize/crop of a solid image keeps it too.
-    Image.new("RGB", (320, 240), (255, 0, 128)).save(root / "n01000000" / "a.png")
+    Image.new("RGB", (320, 240), (255, 0, 128)).save(root / "n01440764" / "a.png")
     ev = load_imagenet_subset(root, 1)
     rgb = torch.tensor([1.0, 0.0, 128 / 255])
     expected = (rgb - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
@@ -134,7 +136,7 @@ def test_deterministic(image_folder):
 def test_first_k_samples_cover_k_classes(image_folder):
     root, _ = image_folder
     ev = load_imagenet_subset(root, 3)
-    assert sorted(ev.labels.tolist()) == [0, 1, 2]
+    assert sorted(ev.labels.tolist()) == [0, 217, 491]
 
 
 def test_skip_gives_disjoint_continuation(image_folder):
@@ -149,10 +151,11 @@ def test_skip_gives_disjoint_continuation(image_folder):
     assert "skip 4" in tail.source
 
 
-def test_warns_when_not_1000_classes(image_folder):
+def test_a_few_classes_load_without_any_warning(image_folder):
     root, _ = image_folder
-    with pytest.warns(UserWarning, match="3 synset folders, not 1000"):
-        load_imagenet_subset(root, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_imagenet_subset(root, 3).labels.tolist() == [0, 217, 491]
 
 
 def test_progress_callback(image_folder, monkeypatch):
@@ -166,7 +169,7 @@ def test_progress_callback(image_folder, monkeypatch):
 # --- Flat ILSVRC2012 val layout -------------------------------------------------
 
 # Image i (1-based) of the flat val folder -> its wnid.
-FLAT_WNIDS = ["n03000000", "n01000000", "n02000000", "n01000000", "n03000000", "n02000000"]
+FLAT_WNIDS = ["n03000684", "n01440764", "n02102040", "n01440764", "n03000684", "n02102040"]
 
 
 def _flat_val(tmp_path: Path) -> Path:
@@ -178,25 +181,34 @@ def _flat_val(tmp_path: Path) -> Path:
 
 
 def _expected_flat_labels(order: list[int]) -> list[int]:
-    return [SORTED_WNIDS.index(FLAT_WNIDS[i - 1]) for i in order]
+    return [CLASS_INDEX[FLAT_WNIDS[i - 1]] for i in order]
 
 
-# Round-robin over classes 0,1,2 with files sorted: class0={2,4}, class1={3,6}, class2={1,5}.
+# Round-robin over classes 0, 217, 491 with files sorted: 0={2,4}, 217={3,6}, 491={1,5}.
 FLAT_ORDER = [2, 3, 1, 4, 6, 5]
 
 
-def _write_kaggle_csv(path: Path) -> None:
+def _write_lines(path: Path, lines: list[str], spreadsheet: bool = False) -> None:
+    """spreadsheet=True writes what a spreadsheet's "CSV UTF-8" does: a byte-order mark and CRLF."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if spreadsheet:
+        path.write_bytes(b"\xef\xbb\xbf" + "".join(f"{line}\r\n" for line in lines).encode())
+    else:
+        path.write_text("".join(f"{line}\n" for line in lines))
+
+
+def _write_kaggle_csv(path: Path, wnids: list[str] = FLAT_WNIDS, spreadsheet: bool = False) -> None:
     lines = ["ImageId,PredictionString"]
-    for i, wnid in enumerate(FLAT_WNIDS, start=1):
+    for i, wnid in enumerate(wnids, start=1):
         lines.append(f"ILSVRC2012_val_{i:08d},{wnid} 10 20 30 40 {wnid} 1 2 3 4 ")
-    path.write_text("\n".join(lines) + "\n")
+    _write_lines(path, lines, spreadsheet)
 
 
 def test_flat_with_kaggle_csv_autodetected_in_parent(tmp_path):
     val = _flat_val(tmp_path)
     _write_kaggle_csv(tmp_path / "LOC_val_solution.csv")
     ev = load_imagenet_subset(val, 6)
-    assert ev.labels.tolist() == _expected_flat_labels(FLAT_ORDER) == [0, 1, 2, 0, 1, 2]
+    assert ev.labels.tolist() == _expected_flat_labels(FLAT_ORDER) == [0, 217, 491, 0, 217, 491]
     for row, i in zip(ev.images, FLAT_ORDER):
         torch.testing.assert_close(row, _reference(val / f"ILSVRC2012_val_{i:08d}.JPEG"))
 
@@ -219,12 +231,20 @@ def test_flat_image_missing_from_ground_truth(tmp_path):
         load_imagenet_subset(val, 1)
 
 
-def _write_devkit(devkit: Path) -> None:
+# Devkit ILSVRC2012_IDs are deliberately not in sorted-wnid order, and one
+# non-leaf synset (num_children > 0) must be ignored.
+DEVKIT_SYNSETS = [(1, "n03000684", 0), (2, "n01440764", 0), (3, "n02102040", 0), (4, "n00001740", 3)]
+
+
+def _write_devkit(
+    devkit: Path,
+    synsets: list[tuple[int, str, int]] = DEVKIT_SYNSETS,
+    wnids: list[str] = FLAT_WNIDS,
+    spreadsheet: bool = False,
+) -> None:
+    """meta.mat listing `synsets` (ILSVRC2012_ID, wnid, num_children) and a ground truth for flat images `wnids`."""
     from scipy.io import savemat
 
-    # Devkit ILSVRC2012_IDs are deliberately not in sorted-wnid order, and one
-    # non-leaf synset (num_children > 0) must be ignored.
-    synsets = [(1, "n03000000", 0), (2, "n01000000", 0), (3, "n02000000", 0), (4, "n00001740", 3)]
     dtype = [("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O"), ("num_children", "O")]
     records = np.array(
         [(np.uint16(i), wnid, f"class {wnid}", np.uint16(c)) for i, wnid, c in synsets], dtype=dtype
@@ -232,9 +252,7 @@ def _write_devkit(devkit: Path) -> None:
     (devkit / "data").mkdir(parents=True)
     savemat(devkit / "data" / "meta.mat", {"synsets": records.reshape(-1, 1)})
     id_of = {wnid: i for i, wnid, _ in synsets}
-    (devkit / "data" / "ILSVRC2012_validation_ground_truth.txt").write_text(
-        "".join(f"{id_of[w]}\n" for w in FLAT_WNIDS)
-    )
+    _write_lines(devkit / "data" / "ILSVRC2012_validation_ground_truth.txt", [str(id_of[w]) for w in wnids], spreadsheet)
 
 
 def test_flat_with_devkit_ground_truth(tmp_path):
@@ -247,8 +265,10 @@ def test_flat_with_devkit_ground_truth(tmp_path):
     txt = devkit / "data" / "ILSVRC2012_validation_ground_truth.txt"
     assert load_imagenet_subset(val, 6, ground_truth=txt).labels.tolist() == expected
     assert load_imagenet_subset(val, 6, ground_truth=devkit).labels.tolist() == expected
-    with pytest.warns(UserWarning, match="3 leaf synsets, not 1000"):
-        load_imagenet_subset(val, 1)
+    # A meta.mat of 3 leaf synsets maps through the canonical list, silently.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_imagenet_subset(val, 6).labels.tolist() == expected == [0, 217, 491, 0, 217, 491]
 
 
 def test_devkit_without_scipy_is_a_user_error(tmp_path, monkeypatch):
@@ -271,13 +291,150 @@ def test_devkit_ground_truth_without_meta(tmp_path):
         load_imagenet_subset(val, 1)
 
 
+# --- Canonical class indices for any subset of the 1000 classes ---------------------
+
+# Ten ILSVRC2012 classes -> torchvision class index, pinned (not computed from the list under test).
+TEN_CLASSES = {
+    "n01440764": 0,
+    "n02102040": 217,
+    "n02979186": 482,
+    "n03000684": 491,
+    "n03028079": 497,
+    "n03394916": 566,
+    "n03417042": 569,
+    "n03425413": 571,
+    "n03445777": 574,
+    "n03888257": 701,
+}
+TEN_LABELS = [0, 217, 482, 491, 497, 566, 569, 571, 574, 701]
+# Flat val image i (1-based) -> its wnid: not in class order, so a mapping by position is caught.
+TEN_FLAT_WNIDS = ["n03417042", "n02102040", "n03888257", "n01440764", "n03028079",
+                  "n02979186", "n03445777", "n03000684", "n03425413", "n03394916"]
+
+
+def _assert_one_sentence(exc: pytest.ExceptionInfo, *fragments: str) -> None:
+    message = str(exc.value)
+    assert "\n" not in message and message.endswith(".") and ". " not in message, message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_canonical_wnid_list():
+    wnids = data.imagenet_wnids()
+    assert len(wnids) == len(set(wnids)) == 1000 and list(wnids) == sorted(wnids)
+    assert wnids[0] == "n01440764" and wnids[-1] == "n15075141" and wnids[217] == "n02102040"
+    assert {wnid: data.imagenet_class_index(wnid, "test") for wnid in TEN_CLASSES} == TEN_CLASSES
+
+
+@pytest.fixture
+def ten_class_folder(tmp_path: Path) -> Path:
+    """ImageFolder with ten of the 1000 synset folders, one image each."""
+    root = tmp_path / "ten"
+    for seed, wnid in enumerate(TEN_FLAT_WNIDS):
+        _write_image(root / wnid / f"{wnid}_1.JPEG", 200 + seed, (64, 48))
+    return root
+
+
+def test_image_folder_subset_gets_canonical_labels(ten_class_folder):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ev = load_imagenet_subset(ten_class_folder, 10)
+    assert ev.labels.tolist() == [TEN_CLASSES[w] for w in sorted(TEN_CLASSES)] == TEN_LABELS
+    for row, wnid in zip(ev.images, sorted(TEN_CLASSES)):
+        torch.testing.assert_close(row, _reference(ten_class_folder / wnid / f"{wnid}_1.JPEG"))
+
+
+@pytest.mark.parametrize("layout", ["kaggle", "devkit"])
+def test_flat_subset_gets_canonical_labels(tmp_path, layout):
+    """A ground truth that lists only the ten images present (and, for the devkit, a meta.mat of only their ten
+    classes, ILSVRC2012_IDs in non-sorted order) labels them as the full set would."""
+    if layout == "devkit":
+        pytest.importorskip("scipy", reason="scipy is not installed: the devkit meta.mat path cannot be tested")
+        synsets = [(k, wnid, 0) for k, wnid in enumerate(reversed(TEN_FLAT_WNIDS), start=1)]
+        _write_devkit(tmp_path / "ILSVRC2012_devkit_t12", synsets, TEN_FLAT_WNIDS)
+    else:
+        _write_kaggle_csv(tmp_path / "LOC_val_solution.csv", TEN_FLAT_WNIDS)
+    val = tmp_path / "val"
+    for i in range(1, len(TEN_FLAT_WNIDS) + 1):
+        _write_image(val / f"ILSVRC2012_val_{i:08d}.JPEG", 300 + i, (48, 64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ev = load_imagenet_subset(val, 10)
+    assert ev.labels.tolist() == TEN_LABELS
+    for row, wnid in zip(ev.images, sorted(TEN_CLASSES)):
+        i = TEN_FLAT_WNIDS.index(wnid) + 1
+        torch.testing.assert_close(row, _reference(val / f"ILSVRC2012_val_{i:08d}.JPEG"))
+
+
+def test_accuracy_on_a_class_subset(ten_class_folder):
+    # Trained weights that always pick class 217 (n02102040) are right on exactly one of the ten images.
+    labels = load_imagenet_subset(ten_class_folder, 10).labels
+    logits = torch.zeros(10, 1000)
+    logits[:, 217] = 1.0
+    result = fidelity(logits, logits.clone(), labels)
+    assert result.kind == ACCURACY and result.top1 == pytest.approx(10.0)
+
+
+def test_unknown_wnid_folder_is_one_sentence(tmp_path):
+    _write_image(tmp_path / "n01440764" / "a.JPEG", 1, (64, 64))
+    _write_image(tmp_path / "n99999999" / "b.JPEG", 2, (64, 64))
+    with pytest.raises(UserError) as exc:
+        load_imagenet_subset(tmp_path, 1)
+    _assert_one_sentence(exc, str(tmp_path / "n99999999"), "wnid n99999999", "not one of the 1000", "remove that folder")
+
+
+def test_unknown_wnid_in_kaggle_csv_is_one_sentence(tmp_path):
+    val = _flat_val(tmp_path)
+    csv_path = tmp_path / "LOC_val_solution.csv"
+    _write_kaggle_csv(csv_path, FLAT_WNIDS[:2] + ["n99999999"] + FLAT_WNIDS[3:])
+    with pytest.raises(UserError) as exc:
+        load_imagenet_subset(val, 1)
+    _assert_one_sentence(exc, str(csv_path), "ILSVRC2012_val_00000003", "wnid n99999999", "not one of the 1000")
+
+
+def test_unknown_wnid_in_devkit_meta_is_one_sentence(tmp_path):
+    pytest.importorskip("scipy", reason="scipy is not installed: the devkit meta.mat path cannot be tested")
+    val = _flat_val(tmp_path)
+    devkit = tmp_path / "ILSVRC2012_devkit_t12"
+    _write_devkit(devkit, DEVKIT_SYNSETS + [(5, "n99999999", 0)])
+    with pytest.raises(UserError) as exc:
+        load_imagenet_subset(val, 1)
+    _assert_one_sentence(exc, str(devkit / "data" / "meta.mat"), "wnid n99999999", "not one of the 1000")
+
+
+# --- Ground truth saved by a spreadsheet: byte-order mark, CRLF -------------------------
+
+
+def test_kaggle_csv_with_bom_and_crlf(tmp_path):
+    val = _flat_val(tmp_path)
+    _write_kaggle_csv(tmp_path / "LOC_val_solution.csv", spreadsheet=True)
+    assert (tmp_path / "LOC_val_solution.csv").read_bytes().startswith(b"\xef\xbb\xbfImageId,")
+    assert load_imagenet_subset(val, 6).labels.tolist() == _expected_flat_labels(FLAT_ORDER)
+
+
+def test_devkit_ground_truth_with_bom_and_crlf(tmp_path):
+    pytest.importorskip("scipy", reason="scipy is not installed: the devkit meta.mat path cannot be tested")
+    val = _flat_val(tmp_path)
+    _write_devkit(tmp_path / "ILSVRC2012_devkit_t12", spreadsheet=True)
+    assert load_imagenet_subset(val, 6).labels.tolist() == _expected_flat_labels(FLAT_ORDER)
+
+
+def test_ground_truth_that_is_not_utf8_is_one_sentence(tmp_path):
+    val = _flat_val(tmp_path)
+    csv_path = tmp_path / "LOC_val_solution.csv"
+    csv_path.write_text("ImageId,PredictionString\n", encoding="utf-16")
+    with pytest.raises(UserError) as exc:
+        load_imagenet_subset(val, 1)
+    _assert_one_sentence(exc, str(csv_path), "is not UTF-8 text")
+
+
 # --- User errors ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated"])
 def test_corrupt_image_names_the_file(image_folder, kind):
     root, files = image_folder
-    bad = files["n01000000"][0]  # first in the round-robin order
+    bad = files["n01440764"][0]  # first in the round-robin order
     if kind == "garbage":
         bad.write_bytes(b"this is not a jpeg")
     else:
@@ -297,7 +454,7 @@ def test_empty_dir(tmp_path):
 
 
 def test_class_folders_without_images(tmp_path):
-    (tmp_path / "n01000000").mkdir()
+    (tmp_path / "n01440764").mkdir()
     with pytest.raises(UserError, match="contain no images"):
         load_imagenet_subset(tmp_path, 1)
 
@@ -309,7 +466,7 @@ def test_loose_images_without_ground_truth(tmp_path):
 
 
 def test_non_wnid_folders(tmp_path):
-    for name in ("n01000000", "train", "val"):
+    for name in ("n01440764", "train", "val"):
         (tmp_path / name).mkdir()
     with pytest.raises(UserError, match=r"not ImageNet synset ids \(train, val\)"):
         load_imagenet_subset(tmp_path, 1)

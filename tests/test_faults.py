@@ -6,7 +6,9 @@ DENSENET_OPT_TEST_INJECT variable that conftest.py reads.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,7 +19,9 @@ import pytest
 import torch
 
 from densenet_opt import report
-from densenet_opt.sweep import classify_fault
+from densenet_opt.accuracy import NonFiniteLogits
+from densenet_opt.errors import UserError
+from densenet_opt.sweep import OUT_OF_MEMORY_PATTERNS, classify_fault
 
 TINY = ["--variants", "baseline", "--num-samples", "4", "--rounds", "2", "--warmup-rounds", "0", "--weights", "synthetic"]
 
@@ -63,6 +67,50 @@ def test_a_killed_sweep_keeps_completed_rows_and_resume_skips_them(tmp_path: Pat
     assert second["speedup_vs_baseline"] == "1.0"
 
 
+# Address space the sweep may map beyond what importing it maps (torch with its CUDA
+# libraries: 3.5 GB of virtual memory before any tensor). Measured on 2 CPU cores with
+# MALLOC_ARENA_MAX=2, above the import's VmPeak: the sweep at batch 1 (reference logits,
+# accuracy, timing) peaks at +0.5 GB and its probe child at +0.3 GB, while DenseNet-121
+# at batch 256 peaks at +3.4 GB (it needs ~7.0 GB in all). +2 GiB sits between the two.
+HEADROOM_BYTES = 2 * 2**30
+
+
+def _import_vm_peak_bytes(env: dict[str, str]) -> int:
+    code = (
+        "import pytest, torch, torchvision, densenet_opt.cli, densenet_opt.sweep\n"
+        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmPeak:')][0])"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return int(result.stdout.strip()) * 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's RLIMIT_AS and /proc")
+def test_a_batch_too_large_for_memory_costs_only_its_own_row(tmp_path: Path) -> None:
+    """Under an address-space limit batch 256 cannot fit: it is recorded as out_of_memory
+    (the fresh-process probe fails with torch's CPU allocator message), while batch 1,
+    its reference logits and its accuracy (never computed at the largest batch) run."""
+    import resource
+
+    # CPU only (CUDA reserves far more address space than any limit here would allow), and
+    # few glibc malloc arenas (each thread's arena reserves 64 MB of address space).
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "MALLOC_ARENA_MAX": "2"}
+    limit = _import_vm_peak_bytes(env) + HEADROOM_BYTES
+
+    def limit_address_space() -> None:  # inherited by the probe's child processes too
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    args = ["--variants", "baseline", "--batch-sizes", "1,256", "--num-samples", "8", "--rounds", "1",
+            "--warmup-rounds", "0", "--weights", "synthetic", "--device", "cpu", "--output-dir", str(tmp_path)]
+    result = subprocess.run([sys.executable, "-m", "densenet_opt", "sweep", *args], capture_output=True, text=True,
+                            env=env, preexec_fn=limit_address_space, timeout=600)
+    output = f"limit {limit / 2**30:.2f} GiB\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}"
+    assert result.returncode == 0, output
+    assert statuses(tmp_path) == {"1": "ok", "256": "out_of_memory"}, output
+    (ok,) = [row for row in report.read_rows(tmp_path / report.RESULTS_FILE) if row["batch_size"] == "1"]
+    assert ok["num_samples"] == "8" and float(ok["accuracy_top_1"]) == 100.0, output
+    assert "baseline at batch 256: out of memory, recorded as out_of_memory" in result.stdout, output
+
+
 def test_an_unwritable_output_directory_is_one_sentence(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
@@ -72,12 +120,119 @@ def test_an_unwritable_output_directory_is_one_sentence(tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_allocation_failures_are_classified_as_out_of_memory() -> None:
+def _ort(name: str, message: str) -> Exception:
     ort_state = pytest.importorskip("onnxruntime.capi.onnxruntime_pybind11_state")
-    # The message CUDA's BFC arena gives; ORT's exceptions are not RuntimeErrors.
-    ort_error = ort_state.RuntimeException("[ONNXRuntimeError] : 6 : Failed to allocate memory for requested buffer of size 524288")
-    assert classify_fault(ort_error) == report.OUT_OF_MEMORY
-    assert classify_fault(torch.cuda.OutOfMemoryError("CUDA out of memory")) == report.OUT_OF_MEMORY
-    assert classify_fault(RuntimeError("probe: DefaultCPUAllocator: not enough memory... out of memory")) == report.OUT_OF_MEMORY
-    assert classify_fault(ort_state.Fail("[ONNXRuntimeError] : 1 : FAIL : model is invalid")) is None
-    assert classify_fault(ValueError("out of memory")) is None  # not an allocation failure reported by a runtime
+    return getattr(ort_state, name)(message)
+
+
+class _OpenVINOError(Exception):
+    """Stands in for an exception type of OpenVINO's binding (not installed here)."""
+
+
+_OpenVINOError.__module__ = "openvino._pyopenvino"
+
+TORCH_CPU_OOM = (
+    "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+    "you tried to allocate 411041792 bytes. Error code 12 (Cannot allocate memory)"
+)
+PROBE_TAIL = (
+    "the memory probe for baseline at batch 256 failed (exit 1):\n"
+    "  File \"/venv/lib/python3.11/site-packages/torch/nn/modules/conv.py\", line 549, in _conv_forward\n"
+    "    return F.conv2d(\n"
+)
+
+OUT_OF_MEMORY_FAULTS = {
+    # by type
+    "torch.cuda.OutOfMemoryError": lambda: torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    "MemoryError": lambda: MemoryError(),
+    "numpy _ArrayMemoryError": lambda: _numpy_memory_error(),
+    "OSError ENOMEM": lambda: OSError(errno.ENOMEM, "Cannot allocate memory"),
+    "subprocess fork ENOMEM": lambda: BlockingIOError(errno.ENOMEM, "Cannot allocate memory"),
+    # torch's CPU allocator, as measured under ulimit -v (the exact text)
+    "torch CPU allocator": lambda: RuntimeError(TORCH_CPU_OOM),
+    "torch CPU allocator, not enough memory": lambda: RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to allocate 1024 bytes."),
+    # CUDA, cuBLAS, cuDNN through torch (RuntimeError)
+    "CUDA runtime": lambda: RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"),
+    "cudaErrorMemoryAllocation": lambda: RuntimeError("CUDA failure 2: cudaErrorMemoryAllocation ; GPU=0"),
+    "CUDA driver": lambda: RuntimeError("Triton Error [CUDA]: CUDA_ERROR_OUT_OF_MEMORY"),
+    "cuBLAS": lambda: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+    "cuDNN": lambda: RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+    # ONNX Runtime's own exception types (not RuntimeErrors)
+    "ORT RuntimeException arena": lambda: _ort(
+        "RuntimeException", "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running "
+        "Conv node. Name:'/features/conv0/Conv' Status Message: Failed to allocate memory for requested buffer of size 524288"),
+    "ORT Fail bad_alloc": lambda: _ort("Fail", "[ONNXRuntimeError] : 1 : FAIL : std::bad_alloc"),
+    "ORT EPFail CUDA": lambda: _ort("EPFail", "[ONNXRuntimeError] : 11 : EP_FAIL : CUDA failure 2: out of memory"),
+    "ORT MSVC bad allocation": lambda: _ort("RuntimeException", "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : bad allocation"),
+    # OpenVINO: RuntimeErrors from its binding, or its own types
+    "OpenVINO std::bad_alloc": lambda: RuntimeError("Exception from src/inference/src/cpp/infer_request.cpp:223:\nstd::bad_alloc"),
+    "OpenVINO ENOMEM": lambda: _OpenVINOError("Exception from src/core/src/runtime/allocator.cpp:56: Cannot allocate memory"),
+    # the fresh-process probe: its RuntimeError carries the child's tail
+    "probe, torch CPU allocator": lambda: RuntimeError(PROBE_TAIL + "RuntimeError: " + TORCH_CPU_OOM),
+    "probe, CUDA": lambda: RuntimeError(PROBE_TAIL + "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 392.00 MiB."),
+    "probe, MemoryError": lambda: RuntimeError(PROBE_TAIL + "MemoryError"),
+    "probe, numpy": lambda: RuntimeError(PROBE_TAIL + "numpy._core._exceptions._ArrayMemoryError: Unable to allocate 8.00 GiB"),
+    # an allocation failure re-raised as another error
+    "raised from an OOM": lambda: _raised_from(MemoryError()),
+}
+
+NOT_OUT_OF_MEMORY = {
+    "ORT invalid model": lambda: _ort("Fail", "[ONNXRuntimeError] : 1 : FAIL : model is invalid"),
+    "ValueError mentioning memory": lambda: ValueError("out of memory"),
+    "UserError mentioning memory": lambda: UserError("Cannot allocate memory for this: pass fewer samples"),
+    "other OSError": lambda: OSError(errno.ENOSPC, "No space left on device"),
+    "OSError without errno, ENOMEM text": lambda: OSError("Cannot allocate memory"),
+    "other RuntimeError": lambda: RuntimeError("shape '[1, 1000]' is invalid for input of size 500"),
+    "probe failed otherwise": lambda: RuntimeError(PROBE_TAIL + "ModuleNotFoundError: No module named 'onnx'"),
+    "DataLoader shared memory": lambda: RuntimeError(
+        "DataLoader worker (pid 1234) is killed by signal: Bus error. It is possible that dataloader's workers "
+        "are out of shared memory. Please try to raise your shared memory limit."),
+    "OOM only as the context of another error": lambda: _during(MemoryError(), ValueError("bad option")),
+}
+
+
+def _numpy_memory_error() -> BaseException:
+    import numpy as np
+
+    internals = np._core if hasattr(np, "_core") else np.core  # numpy 2 renamed it
+    error_type = internals._exceptions._ArrayMemoryError  # what np.empty raises when malloc fails
+    assert issubclass(error_type, MemoryError)
+    return error_type((2**40,), np.dtype(np.uint8))
+
+
+def _raised_from(cause: BaseException) -> BaseException:
+    try:
+        raise ValueError("the engine call failed") from cause
+    except ValueError as error:
+        return error
+
+
+def _during(first: BaseException, second: BaseException) -> BaseException:
+    try:
+        try:
+            raise first
+        except BaseException:
+            raise second
+    except BaseException as error:
+        return error
+
+
+@pytest.mark.parametrize("make", OUT_OF_MEMORY_FAULTS.values(), ids=OUT_OF_MEMORY_FAULTS.keys())
+def test_allocation_failures_of_every_backend_are_out_of_memory(make) -> None:
+    assert classify_fault(make()) == report.OUT_OF_MEMORY
+
+
+@pytest.mark.parametrize("make", NOT_OUT_OF_MEMORY.values(), ids=NOT_OUT_OF_MEMORY.keys())
+def test_other_errors_are_not_out_of_memory(make) -> None:
+    assert classify_fault(make()) is None
+
+
+def test_non_finite_logits_are_their_own_kind() -> None:
+    assert classify_fault(NonFiniteLogits("1 of 8 samples have NaN or Inf logits")) == report.NON_FINITE_LOGITS
+
+
+def test_every_out_of_memory_pattern_is_exercised() -> None:
+    messages = "\n".join(str(make()) for make in OUT_OF_MEMORY_FAULTS.values())
+    for pattern, source in OUT_OF_MEMORY_PATTERNS:
+        assert re.search(pattern, messages, re.I | re.M), f"no test message for {pattern!r} ({source})"

@@ -76,7 +76,7 @@ def ctx(sweep: Sweep) -> BuildContext:
 
 @pytest.fixture(scope="module")
 def images(sweep: Sweep) -> torch.Tensor:
-    return sweep.eval_set.images[:BATCH]
+    return sweep.eval_set.head(min(BATCH, len(sweep.eval_set)))
 
 
 @pytest.fixture(scope="module")

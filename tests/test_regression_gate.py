@@ -5,6 +5,7 @@ Each step is a real (tiny) sweep in a subprocess, storing into a temporary basel
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -80,3 +81,41 @@ def test_missing_speedups_file_says_how_to_make_one(tmp_path: Path) -> None:
     result = sweep(tmp_path, "x", "--compare-baseline")
     assert result.returncode == 2
     assert "save a baseline first (densenet-opt sweep --save-baseline" in result.stderr
+
+
+# A stored run as pytest-benchmark stores it, taken on another host of this machine kind
+# (a different machine_info: that is when pytest-benchmark names the storage's location),
+# 100 s per batch so that any real run compares as faster.
+STORED_STATS = {"min": 100.0, "max": 100.0, "mean": 100.0, "stddev": 0.0, "rounds": 2, "median": 100.0,
+                "iqr": 0.0, "q1": 100.0, "q3": 100.0, "iqr_outliers": 0, "stddev_outliers": 0, "outliers": "0;0",
+                "ld15iqr": 100.0, "hd15iqr": 100.0, "ops": 0.01, "total": 200.0, "iterations": 1}
+STORED_RUN = {
+    "machine_info": {"node": "another-host"}, "commit_info": {}, "datetime": "2026-01-01T00:00:00", "version": "5.3.1",
+    "benchmarks": [{"group": "batch size 1", "name": "test_inference[baseline-bs1]",
+                    "fullname": "tests/test_benchmarks.py::test_inference[baseline-bs1]",
+                    "params": {"engine_config": ["baseline", 1]}, "param": "baseline-bs1", "options": {},
+                    "stats": STORED_STATS, "extra_info": {}}],
+}
+
+
+def test_the_gate_runs_from_any_directory(tmp_path: Path) -> None:
+    """Run from a directory that holds neither the repository nor the baseline dir, given
+    relative to it: pytest-benchmark named a storage outside the working directory with a
+    ValueError, an INTERNALERROR before anything was measured."""
+    storage = tmp_path / "baseline"
+    (storage / get_machine_id()).mkdir(parents=True)
+    (storage / get_machine_id() / "0001_cpu.json").write_text(json.dumps(STORED_RUN))
+    (storage / "speedups-cpu.json").write_text('{"device": "cpu", "speedup_over_baseline": {}}')
+    cwd = tmp_path / "somewhere" / "else"
+    cwd.mkdir(parents=True)
+    command = [sys.executable, "-m", "densenet_opt", "sweep", "--variants", "baseline", "--batch-sizes", "1",
+               "--num-samples", "8", "--rounds", "2", "--warmup-rounds", "0", "--weights", "synthetic",
+               "--output-dir", str(tmp_path / "out"), "--baseline-dir", "../../baseline", "--compare-baseline",
+               "--max-regression", "mean:400%"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=cwd)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, show(result)
+    assert "INTERNALERROR" not in output and "Traceback" not in output, show(result)
+    assert f"comparing latency with {storage / get_machine_id() / '0001_cpu.json'}" in result.stdout
+    assert "test_inference[baseline-bs1] (0001_cpu)" in result.stdout, show(result)  # compared, row by row
+    assert f"(location: {storage})" in output  # pytest-benchmark's machine_info warning, now with a location

@@ -77,3 +77,36 @@ def test_two_writers_on_one_file_lose_no_row(tmp_path: Path) -> None:
     assert sorted((r["optimization_technique"], int(r["batch_size"])) for r in rows) == [
         (name, size) for name in ("a", "b") for size in range(1, 26)
     ]
+
+
+def _spreadsheet_csv(path: Path, rows: list[list[str]]) -> None:
+    """What a spreadsheet's "CSV UTF-8" save writes: a byte-order mark and CRLF line ends."""
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(",".join(row) + "\r\n" for row in rows).encode())
+
+
+def test_read_rows_accepts_a_byte_order_mark_and_crlf(tmp_path: Path) -> None:
+    path = tmp_path / report.RESULTS_FILE
+    _spreadsheet_csv(path, [["model_name", "batch_size", "optimization_technique", "device"],
+                            ["Densenet121", "4", "baseline", "cpu"]])
+    rows = report.read_rows(path)
+    assert rows == [{"model_name": "Densenet121", "batch_size": "4", "optimization_technique": "baseline",
+                     "device": "cpu"}]
+    assert list(rows[0])[0] == "model_name"
+
+
+def test_upsert_onto_a_spreadsheet_saved_csv_keeps_its_first_column(tmp_path: Path) -> None:
+    path = tmp_path / report.RESULTS_FILE
+    _spreadsheet_csv(path, [list(report.COLUMNS), [{"model_name": "Densenet121", "batch_size": "1",
+                            "optimization_technique": "baseline", "device": "cpu"}.get(c, "") for c in report.COLUMNS]])
+    report.upsert_row(path, _row("baseline", 4, 200.0))
+    rows = report.read_rows(path)
+    assert [(r["model_name"], r["batch_size"]) for r in rows] == [("Densenet121", "1"), ("Densenet121", "4")]
+
+
+def test_read_rows_of_a_file_that_is_not_utf8_is_one_sentence(tmp_path: Path) -> None:
+    from densenet_opt.errors import UserError
+
+    path = tmp_path / report.RESULTS_FILE
+    path.write_text("model_name,batch_size\n", encoding="utf-16")
+    with pytest.raises(UserError, match=r"is not UTF-8 text: pass a benchmark_results\.csv written by densenet-opt\.$"):
+        report.read_rows(path)

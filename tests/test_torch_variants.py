@@ -9,7 +9,10 @@ whichever builds first pays the compile (about a minute per variant on two cores
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from densenet_opt.variants import inductor, precision
 from densenet_opt.variants.compiled import build_cuda_graphs, compile_mode
 
 VARIANTS = ("int8", "fp16", "bf16", "compiled", "cuda_graphs")
+real_check_cpp_compiler = inductor.check_cpp_compiler
 BUILD_BATCH = 3
 SHAPE = inductor.BatchShape(BUILD_BATCH)
 
@@ -80,6 +84,82 @@ def test_int8_without_torchao_names_the_install_command(monkeypatch, tmp_path: P
         get_variant("int8").build_engine(context("cpu", tmp_path))
     message = str(reason.value)
     assert "pip install 'torchao>=" in message and "\n" not in message
+
+
+# ---------------------------------------------------------------------------------------
+# No working C++ compiler: the inductor variants are skipped in seconds, before exporting
+# ---------------------------------------------------------------------------------------
+
+NO_COMPILER = ("AOTInductor compiles its package with a C++ compiler, and the compiler /nonexistent/g++ "
+               "(from CXX) does not exist: install g++ or point CXX at a working C++ compiler")
+
+
+def test_without_a_cpp_compiler_the_check_says_what_to_do(monkeypatch) -> None:
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    started = time.perf_counter()
+    with pytest.raises(VariantUnavailable) as reason:
+        inductor.check_cpp_compiler()
+    assert str(reason.value) == NO_COMPILER
+    assert time.perf_counter() - started < 5
+
+
+def test_a_compiler_that_cannot_build_a_trivial_program_is_named(monkeypatch) -> None:
+    monkeypatch.setenv("CXX", "false")  # exists, compiles nothing
+    with pytest.raises(VariantUnavailable, match=r"the compiler false failed on a trivial program \(exit 1\): install g\+\+"):
+        inductor.check_cpp_compiler()
+
+
+@pytest.mark.parametrize("name", ["compiled", "int8", "bf16"])
+def test_an_inductor_variant_without_a_compiler_is_skipped_before_export(monkeypatch, tmp_path: Path, name: str) -> None:
+    """The context fails the test if the build reaches for the model (the export): the skip
+    comes before it, within seconds (int8 makes its calibration images first, for its key)."""
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    monkeypatch.setattr(precision, "native_cpu_isa", lambda dtype: "test")  # bf16 gets as far as the compiler
+    ctx = replace(context("cpu", tmp_path), calibration_images=lambda count: torch.zeros(count, 3, 224, 224))
+    started = time.perf_counter()
+    with pytest.raises(VariantUnavailable) as reason:
+        get_variant(name).build_engine(ctx)
+    assert str(reason.value) == NO_COMPILER
+    assert time.perf_counter() - started < 10
+
+
+def test_a_cached_package_loads_without_a_compiler(fake_aoti: list[str], monkeypatch, tmp_path: Path) -> None:
+    ctx = context("cpu", tmp_path)
+    inductor.load_or_compile(ctx, "v", SHAPE, {}, lambda: "program", {})
+    monkeypatch.setattr(inductor, "check_cpp_compiler", real_check_cpp_compiler)
+    monkeypatch.setenv("CXX", "/nonexistent/g++")
+    _, package = inductor.load_or_compile(ctx, "v", SHAPE, {}, lambda: "program", {})
+    assert package.cache_hit and fake_aoti == ["program"]
+
+
+def test_the_sweep_skips_an_inductor_variant_without_a_compiler_with_the_reason(tmp_path: Path) -> None:
+    """Through pytest's skip path (the engine fixture); batch 7 has no cached package."""
+    command = [sys.executable, "-m", "densenet_opt", "sweep", "--variants", "compiled", "--batch-sizes", "7",
+               "--num-samples", "4", "--rounds", "1", "--warmup-rounds", "0", "--weights", "synthetic",
+               "--output-dir", str(tmp_path), "--", "-rs"]
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "CXX": "/nonexistent/g++"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    skipped = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED [1]")]
+    assert len(skipped) == 1 and skipped[0].endswith(f": compiled at batch 7 on cpu: {NO_COMPILER}"), result.stdout[-3000:]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert time.perf_counter() - started < 120
+
+
+def test_the_fresh_process_probe_reports_an_unavailable_variant_with_its_reason(monkeypatch, capsys) -> None:
+    from densenet_opt.config import options_from_mapping
+    from densenet_opt.measure import probe
+
+    def unavailable(variant, batch_size, options):
+        raise VariantUnavailable(NO_COMPILER)
+
+    monkeypatch.setattr(probe, "measure_in_this_process", unavailable)
+    assert probe.main(["compiled", "1", "--device", "cpu"]) == 3
+    child_stdout = capsys.readouterr().out
+    monkeypatch.setattr(probe.subprocess, "run", lambda *args, **kwargs: subprocess.CompletedProcess(args, 3, child_stdout, ""))
+    with pytest.raises(VariantUnavailable) as reason:
+        probe.run_probe(options_from_mapping({"device": "cpu"}), "compiled", 1)
+    assert str(reason.value) == NO_COMPILER
 
 
 # ---------------------------------------------------------------------------------------
@@ -140,6 +220,7 @@ def fake_aoti(monkeypatch) -> list[str]:
 
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", compile_and_package)
     monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path: f"runner for {path}")
+    monkeypatch.setattr(inductor, "check_cpp_compiler", lambda: None)  # the logic, on any machine
     return compiles
 
 
@@ -188,6 +269,7 @@ def test_a_failed_compile_leaves_no_package(monkeypatch, tmp_path: Path) -> None
         raise RuntimeError("compiler crashed")
 
     monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", failing)
+    monkeypatch.setattr(inductor, "check_cpp_compiler", lambda: None)
     with pytest.raises(RuntimeError, match="compiler crashed"):
         inductor.load_or_compile(context("cpu", tmp_path), "v", SHAPE, {}, lambda: "program", {})
     assert not list((tmp_path / inductor.CACHE_SUBDIR).iterdir())
@@ -213,9 +295,8 @@ def built(request, sweep) -> tuple[str, Engine]:
 def test_engine_gives_finite_logits_within_budget(built, sweep) -> None:
     """On the sweep's images (64 in CI): the budgets' margins are set for that count."""
     name, engine = built
-    images = sweep.eval_set.images
-    logits = predict(engine, images, BUILD_BATCH)  # raises on NaN/Inf
-    assert logits.shape == (len(images), 1000) and logits.dtype == torch.float32
+    logits = predict(engine, sweep.eval_set, BUILD_BATCH)  # streamed; raises on NaN/Inf
+    assert logits.shape == (len(sweep.eval_set), 1000) and logits.dtype == torch.float32
     measured = fidelity(logits, sweep.reference_logits, None)
     limits = budget_for(load_budgets(), name).limits
     assert measured.agreement_top1 >= limits["agreement_top1_min"], measured
@@ -242,7 +323,7 @@ def test_static_package_refuses_another_batch_size(built, sweep) -> None:
     if engine.info.get("batch") != f"static-{BUILD_BATCH}":
         pytest.skip(f"{name} is not a static package here")
     with pytest.raises(ValueError, match=rf"compiled for batch {BUILD_BATCH}, got 1.*{name}\.batch=dynamic"):
-        engine(sweep.eval_set.images[:1])
+        engine(sweep.eval_set.head(1))
 
 
 def test_dynamic_batch_gives_the_same_logits_per_image(built, sweep) -> None:
@@ -250,7 +331,7 @@ def test_dynamic_batch_gives_the_same_logits_per_image(built, sweep) -> None:
     name, engine = built
     if engine.info.get("batch") != "dynamic":
         pytest.skip(f"{name} is built for batch {BUILD_BATCH} (static)")
-    assert_same_logits_per_image(engine, sweep.eval_set.images[:5], (1, 2, 2))
+    assert_same_logits_per_image(engine, sweep.eval_set.head(5), (1, 2, 2))
 
 
 def test_a_dynamic_package_serves_every_batch_size(sweep) -> None:
@@ -261,7 +342,7 @@ def test_a_dynamic_package_serves_every_batch_size(sweep) -> None:
     engine = get_variant("compiled").build_engine(replace(ctx, options={**ctx.options, "compiled.batch": "dynamic"}))
     try:
         assert engine.info["batch"] == "dynamic"
-        assert_same_logits_per_image(engine, sweep.eval_set.images[:5], (1, 2, 2))
+        assert_same_logits_per_image(engine, sweep.eval_set.head(5), (1, 2, 2))
     finally:
         engine.close()
 
@@ -279,7 +360,7 @@ def test_second_build_loads_the_cached_package_without_the_fp32_model(built, swe
     again = get_variant(name).build_engine(replace(sweep.build_context(BUILD_BATCH), reference_model=no_model))
     try:
         assert again.info["package_cache"] == "hit" and again.info["compile_s"] == engine.info["compile_s"]
-        images = sweep.eval_set.images[:BUILD_BATCH]
+        images = sweep.eval_set.head(min(BUILD_BATCH, len(sweep.eval_set)))
         assert torch.allclose(again(images), engine(images), rtol=1e-5, atol=1e-5)
     finally:
         again.close()

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import psutil
 
 from densenet_opt.config import SweepOptions
-from densenet_opt.errors import UserError
+from densenet_opt.errors import UserError, VariantUnavailable
 
 RESULT_PREFIX = "PROBE_RESULT "
+UNAVAILABLE_PREFIX = "PROBE_UNAVAILABLE "
+USER_ERROR_PREFIX = "densenet-opt probe: "
 
 
 @dataclass(frozen=True)
@@ -31,11 +33,21 @@ class ProbeResult:
 
 
 def run_probe(options: SweepOptions, variant: str, batch_size: int, timeout_s: float = 1800) -> ProbeResult:
+    """Memory and cold start of one config, measured in a fresh process.
+
+    Raises VariantUnavailable with the fresh process's reason when the variant cannot be
+    built there (say, no C++ compiler for a package that is not cached), UserError with its
+    sentence for a problem the user can fix, RuntimeError with its output otherwise."""
     command = [sys.executable, "-m", "densenet_opt.measure.probe", variant, str(batch_size), *options.to_args()]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
     for line in completed.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             return ProbeResult(**json.loads(line.removeprefix(RESULT_PREFIX)))
+        if line.startswith(UNAVAILABLE_PREFIX):
+            raise VariantUnavailable(line.removeprefix(UNAVAILABLE_PREFIX))
+    said = [line for line in completed.stderr.splitlines() if line.startswith(USER_ERROR_PREFIX)]
+    if completed.returncode == 2 and said:
+        raise UserError(said[-1].removeprefix(USER_ERROR_PREFIX))
     tail = "\n".join((completed.stderr or completed.stdout).strip().splitlines()[-15:])
     raise RuntimeError(f"the memory probe for {variant} at batch {batch_size} failed (exit {completed.returncode}):\n{tail}")
 
@@ -80,8 +92,12 @@ def main(argv: list[str]) -> int:
 
     try:
         result = measure_in_this_process(variant, int(batch_size), options_from_mapping(vars(options)))
+    except VariantUnavailable as reason:
+        print(UNAVAILABLE_PREFIX + " ".join(str(reason).split()), flush=True)
+        print(f"densenet-opt probe: {variant} is unavailable here: {reason}", file=sys.stderr)
+        return 3
     except UserError as error:
-        print(f"densenet-opt probe: {error}", file=sys.stderr)
+        print(USER_ERROR_PREFIX + " ".join(str(error).split()), file=sys.stderr)
         return 2
     print(RESULT_PREFIX + json.dumps(dataclasses.asdict(result)), flush=True)
     return 0

@@ -20,7 +20,13 @@ batch size: half the compile time of a run over two batch sizes, for that cost p
 
 from __future__ import annotations
 
+import functools
+import os
 import platform
+import shlex
+import shutil
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from densenet_opt import cache
-from densenet_opt.errors import UserError
+from densenet_opt import atomic, cache
+from densenet_opt.errors import UserError, VariantUnavailable
 from densenet_opt.variants import BuildContext
 
 # Bump when what goes into a package changes in a way the key below does not capture.
@@ -41,6 +47,10 @@ MAX_BATCH = 4096
 DYNAMIC_EXAMPLE_BATCH = 2
 IMAGE_SHAPE = (3, 224, 224)
 STATIC, DYNAMIC = "static", "dynamic"
+COMPILER_REMEDY = "install g++ or point CXX at a working C++ compiler"
+# A program that needs what inductor's generated C++ needs: the C++ standard headers, linking.
+TRIVIAL_PROGRAM = "#include <vector>\nint main() { std::vector<int> v(1); return v[0]; }\n"
+COMPILER_TIMEOUT_S = 120
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,65 @@ def machine_key() -> dict[str, str]:
     }
 
 
+def cpp_compiler() -> str:
+    """The C++ compiler inductor builds a package with, as torch._inductor.cpp_builder's
+    get_cpp_compiler picks it: $CXX when set, else the one named in
+    ``torch._inductor.config.cpp.cxx`` (g++). $CXX is read now: inductor reads it when its
+    config is imported, which gives the same answer in a process started with it set."""
+    if os.environ.get("CXX"):
+        return os.environ["CXX"]
+    from torch._inductor import config
+
+    search = config.cpp.cxx if isinstance(config.cpp.cxx, (list, tuple)) else (config.cpp.cxx,)
+    return next((compiler for compiler in search if compiler), "g++")
+
+
+def check_cpp_compiler() -> None:
+    """Raises VariantUnavailable, with the reason and the remedy, unless the compiler that
+    inductor would use compiles and links a trivial C++ program. Asked once per process
+    and compiler. Only building a package needs it: loading a cached one does not."""
+    if os.environ.get("TORCH_INDUCTOR_INSTALL_GXX"):  # inductor installs its own g++ with conda
+        return
+    compiler = cpp_compiler()
+    problem = _compiler_problem(compiler)
+    if problem is not None:
+        raise VariantUnavailable(
+            f"AOTInductor compiles its package with a C++ compiler, and {problem}: {COMPILER_REMEDY}"
+        )
+
+
+@functools.cache
+def _compiler_problem(compiler: str) -> str | None:
+    """Why ``compiler`` cannot build a trivial program; None when it can."""
+    try:
+        command = shlex.split(compiler)
+    except ValueError:
+        command = []
+    if not command:
+        return f"the compiler command {compiler!r} (CXX) cannot be parsed"
+    if shutil.which(command[0]) is None:
+        return f"the compiler {command[0]}{' (from CXX)' if os.environ.get('CXX') else ''} does not exist"
+    with tempfile.TemporaryDirectory(prefix="densenet_opt-cxx-") as folder:
+        source = Path(folder) / "check.cpp"
+        source.write_text(TRIVIAL_PROGRAM)
+        try:
+            result = subprocess.run(
+                # A shared library, as inductor builds: libstdc++ is resolved when it is loaded.
+                [*command, "-shared", "-fPIC", str(source), "-o", str(Path(folder) / "check.so")],
+                capture_output=True, text=True, timeout=COMPILER_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired:
+            return f"the compiler {compiler} did not compile a trivial program within {COMPILER_TIMEOUT_S} s"
+        except OSError as error:
+            return f"the compiler {compiler} cannot be run ({error.strerror})"
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        errors = [line for line in lines if "error" in line.lower()] or lines
+        said = f" ({errors[0].strip()[:200]})" if errors else ""
+        return f"the compiler {compiler} failed on a trivial program (exit {result.returncode}){said}"
+    return None
+
+
 @dataclass(frozen=True)
 class Package:
     name: str
@@ -121,7 +190,11 @@ def load_or_compile(
     inductor_configs: Mapping[str, object],
 ):
     """The loaded AOTInductor model and its Package record; ``export`` (which may
-    quantize, calibrate...) runs only when no valid package is cached."""
+    quantize, calibrate...) runs only when no valid package is cached.
+
+    Raises VariantUnavailable before exporting when a package must be built and there is
+    no working C++ compiler (loading a cached package needs none), and UserError when the
+    cache's disk is full or read-only."""
     full_key = package_key(ctx, name, {**key, "batch": shape.key})
     path = package_path(ctx, full_key)
     meta, reason = cache.check_cached(path)
@@ -129,15 +202,17 @@ def load_or_compile(
     if meta is None:
         if reason != cache.NOT_CACHED:
             ctx.progress(f"{name}: cached package {path} is unusable ({reason}); compiling it again")
+        check_cpp_compiler()  # seconds, where the export and compile would fail after minutes
         started = time.perf_counter()
         with torch.no_grad():
             program = export()
             ctx.progress(f"{name}: compiling with AOTInductor for batch {shape.key} (minutes on 2 cores; cached after)")
-            cache.atomic_write(
+            atomic.write_atomic(
                 path,
                 lambda tmp: torch._inductor.aoti_compile_and_package(
                     program, package_path=str(tmp), inductor_configs=dict(inductor_configs)
                 ),
+                option=cache.CACHE_OPTION,
             )
         compile_s = time.perf_counter() - started
         cache.write_sidecar(path, {"compile_s": round(compile_s, 1), "key": full_key})

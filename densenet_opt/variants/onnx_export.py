@@ -24,8 +24,9 @@ import onnx
 import torch
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
-from densenet_opt.errors import UserError, VariantUnavailable
-from densenet_opt.cache import NOT_CACHED, build_folder, file_problem, key_digest
+from densenet_opt.atomic import build_folder, write_failure
+from densenet_opt.errors import VariantUnavailable
+from densenet_opt.cache import CACHE_OPTION, NOT_CACHED, file_problem, key_digest
 from densenet_opt.model import file_sha256
 
 INPUT_NAME = "images"
@@ -226,7 +227,10 @@ def cached_artifact(
     what: str,
 ) -> Artifact:
     """The artifact for ``key``: verified from the cache, or built by ``build(path)``,
-    checked with onnx.checker, and published atomically."""
+    checked with onnx.checker, and published atomically.
+
+    Raises UserError naming the folder when the cache's disk is full, over quota or
+    read-only (nothing partial is left); any other error from ``build`` propagates."""
     root = Path(cache_dir) / "onnx"
     folder = root / f"densenet121-{kind}-{key_digest(key)}"
     problem = check_cached(folder, key)
@@ -237,9 +241,9 @@ def cached_artifact(
     try:
         staging = build_folder(root, folder.name)
     except OSError as error:
-        raise UserError(
-            f"cannot write ONNX artifacts under {root} ({error.strerror}): pass a writable --cache-dir"
-        ) from None
+        if (failure := write_failure(folder, error, CACHE_OPTION)) is None:
+            raise
+        raise failure from error
     try:
         progress(f"onnx: {what} ({kind}, cached in {folder})")
         started = time.perf_counter()
@@ -255,6 +259,11 @@ def cached_artifact(
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         staging.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
         _publish(staging, folder, key)
+    except Exception as error:
+        # Asked before the staging folder goes: removing it frees the space it took.
+        if (failure := write_failure(folder, error, CACHE_OPTION)) is None:
+            raise
+        raise failure from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Artifact(folder / MODEL_FILE, build_s=build_s, from_cache=False)

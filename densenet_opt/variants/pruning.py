@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from densenet_opt import cache
+from densenet_opt import atomic, cache
 from densenet_opt.errors import UserError
 from densenet_opt.flops import count_flops, count_params, weight_sparsity
 from densenet_opt.variants import BuildContext, Engine, Variant
@@ -278,7 +278,7 @@ def build_pruned_structured(ctx: BuildContext) -> Engine:
             "calibration_images": str(len(images)),
             **cost_info(model),
         }
-        cache.atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
+        atomic.write_atomic(path, lambda tmp: cache.torch_save(model.state_dict(), tmp), option=cache.CACHE_OPTION)
         cache.write_sidecar(path, {"info": info})
         return PrunedModel(model, {**info, "pruned_model_cache": "miss"})
 
