@@ -9,7 +9,7 @@ baseline exists.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from pytest_benchmark.storage.file import FileStorage
@@ -17,7 +17,7 @@ from pytest_benchmark.utils import get_machine_id, safe_dumps
 
 from densenet_opt import atomic
 from densenet_opt.errors import UserError
-from densenet_opt.variants import BASELINE
+from densenet_opt.report import BASELINE, Row, with_speedups
 
 BASELINE_DIR = Path(__file__).resolve().parent.parent / "benchmarks_baseline"
 DEFAULT_MAX_REGRESSION = "mean:25%"  # runs on shared 2-core machines vary by 10-15%
@@ -31,27 +31,26 @@ def speedups_file(device: str, directory: Path = BASELINE_DIR) -> Path:
     return directory / f"speedups-{device}.json"
 
 
-def speedups(rows: Iterable[Mapping[str, str]]) -> dict[str, dict[str, float]]:
-    """{variant: {batch size: baseline latency / variant latency}} for one device's rows."""
-    rows = list(rows)
-    baseline = {r["batch_size"]: float(r["latency_ms_per_batch"]) for r in rows if r["optimization_technique"] == BASELINE}
+def speedups(rows: Iterable[Row]) -> dict[str, dict[str, float]]:
+    """{variant: {batch size as text: speedup_vs_baseline}} for one device's rows (the
+    caller filters by device), every variant but the baseline; the speedups are those of
+    report.with_speedups (baseline latency / variant latency, same batch size, device and
+    device_name, 3 digits). Configs without a baseline row are left out."""
     result: dict[str, dict[str, float]] = {}
-    for row in rows:
-        size = row["batch_size"]
-        if row["optimization_technique"] != BASELINE and size in baseline:
-            result.setdefault(row["optimization_technique"], {})[size] = round(
-                baseline[size] / float(row["latency_ms_per_batch"]), 3
-            )
+    for row in with_speedups(rows):
+        if row.variant != BASELINE and row.speedup_vs_baseline is not None:
+            result.setdefault(row.variant, {})[str(row.batch_size)] = row.speedup_vs_baseline
     return result
 
 
-def save_speedups(rows: list[Mapping[str, str]], device: str, path: Path) -> dict[str, dict[str, float]]:
-    """Store the speedups of ``device``'s rows in ``path``, atomically. Raises UserError when no
-    variant was measured beside the baseline, or when ``path`` cannot be written (disk full, read-only)."""
-    measured = speedups(r for r in rows if r["device"] == device)
+def save_speedups(rows: Sequence[Row], device: str, path: Path) -> dict[str, dict[str, float]]:
+    """Store the speedups of ``device``'s rows in ``path``, atomically, with the device_name
+    they were measured on; returns them. Raises UserError when no variant was measured
+    beside the baseline, or when ``path`` cannot be written (disk full, read-only)."""
+    measured = speedups(r for r in rows if r.device == device)
     if not measured:
         raise UserError(f"no variant was measured beside the baseline on {device}: nothing to store in {path}")
-    machine = next(r["device_name"] for r in rows if r["device"] == device)
+    machine = next(r.device_name for r in rows if r.device == device)
     document = {"device": device, "measured_on": machine, "speedup_over_baseline": measured}
     atomic.write_text(path, json.dumps(document, indent=2, sort_keys=True) + "\n", option=BASELINE_OPTION)
     return measured
@@ -69,11 +68,12 @@ def load_speedups(path: Path) -> dict[str, dict[str, float]]:
 
 
 def speedup_regressions(
-    rows: list[Mapping[str, str]], device: str, stored: Mapping[str, Mapping[str, float]], max_drop: float
+    rows: Sequence[Row], device: str, stored: Mapping[str, Mapping[str, float]], max_drop: float
 ) -> list[str]:
-    """Configs whose speedup fell more than ``max_drop`` (a fraction) below the stored one."""
+    """Configs of ``device`` whose speedup fell more than ``max_drop`` (a fraction) below the
+    stored one (``stored`` as load_speedups returns it): one sentence each."""
     problems = []
-    for variant, by_size in speedups(r for r in rows if r["device"] == device).items():
+    for variant, by_size in speedups(r for r in rows if r.device == device).items():
         for size, now in by_size.items():
             before = stored.get(variant, {}).get(size)
             if before is not None and now < before * (1 - max_drop):

@@ -4,18 +4,23 @@ Every limit is optional; a variant in the sweep must have a table (an empty one
 states that it has no limits). Memory limits are per device and batch size: a table
 ``{1 = 300, 32 = 2000}`` applies the entry of the smallest listed batch size at or
 above the measured one, since memory grows with the batch.
+
+"Within budget" has one meaning everywhere (the pytest assertions, summary.md and
+``recommend``): fidelity AND model size AND memory for the row's device and batch size.
 """
 
 from __future__ import annotations
 
 import difflib
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from densenet_opt.accuracy import ACCURACY, Fidelity
+from densenet_opt.accuracy import ACCURACY, AGREEMENT, Fidelity
 from densenet_opt.errors import UserError
+from densenet_opt.report import BASELINE, Row
+from densenet_opt.variants import registry
 
 BUDGETS_FILE = Path(__file__).resolve().parent.parent / "benchmarks_baseline" / "budgets.toml"
 
@@ -26,11 +31,34 @@ KNOWN_KEYS = (*FIDELITY_KEYS, "model_size_mb_max", *MEMORY_KEYS)
 
 @dataclass(frozen=True)
 class Budget:
+    """One variant's limits (``limits``: key -> number, or batch size -> number for memory
+    keys) as read from ``source``. Each ``*_violations`` method returns one sentence per
+    exceeded limit, naming the variant, the metric, the measured value, the limit, its key
+    and the file; [] when everything checked is within."""
+
     variant: str
     limits: Mapping[str, object]
     source: Path
 
+    def row_violations(self, row: Row, baseline_row: Row | None) -> list[str]:
+        """Every limit a results row exceeds: fidelity (accuracy drops against
+        ``baseline_row``'s fidelity; without one, only agreement and logit error), model
+        size, and memory for the row's device and batch size. A value the row lacks is not
+        checked (see check_row for whether everything could be)."""
+        violations = []
+        measured = fidelity_of(row)
+        if measured is not None:
+            baseline = fidelity_of(baseline_row) if baseline_row is not None else None
+            violations += self.fidelity_violations(measured, baseline or measured)
+        if row.model_size_mb is not None:
+            violations += self.size_violations(row.model_size_mb)
+        if row.ram_usage_mb is not None and row.vram_usage_mb is not None:
+            violations += self.memory_violations(row.device, row.batch_size, row.ram_usage_mb, row.vram_usage_mb)
+        return violations
+
     def fidelity_violations(self, measured: Fidelity, baseline: Fidelity) -> list[str]:
+        """Agreement and logit error; with labels (kind ACCURACY) also the top-1/top-5 drop
+        against ``baseline``, in percentage points."""
         checks = [
             ("agreement_top1_min", "top-1 agreement with fp32 (%)", measured.agreement_top1, "min"),
             ("relative_error_max", "logit relative error", measured.relative_error, "max"),
@@ -43,10 +71,13 @@ class Budget:
         return [v for key, label, value, kind in checks if (v := self._check(key, label, value, kind))]
 
     def size_violations(self, model_size_mb: float) -> list[str]:
+        """The deployed artifact's size (MiB) against model_size_mb_max."""
         violation = self._check("model_size_mb_max", "model size (MB)", model_size_mb, "max")
         return [violation] if violation else []
 
     def memory_violations(self, device: str, batch_size: int, ram_mb: float, vram_mb: float) -> list[str]:
+        """Peak RAM (MiB) against ram_mb_max_DEVICE and, on cuda, peak VRAM against
+        vram_mb_max, each the entry for ``batch_size`` (limit_for_batch)."""
         checks = [(f"ram_mb_max_{device}", "RAM (MB)", ram_mb)]
         if device == "cuda":
             checks.append(("vram_mb_max", "VRAM (MB)", vram_mb))
@@ -70,6 +101,8 @@ class Budget:
 
 
 def limit_for_batch(limit: object, batch_size: int) -> float | None:
+    """The limit that applies at ``batch_size``: a number as it is, a table's entry for the
+    smallest listed batch size at or above it (else the largest listed); None for none."""
     if limit is None or isinstance(limit, int | float):
         return limit
     sizes = sorted(int(size) for size in limit)  # type: ignore[union-attr]
@@ -78,10 +111,11 @@ def limit_for_batch(limit: object, batch_size: int) -> float | None:
 
 
 def load_budgets(path: Path = BUDGETS_FILE, known_variants: tuple[str, ...] | None = None) -> dict[str, Budget]:
-    """Parse and check the whole file, so a typo is reported before any measurement."""
+    """Parse and check the whole file, so a typo is reported before any measurement.
+    ``known_variants`` defaults to the registry's. Raises UserError naming the file (and
+    the table and key) for a missing file, invalid TOML, an unknown variant or key, or a
+    value that is not a number (or, for memory keys, a table of batch size = number)."""
     if known_variants is None:
-        from densenet_opt.variants import registry
-
         known_variants = tuple(registry())
     if not path.is_file():
         raise UserError(f"budgets file {path} does not exist: restore it from git or create it with a table per variant")
@@ -121,7 +155,71 @@ def _did_you_mean(name: str, choices: tuple[str, ...]) -> str:
 
 
 def budget_for(budgets: Mapping[str, Budget], variant: str) -> Budget:
+    """``variant``'s budget; UserError naming the file to add its table to when it has none."""
     if variant not in budgets:
         path = next(iter(budgets.values())).source if budgets else BUDGETS_FILE
         raise UserError(f"variant {variant} has no budget: add a [{variant}] table to {path} (an empty table means no limits)")
     return budgets[variant]
+
+
+def fidelity_of(row: Row) -> Fidelity | None:
+    """The Fidelity a sweep measured, rebuilt from a row's columns; None when the row lacks
+    any of them (a fault row, a file of an older version) or its accuracy_kind is unknown."""
+    values = (row.accuracy_top_1, row.accuracy_top_5, row.agreement_top_1, row.logit_relative_error)
+    if row.accuracy_kind not in (ACCURACY, AGREEMENT) or any(value is None for value in values):
+        return None
+    return Fidelity(row.accuracy_kind, *values)
+
+
+@dataclass(frozen=True)
+class BudgetCheck:
+    """A row against its budget: ``within`` True, False (``reasons`` are the violations), or
+    None when it could not be shown either way (``reasons`` say why: no budgets, no table
+    for the variant, no accuracy columns, no baseline row for an accuracy drop)."""
+
+    within: bool | None
+    reasons: tuple[str, ...]
+
+
+def check_row(row: Row, budgets: Mapping[str, Budget] | None, baseline_row: Row | None) -> BudgetCheck:
+    """``row`` against its variant's budget in ``budgets`` (None: budgets could not be
+    loaded): fidelity, model size and memory (Budget.row_violations). Any violation is
+    False; within every limit it could check but unable to check fidelity is None."""
+    if budgets is None:
+        return BudgetCheck(None, ("budgets not loaded",))
+    if row.variant not in budgets:
+        return BudgetCheck(None, (f"{row.variant} has no budget table",))
+    violations = budgets[row.variant].row_violations(row, baseline_row)
+    if violations:
+        return BudgetCheck(False, tuple(violations))
+    measured = fidelity_of(row)
+    if measured is None:
+        return BudgetCheck(None, ("the row has no accuracy columns",))
+    if measured.kind == ACCURACY and (baseline_row is None or fidelity_of(baseline_row) is None):
+        return BudgetCheck(None, (f"no {BASELINE} row on {row.device} to measure the accuracy drop against",))
+    return BudgetCheck(True, ())
+
+
+def within_budget(row: Row, budgets: Mapping[str, Budget] | None, baseline_row: Row | None) -> bool:
+    """True only when ``row`` is shown to be within every limit of its budget (check_row)."""
+    return check_row(row, budgets, baseline_row).within is True
+
+
+def check_budgets(rows: Sequence[Row], budgets: Mapping[str, Budget] | None) -> dict[Row, BudgetCheck]:
+    """Each measured row against its budget (check_row); accuracy drops are measured against
+    the first baseline row with accuracy columns on the same device, as the sweep measures
+    them against the fp32 model."""
+    baselines: dict[str, Row] = {}
+    for row in rows:
+        if row.variant == BASELINE and fidelity_of(row) is not None:
+            baselines.setdefault(row.device, row)
+    return {row: check_row(row, budgets, baselines.get(row.device)) for row in rows}
+
+
+def load_budgets_or_none(path: Path | None) -> tuple[dict[str, Budget] | None, str | None]:
+    """The budgets at ``path`` (default BUDGETS_FILE), or None and the UserError's sentence:
+    a summary is still worth writing without them."""
+    try:
+        return load_budgets(path or BUDGETS_FILE), None
+    except UserError as error:
+        return None, str(error)

@@ -3,7 +3,7 @@
 A file is used only when it matches its sidecar; a missing, truncated or corrupt one is
 reported and built again. Files are published atomically and the sidecar goes last, so a
 crash at any point leaves something that fails the check rather than a half-written
-artifact that passes it. (ONNX artifacts are folders with a manifest: onnx_export.py.)
+artifact that passes it. (ONNX artifacts are folders with a manifest: variants/onnx/export.py.)
 """
 
 from __future__ import annotations
@@ -16,12 +16,20 @@ from pathlib import Path
 import torch
 
 from densenet_opt import atomic
-from densenet_opt.model import file_sha256
 
 NOT_CACHED = "not cached"
 # What a failed write into the cache tells the user to change.
 CACHE_OPTION = "--cache-dir"
 
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 def key_digest(key: Mapping[str, object]) -> str:
     """A short name for a cache key (the full key is kept in the sidecar or manifest)."""

@@ -1,40 +1,25 @@
-"""`python -m densenet_opt` / `densenet-opt`: the sweep, the variant list, the probe."""
+"""`python -m densenet_opt` / `densenet-opt`: argparse subcommands over the library.
+
+Every subcommand parses its options once (config.options_from_mapping) and calls the
+library: runner.run_sweep for the sweep, shard for several GPUs, the report modules for
+summaries and recommendations, profiling for traces.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
-import torch
-from pytest_benchmark.session import PerformanceRegression
-from pytest_benchmark.utils import get_machine_id
-
-from densenet_opt import baselines
-from densenet_opt.config import OPTIONS, SweepOptions, options_from_mapping
+from densenet_opt import profiling, render, runner, shard
+from densenet_opt.recommend import recommend_from_results
+from densenet_opt.render import markdown, plots
+from densenet_opt.report import RESULTS_FILE
+from densenet_opt.config import add_sweep_options, options_from_mapping
 from densenet_opt.errors import UserError
-from densenet_opt.measure.env import device_name
-from densenet_opt.report import RESULTS_FILE, read_rows
 from densenet_opt.sweep import preflight
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BENCHMARK_TESTS = REPO_ROOT / "tests" / "test_benchmarks.py"
-BENCHMARK_JSON = "benchmark.json"
-
-
-def add_sweep_options(parser: argparse.ArgumentParser) -> None:
-    for option in OPTIONS:
-        if option.is_flag:
-            parser.add_argument(option.name, action="store_true", help=option.help)
-        else:
-            default = f" (default: {option.default})" if option.default else ""
-            parser.add_argument(option.name, default=option.default, help=option.help + default)
-
-
-def options_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(add_help=False)
-    add_sweep_options(parser)
-    return parser
+from densenet_opt.variants import describe_options, registry
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,123 +31,105 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser(
         "sweep",
         help="measure every (variant, batch size) and write benchmark_results.csv",
-        description="Runs the benchmark tests with pytest-benchmark and writes OUTPUT_DIR/benchmark_results.csv "
-        "(a row per config, as it is measured) and OUTPUT_DIR/benchmark.json. Arguments after -- go to pytest.",
+        description="Runs the benchmark with pytest-benchmark (the same sweep as `pytest --benchmark-only`) and "
+        "writes OUTPUT_DIR/benchmark_results.csv (a row per config, as it is measured), OUTPUT_DIR/benchmark.json, "
+        "the plots and summary.md. Arguments after -- go to pytest.",
     )
-    add_sweep_options(sweep)
-    gate = sweep.add_argument_group("stored baselines (benchmarks_baseline/)")
-    gate.add_argument("--save-baseline", action="store_true",
-                      help="store this run as the device's baseline: pytest-benchmark JSON (per machine) and speedups-DEVICE.json")
-    gate.add_argument("--compare-baseline", action="store_true",
-                      help="fail (exit 1) when latency regressed against this machine's stored run, or a speedup over "
-                           "the baseline variant dropped against the stored speedups (checked on any machine)")
-    gate.add_argument("--baseline-dir", type=Path, default=baselines.BASELINE_DIR,
-                      help="where baselines are stored (default: the repository's benchmarks_baseline/)")
-    gate.add_argument("--max-regression", default=baselines.DEFAULT_MAX_REGRESSION,
-                      help="pytest-benchmark --benchmark-compare-fail expression (default: %(default)s)")
-    gate.add_argument("--max-speedup-drop", type=float, default=baselines.DEFAULT_MAX_SPEEDUP_DROP,
-                      help="largest allowed fractional drop of a speedup (default: %(default)s)")
+    add_sweep_options(sweep.add_argument)
     sweep.add_argument("pytest_args", nargs="*", help="extra pytest arguments, after --")
-    commands.add_parser("list", help="list the registered variants")
+    commands.add_parser("list", help="list the registered variants and their --variant-options")
     add_tool_commands(commands)
     return parser
 
 
 def add_tool_commands(commands: argparse._SubParsersAction) -> None:
-    """Reports, profiling and several GPUs: subcommands that live in their own modules."""
-    from densenet_opt import profiling, shard, summary
-
-    summary.add_commands(commands)
-    profiling.add_command(commands, add_sweep_options)
+    """Reports, profiling and several GPUs."""
+    add_report_commands(commands)
+    profiling.add_command(commands)
     shard.add_command(commands)  # after "sweep": it takes the sweep's arguments
 
 
-def run_sweep(options: SweepOptions, pytest_args: list[str], gate: argparse.Namespace | None = None) -> int:
-    import pytest
+def add_report_commands(commands: argparse._SubParsersAction) -> None:
+    """``recommend`` and ``summary``: reports from a results CSV (densenet_opt.recommend, densenet_opt.render)."""
+    recommend_parser = commands.add_parser(
+        "recommend",
+        help="the variant and batch size with the highest throughput within memory and latency limits",
+        description="Reads a results file and prints the (variant, batch size) with the highest throughput whose "
+        "memory (RAM for CPU rows, VRAM for CUDA rows) and latency per batch are within the limits, and that is "
+        "within its budget (accuracy, model size, memory: benchmarks_baseline/budgets.toml).",
+    )
+    recommend_parser.add_argument("--results", type=Path, default=Path("results") / RESULTS_FILE,
+                                  help=f"a {RESULTS_FILE}, or the sweep's output directory (default: %(default)s)")
+    recommend_parser.add_argument("--max-memory-mb", help="largest peak memory per process: RAM on CPU, VRAM on CUDA (MiB)")
+    recommend_parser.add_argument("--max-latency-ms", help="largest mean latency per batch (ms)")
+    recommend_parser.add_argument("--device", choices=("cpu", "cuda"), help="only rows measured on this device")
+    recommend_parser.add_argument("--budgets", type=Path, help="budgets file (default: the repository's benchmarks_baseline/budgets.toml)")
+    recommend_parser.add_argument("--ignore-budgets", action="store_true", help="consider configs outside their budget too")
+    recommend_parser.set_defaults(handler=run_recommend)
 
-    if not BENCHMARK_TESTS.exists():
-        raise UserError(f"{BENCHMARK_TESTS} is missing: run the sweep from a checkout of densenet-opt (pip install -e .)")
-    options.output_dir.mkdir(parents=True, exist_ok=True)
-    gate_args, stored_speedups = _baseline_args(options, gate)
-    args = [
-        str(BENCHMARK_TESTS),
-        f"--rootdir={REPO_ROOT}",
-        "--benchmark-only",
-        f"--benchmark-json={options.output_dir / BENCHMARK_JSON}",
-        "-p", "no:cacheprovider",
-        *options.to_args(),
-        *gate_args,
-        *pytest_args,
-    ]
+    summary_parser = commands.add_parser(
+        "summary",
+        help="write the plots and summary.md for a results directory",
+        description=f"Writes {plots.LATENCY_PLOT}, {plots.ACCURACY_PLOT}, {plots.MEMORY_PLOT} ({plots.FLOPS_PLOT} when "
+        f"FLOPs were recorded) and {markdown.SUMMARY_FILE} beside the results file. A sweep does this at its end.",
+    )
+    summary_parser.add_argument("--output-dir", type=Path, default=Path("results"),
+                                help="the sweep's output directory (default: %(default)s)")
+    summary_parser.add_argument("--budgets", type=Path, help="budgets file (default: the repository's benchmarks_baseline/budgets.toml)")
+    summary_parser.set_defaults(handler=run_summary)
+
+
+def positive_limit(option: str, text: str | None) -> float | None:
+    """``text`` given to ``option`` as a positive finite number, None when not given; UserError otherwise."""
+    if text is None:
+        return None
     try:
-        code = int(pytest.main(args))
-    except PerformanceRegression:  # pytest-benchmark has printed which benchmarks regressed
-        code = 1
-    results = options.output_dir / RESULTS_FILE
-    print(f"\nresults: {results}{'' if results.exists() else ' (no row was measured)'}")
-    from densenet_opt.summary import summarize_after_sweep
-
-    summarize_after_sweep(options.output_dir)
-    rows = read_rows(results)
-    if gate is not None and gate.save_baseline and code == 0:
-        path = baselines.speedups_file(options.device, gate.baseline_dir)
-        baselines.save_speedups(rows, options.device, path)
-        print(f"stored speedups over the baseline variant: {path}")
-    if stored_speedups is not None:
-        problems = baselines.speedup_regressions(rows, options.device, stored_speedups, gate.max_speedup_drop)
-        for problem in problems:
-            print(f"SPEEDUP REGRESSION: {problem}")
-        if problems:
-            code = code or 1
-    return code
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise UserError(f"{option} must be a positive number, got {text!r}")
+    return value
 
 
-def _baseline_args(options: SweepOptions, gate: argparse.Namespace | None) -> tuple[list[str], dict | None]:
-    """pytest-benchmark arguments for saving or comparing, and the stored speedups to check."""
-    if gate is None or not (gate.save_baseline or gate.compare_baseline):
-        return [], None
-    # Absolute: pytest-benchmark resolves a relative storage against the working directory.
-    storage = Path(gate.baseline_dir).resolve()
-    args = [f"--benchmark-storage=file://{storage}"]
-    if gate.save_baseline:
-        args.append(f"--benchmark-save={options.device}")
-    stored_speedups = None
-    if gate.compare_baseline:
-        runs = [run for run in baselines.check_benchmark_storage(storage) if run.stem.endswith(f"_{options.device}")]
-        # pytest-benchmark's machine id is only OS, Python and word size: the device must match too.
-        stored_on = baselines.stored_device_name(runs[-1]) if runs else None
-        here = device_name(torch.device(options.device))
-        if runs and stored_on in (None, here):
-            # --benchmark-compare takes a run, not a path: the start of its name, which
-            # pytest-benchmark looks up in this machine's folder of the storage. The number
-            # and the device, since runs stored on two machines of one kind can share a number.
-            args += [f"--benchmark-compare={runs[-1].stem}", f"--benchmark-compare-fail={gate.max_regression}"]
-            print(f"comparing latency with {runs[-1]}")
-        elif runs:
-            print(f"the stored run {runs[-1]} was measured on {stored_on}, this is {here}: "
-                  "absolute times do not compare across machines, comparing speedups only")
-        else:
-            print(f"no stored {options.device} run for this machine kind ({get_machine_id()}) in {storage}: comparing speedups only")
-        speedups_path = baselines.speedups_file(options.device, storage)
-        stored_speedups = baselines.load_speedups(speedups_path)
-        print(f"comparing speedups over the baseline variant with {speedups_path}")
-    return args, stored_speedups
+def run_recommend(args: argparse.Namespace) -> int:
+    """The ``recommend`` subcommand: prints the recommendation; UserError for bad input."""
+    lines = recommend_from_results(
+        args.results, max_memory_mb=positive_limit("--max-memory-mb", args.max_memory_mb),
+        max_latency_ms=positive_limit("--max-latency-ms", args.max_latency_ms), device=args.device,
+        budgets_path=args.budgets, ignore_budgets=args.ignore_budgets,
+    )
+    print("\n".join(lines))
+    return 0
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    """The ``summary`` subcommand: prints the files written; UserError for bad input."""
+    for path in render.summarize(args.output_dir, args.budgets):
+        print(path)
+    return 0
+
+
+def list_variants() -> None:
+    """Print each registered variant, its devices and its options."""
+    for variant in registry().values():
+        print(f"{variant.name:20} {variant.description} [{', '.join(variant.devices)}]")
+        for line in describe_options(variant):
+            print(f"{'':22}--variant-options {line}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; returns the exit code (2 with one sentence for bad input)."""
     args = build_parser().parse_args(argv)
     try:
         if args.command == "list":
-            from densenet_opt.variants import registry
-
-            for variant in registry().values():
-                print(f"{variant.name:20} {variant.description} [{', '.join(variant.devices)}]")
+            list_variants()
             return 0
         if hasattr(args, "handler"):
             return args.handler(args)
         options = options_from_mapping(vars(args))
         preflight(options)
-        return run_sweep(options, args.pytest_args, args)
+        return runner.run_sweep(options, args.pytest_args)
     except UserError as error:
         print(f"densenet-opt: error: {error}", file=sys.stderr)
         return 2

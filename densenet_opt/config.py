@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pytest_benchmark.utils import parse_compare_fail
 
 from densenet_opt.errors import UserError
+from densenet_opt.values import fraction, whole_number
+from densenet_opt.variants import get_variant, parse_variant_options, registry
 
 DEFAULT_BATCH_SIZES = (1, 4, 8, 16, 32)
 
@@ -47,6 +51,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("--cache-dir", None, "where synthetic weights and built artifacts are cached (default: $DENSENET_OPT_CACHE or ~/.cache/densenet_opt)"),
     Option("--resume", None, "skip configs that already have a completed row in OUTPUT_DIR's CSV for this device", is_flag=True),
     Option("--allow-unsafe-weights", None, "allow a weights file that needs full unpickling (it can run code: only for files you trust)", is_flag=True),
+    # The stored-baseline gate (README, "Stored baselines and the regression gate").
+    Option("--save-baseline", None, "store this run as the device's baseline: pytest-benchmark JSON (per machine) and speedups-DEVICE.json", is_flag=True),
+    Option("--compare-baseline", None, "exit 1 when a mean latency regressed against this machine's stored run, or a speedup over the baseline variant dropped against the stored speedups (checked on any machine)", is_flag=True),
+    Option("--baseline-dir", "benchmarks_baseline", "where baselines are stored (the repository's benchmarks_baseline/ when run from its root)"),
+    Option("--max-regression", "mean:25%", "largest allowed latency regression against the stored run, as pytest-benchmark's --benchmark-compare-fail expression"),
+    Option("--max-speedup-drop", "0.25", "largest allowed fractional drop of a speedup over the baseline variant against the stored one"),
 )
 
 
@@ -68,38 +78,69 @@ class SweepOptions:
     allow_unsafe_weights: bool = False
     resume: bool = False
     data_workers: int | None = None  # None: data.default_num_workers()
+    save_baseline: bool = False
+    compare_baseline: bool = False
+    baseline_dir: Path = Path("benchmarks_baseline")
+    max_regression: str = "mean:25%"
+    max_speedup_drop: float = 0.25
 
-    def to_args(self) -> list[str]:
-        """The command-line arguments that give these options back."""
-        values = {
-            "device": self.device,
-            "batch_sizes": ",".join(map(str, self.batch_sizes)),
-            "variants": ",".join(self.variants),
-            "weights": self.weights,
-            "imagenet_val": self.imagenet_val,
-            "ground_truth": self.ground_truth,
-            "num_samples": self.num_samples,
-            "calibration_samples": self.calibration_samples,
-            "output_dir": self.output_dir,
-            "rounds": self.rounds,
-            "warmup_rounds": self.warmup_rounds,
-            "variant_options": ",".join(f"{k}={v}" for k, v in self.variant_options.items()),
-            "cache_dir": self.cache_dir,
-            "data_workers": "auto" if self.data_workers is None else self.data_workers,
-        }
-        args = [f"{option.name}={values[option.dest]}" for option in OPTIONS if values.get(option.dest) not in (None, "")]
-        flags = {"--allow-unsafe-weights": self.allow_unsafe_weights, "--resume": self.resume}
-        return args + [flag for flag, on in flags.items() if on]
+    @property
+    def gated(self) -> bool:
+        """Whether the sweep stores or compares a baseline."""
+        return self.save_baseline or self.compare_baseline
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-safe values (paths as text, tuples as lists): how a child process (the
+        memory probe, a shard) receives the options, as data, never as re-parsed flags."""
+        values = dataclasses.asdict(self)
+        for name, value in values.items():
+            if isinstance(value, Path):
+                values[name] = str(value)
+            elif isinstance(value, tuple):
+                values[name] = list(value)
+            elif isinstance(value, Mapping):
+                values[name] = dict(value)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, object]) -> SweepOptions:
+        """The inverse of to_dict; values were validated when first parsed."""
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        typed = dict(values)
+        for name in ("imagenet_val", "ground_truth", "output_dir", "cache_dir", "baseline_dir"):
+            if typed.get(name) is not None:
+                typed[name] = Path(str(typed[name]))
+        typed["batch_sizes"] = tuple(int(size) for size in typed["batch_sizes"])
+        typed["variants"] = tuple(typed["variants"])
+        unknown = set(typed) - set(fields)
+        if unknown:
+            raise ValueError(f"not sweep options: {sorted(unknown)}")
+        return cls(**typed)
+
+
+def add_sweep_options(add: Callable[..., object]) -> None:
+    """Declare every sweep option with ``add`` (argparse's ``add_argument`` or pytest's
+    ``addoption``: the same signature), so the CLI and the pytest plugin offer the same
+    names, defaults and help."""
+    for option in OPTIONS:
+        if option.is_flag:
+            add(option.name, action="store_true", help=option.help)
+        else:
+            default = f" (default: {option.default})" if option.default else ""
+            add(option.name, default=option.default, help=option.help + default)
+
+
+def option_dests() -> tuple[str, ...]:
+    """The attribute names the parsed options have (argparse ``dest`` / pytest ``getoption``)."""
+    return tuple(option.dest for option in OPTIONS)
 
 
 def parse_positive_int(name: str, text: str, *, minimum: int = 1) -> int:
+    """``text`` as an int >= ``minimum``; UserError naming the option otherwise."""
     try:
-        value = int(str(text).strip())
-    except ValueError:
-        raise UserError(f"{name} must be a whole number, got {text!r}") from None
-    if value < minimum:
-        raise UserError(f"{name} must be at least {minimum}, got {value}")
-    return value
+        return whole_number(text, minimum=minimum)
+    except ValueError as error:
+        raise UserError(f"{name} {error}") from None
 
 
 def parse_workers(text: str) -> int | None:
@@ -118,8 +159,7 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def parse_variants(text: str) -> tuple[str, ...]:
-    from densenet_opt.variants import get_variant, registry
-
+    """Comma-separated registered variant names (or "all"), in order, without repeats."""
     if str(text).strip() in ("", "all"):
         return tuple(registry())
     names = tuple(dict.fromkeys(part.strip() for part in str(text).split(",") if part.strip()))
@@ -183,9 +223,35 @@ def options_from_mapping(raw: Mapping[str, object]) -> SweepOptions:
         output_dir=Path(str(get("output_dir"))),
         rounds=parse_positive_int("--rounds", str(get("rounds"))),
         warmup_rounds=parse_positive_int("--warmup-rounds", str(get("warmup_rounds")), minimum=0),
-        variant_options=parse_key_values(str(get("variant_options"))),
+        # Checked against every variant's declared options now, before any model is built;
+        # kept as text so that child processes get it as plain JSON.
+        variant_options=parse_variant_options(parse_key_values(str(get("variant_options")))),
         cache_dir=Path(str(get("cache_dir"))) if get("cache_dir") else default_cache_dir(),
         allow_unsafe_weights=bool(raw.get("allow_unsafe_weights")),
         resume=bool(raw.get("resume")),
         data_workers=parse_workers(str(get("data_workers"))),
+        save_baseline=bool(raw.get("save_baseline")),
+        compare_baseline=bool(raw.get("compare_baseline")),
+        # Absolute: pytest-benchmark resolves a relative storage against the working directory.
+        baseline_dir=Path(str(get("baseline_dir"))).expanduser().resolve(),
+        max_regression=parse_compare_expression(str(get("max_regression"))),
+        max_speedup_drop=parse_fraction("--max-speedup-drop", str(get("max_speedup_drop"))),
     )
+
+
+def parse_compare_expression(text: str) -> str:
+    """A pytest-benchmark --benchmark-compare-fail expression (e.g. mean:25%, min:0.001),
+    checked with pytest-benchmark's own parser; UserError when it does not parse."""
+    try:
+        parse_compare_fail(text)
+    except Exception as error:  # argparse.ArgumentTypeError
+        raise UserError(f"--max-regression {text!r} is not valid ({error}): e.g. mean:25% or min:0.005") from None
+    return text
+
+
+def parse_fraction(name: str, text: str) -> float:
+    """A number in [0, 1); UserError naming the option otherwise."""
+    try:
+        return fraction(text)
+    except ValueError as error:
+        raise UserError(f"{name} {error}, got {text!r}") from None

@@ -34,9 +34,7 @@ import torch
 from PIL import Image
 
 from densenet_opt.errors import UserError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from densenet_opt.preprocessing import IMAGE_SHAPE, IMAGENET_MEAN, IMAGENET_STD, eval_transform  # noqa: F401 - data's API
 
 IMAGENET_NUM_CLASSES = 1000
 # The 1000 ILSVRC2012 wnids, sorted, one a line: torchvision's class order.
@@ -72,21 +70,6 @@ class EvalSet:
 class Sample:
     path: Path
     label: int
-
-
-def eval_transform() -> Callable:
-    """torchvision's standard ImageNet eval preprocessing for a PIL RGB image."""
-    from torchvision.transforms import v2
-
-    return v2.Compose(
-        [
-            v2.Resize(256, antialias=True),
-            v2.CenterCrop(224),
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD)),
-        ]
-    )
 
 
 def load_eval_set(
@@ -431,7 +414,7 @@ def _read_meta(meta: Path) -> dict[int, str]:
 def _decode(samples: list[Sample], progress: Callable[[str], None] | None, root: Path) -> torch.Tensor:
     transform = eval_transform()
     # Preallocated so peak memory is one copy of the batch, not a list plus a stack.
-    out = torch.empty((len(samples), 3, 224, 224), dtype=torch.float32)
+    out = torch.empty((len(samples), *IMAGE_SHAPE), dtype=torch.float32)
     for i, sample in enumerate(samples):
         out[i] = transform(_open_rgb(sample.path))
         done = i + 1
@@ -609,7 +592,7 @@ class EvalStream:
         float32 [count,3,224,224]. Raises UserError for an unreadable image."""
         if not 1 <= count <= len(self):
             raise ValueError(f"head({count}) of an evaluation stream of {len(self)} images")
-        out = torch.empty((count, 3, 224, 224), dtype=torch.float32)
+        out = torch.empty((count, *IMAGE_SHAPE), dtype=torch.float32)
         for i in range(count):
             item = self.dataset[i]
             if isinstance(item, _DecodeFailure):

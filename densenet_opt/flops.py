@@ -14,7 +14,7 @@ import torch
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-IMAGE_SHAPE = (3, 224, 224)
+from densenet_opt.preprocessing import IMAGE_SHAPE
 
 
 def count_flops(model: torch.nn.Module, input_shape: Sequence[int] = (1, *IMAGE_SHAPE)) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import re
 from collections.abc import Callable, Mapping
@@ -13,6 +12,7 @@ from urllib.parse import urlparse
 import torch
 from torchvision.models import DenseNet121_Weights, densenet121
 
+from densenet_opt.cache import file_sha256
 from densenet_opt.errors import UserError
 
 TORCHVISION = "torchvision"
@@ -75,14 +75,6 @@ def resolve_weights(
     path = Path(spec)
     state_dict = load_state_dict_file(path, allow_pickle=allow_pickle)
     return Weights(state_dict, str(path), f"file-{file_sha256(path)[:16]}", trained=True)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_state_dict_file(path: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:

@@ -25,8 +25,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function, schedule, tensorboard_trace_handler
 
 from densenet_opt import atomic
+from densenet_opt.config import SweepOptions, add_sweep_options, options_from_mapping, parse_positive_int
 from densenet_opt.errors import UserError, VariantUnavailable
 from densenet_opt.report import OUTPUT_OPTION
+from densenet_opt.sweep import Sweep, preflight
 
 PROFILES_DIR = "profiles"
 TENSORBOARD_DIR = "tensorboard"
@@ -106,22 +108,9 @@ def cuda_memory_history(path: Path, max_entries: int = MEMORY_HISTORY_ENTRIES) -
         torch.cuda.memory._record_memory_history(enabled=None)
 
 
-def profile_batch(options, batch_size: int, device: torch.device) -> torch.Tensor:
-    """The batch the benchmark times (the first images of the evaluation set), without
-    loading the whole evaluation set: pinned on CUDA, as the sweep prepares it."""
-    from densenet_opt import data
-
-    count = min(batch_size, options.num_samples)
-    images = data.load_eval_set(options.imagenet_val, count, ground_truth=options.ground_truth).images
-    batch = images[torch.arange(batch_size) % len(images)].contiguous()
-    return batch.pin_memory() if device.type == "cuda" else batch
-
-
-def profile_configs(options, rounds: int = DEFAULT_ROUNDS, memory_snapshot: bool = False,
+def profile_configs(options: SweepOptions, rounds: int = DEFAULT_ROUNDS, memory_snapshot: bool = False,
                     progress: Callable[[str], None] = print) -> list[ProfileFiles]:
     """Build each (variant, batch size) engine of ``options`` as the sweep does and profile it."""
-    from densenet_opt.sweep import Sweep
-
     sweep = Sweep(options, progress=progress)
     cuda = sweep.device.type == "cuda"
     if memory_snapshot and not cuda:
@@ -136,7 +125,7 @@ def profile_configs(options, rounds: int = DEFAULT_ROUNDS, memory_snapshot: bool
             try:
                 with cuda_memory_history(snapshot) if memory_snapshot else nullcontext():
                     engine = sweep.build_engine(variant, batch_size)
-                    batch = profile_batch(options, batch_size, sweep.device)
+                    batch = sweep.input_batch(batch_size)
                     if memory_snapshot:  # the snapshot covers the build and a few calls
                         for _ in range(rounds):
                             engine(batch)
@@ -153,7 +142,8 @@ def profile_configs(options, rounds: int = DEFAULT_ROUNDS, memory_snapshot: bool
     return written
 
 
-def add_command(commands: argparse._SubParsersAction, add_sweep_options: Callable[[argparse.ArgumentParser], None]) -> None:
+def add_command(commands: argparse._SubParsersAction) -> None:
+    """The ``profile`` subcommand: the sweep's options plus the profiler's."""
     parser = commands.add_parser(
         "profile",
         help="record PyTorch profiler traces (and CUDA memory snapshots) of chosen configs",
@@ -162,16 +152,14 @@ def add_command(commands: argparse._SubParsersAction, add_sweep_options: Callabl
         f"{TENSORBOARD_DIR}/ (tensorboard --logdir), NAME.ops.txt, and with --memory-snapshot NAME.memory.pickle "
         "(pytorch.org/memory_viz). Nothing is benchmarked.",
     )
-    add_sweep_options(parser)
+    add_sweep_options(parser.add_argument)
     parser.add_argument("--profile-rounds", default=str(DEFAULT_ROUNDS), help="engine calls recorded per config (default: %(default)s)")
     parser.add_argument("--memory-snapshot", action="store_true", help="also record a CUDA memory snapshot of each config (CUDA only)")
     parser.set_defaults(handler=run_profile)
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    from densenet_opt.config import options_from_mapping, parse_positive_int
-    from densenet_opt.sweep import preflight
-
+    """Profile the configs the options name; returns 0, raises UserError for bad input."""
     rounds = parse_positive_int("--profile-rounds", args.profile_rounds)
     options = options_from_mapping(vars(args))
     if args.memory_snapshot and options.device != "cuda":

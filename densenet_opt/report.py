@@ -1,12 +1,25 @@
-"""The results CSV: the seed's columns in the seed's order, then ours; atomic writes."""
+"""The results CSV as typed rows: one ``Row`` per (variant, batch size, device).
+
+The columns are ``Row``'s fields: the seed's columns first, in the seed's order, then
+ours. A Row holds exactly what its CSV line holds (numbers rounded as the CSV writes
+them), so a row read back equals the row written. ``speedup_vs_baseline`` is computed in
+one place, ``with_speedups``, whenever rows are written (``upsert_row``) or merged, so it
+never depends on the order the variants ran in. Writes are atomic and locked: two sweeps
+writing one directory take turns, and a crash leaves the old file or the new one.
+"""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import datetime
 import fcntl
 import io
-from collections.abc import Iterator, Mapping
+import math
+import typing
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from densenet_opt import atomic
@@ -15,65 +28,254 @@ from densenet_opt.errors import UserError
 RESULTS_FILE = "benchmark_results.csv"
 # What a failed write of results tells the user to change.
 OUTPUT_OPTION = "--output-dir"
-
-SEED_COLUMNS = (
-    "model_name",
-    "batch_size",
-    "optimization_technique",
-    "device",
-    "model_size_mb",
-    "accuracy_top_1",
-    "accuracy_top_5",
-    "ram_usage_mb",
-    "vram_usage_mb",
-    "latency_ms_per_batch",
-    "throughput_samples_per_sec",
-)
-EXTRA_COLUMNS = (
-    "status",
-    "speedup_vs_baseline",
-    "gflops_per_image",
-    "achieved_gflops_per_sec",
-    "latency_ms_stddev",
-    "latency_ms_median",
-    "latency_ms_min",
-    "latency_ms_max",
-    "latency_ms_p90",
-    "latency_ms_p99",
-    "rounds",
-    "accuracy_kind",
-    "agreement_top_1",
-    "logit_relative_error",
-    "num_samples",
-    "weights",
-    "data",
-    "vram_torch_peak_mb",
-    "cold_start_ms",
-    "engine_info",
-    "device_name",
-    "cpu",
-    "gpu_driver",
-    "python",
-    "torch",
-    "torchvision",
-    "cuda",
-    "cudnn",
-    "onnxruntime",
-    "measured_at",
-)
-COLUMNS = SEED_COLUMNS + EXTRA_COLUMNS
-KEY_COLUMNS = ("optimization_technique", "batch_size", "device")
+# The variant speedups are measured against; densenet_opt.variants registers it under this name.
+BASELINE = "baseline"
 OK = "ok"
 OUT_OF_MEMORY = "out_of_memory"
 NON_FINITE_LOGITS = "non_finite_logits"
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of a results CSV ([] when the file does not exist).
+def _number(digits: int | None = None, *, significant: int | None = None):
+    """An optional number column, rounded to ``digits`` decimals or ``significant`` digits."""
+    return field(default=None, metadata={"digits": digits, "significant": significant})
 
-    A UTF-8 byte-order mark (a spreadsheet's "CSV UTF-8") and CRLF line ends are
-    accepted; a file that is not UTF-8 text raises UserError.
+
+@dataclass(frozen=True, kw_only=True)
+class Row:
+    """One line of the results CSV, typed; the fields are the columns, in the file's order.
+
+    Only the key (``optimization_technique``, ``batch_size``, ``device``) is required: a
+    row that records a fault (``status`` out_of_memory, non_finite_logits) has the key,
+    ``status``, ``device_name`` and ``measured_at``, every other field None. Units are in
+    the names (ms, MiB as ``_mb``, samples/s, GFLOP); accuracies are percentages.
+
+    Floats are rounded on construction to what the CSV keeps (latencies and accuracies
+    to 2 decimals, memory to 1, speedup to 3, the logit relative error to 3 significant
+    digits), so ``Row.from_csv(row.as_csv()) == row``. An empty optional text becomes
+    None. Raises TypeError for a value of the wrong type (text for a number, a float for
+    an int) and ValueError for a non-finite number, naming the column.
     """
+
+    # The seed's columns, in the seed's order.
+    model_name: str | None = None
+    batch_size: int
+    optimization_technique: str
+    device: str  # "cpu" or "cuda"
+    model_size_mb: float | None = _number(2)
+    accuracy_top_1: float | None = _number(2)
+    accuracy_top_5: float | None = _number(2)
+    ram_usage_mb: float | None = _number(1)
+    vram_usage_mb: float | None = _number(1)
+    latency_ms_per_batch: float | None = _number(2)
+    throughput_samples_per_sec: float | None = _number(2)
+    # Ours.
+    status: str = OK
+    speedup_vs_baseline: float | None = _number(3)
+    gflops_per_image: float | None = _number(3)
+    achieved_gflops_per_sec: float | None = _number(1)
+    latency_ms_stddev: float | None = _number(2)
+    latency_ms_median: float | None = _number(2)
+    latency_ms_min: float | None = _number(2)
+    latency_ms_max: float | None = _number(2)
+    latency_ms_p90: float | None = _number(2)
+    latency_ms_p99: float | None = _number(2)
+    rounds: int | None = None
+    accuracy_kind: str | None = None
+    agreement_top_1: float | None = _number(2)
+    logit_relative_error: float | None = _number(significant=3)
+    num_samples: int | None = None
+    weights: str | None = None
+    data: str | None = None
+    vram_torch_peak_mb: float | None = _number(1)
+    cold_start_ms: float | None = _number(1)
+    engine_info: str | None = None  # "key=value;key=value"
+    device_name: str | None = None
+    cpu: str | None = None
+    gpu_driver: str | None = None
+    python: str | None = None
+    torch: str | None = None
+    torchvision: str | None = None
+    cuda: str | None = None
+    cudnn: str | None = None
+    onnxruntime: str | None = None
+    measured_at: str | None = None  # UTC, ISO 8601 to the second (utc_timestamp)
+
+    def __post_init__(self) -> None:
+        for column in dataclasses.fields(self):
+            value = getattr(self, column.name)
+            if value is not None:
+                object.__setattr__(self, column.name, _checked(column, value))
+
+    @classmethod
+    def from_csv(cls, record: Mapping[str, str | None]) -> Row:
+        """The row a CSV line holds (``record``: column -> text, as csv.DictReader gives it).
+
+        Columns the record lacks, or leaves empty, are None (files of older versions lack
+        some); an empty ``status`` is OK. Raises ValueError naming the column and its text
+        for a number column that holds no finite number, or a missing key column."""
+        values: dict[str, object] = {}
+        for name in COLUMNS:
+            text = record.get(name)
+            if text is not None and text.strip():
+                values[name] = _parse(name, text)
+        missing = [name for name in KEY_COLUMNS if name not in values]
+        if missing:
+            raise ValueError(f"{missing[0]} is {record.get(missing[0]) or ''!r}: every row needs {', '.join(KEY_COLUMNS)}")
+        return cls(**values)
+
+    def as_csv(self) -> dict[str, str]:
+        """Column -> the text the CSV holds: "" for None, the logit relative error in
+        ``%.3g`` form, other numbers as Python prints them (``60.0``, ``4``)."""
+        return {column.name: _text(column, getattr(self, column.name)) for column in dataclasses.fields(self)}
+
+    def as_dict(self) -> dict[str, str | int | float | None]:
+        """Column -> value, JSON-safe (numbers finite, None for a missing value): what a
+        pytest-benchmark ``extra_info`` records."""
+        return {name: getattr(self, name) for name in COLUMNS}
+
+    @property
+    def variant(self) -> str:
+        """The optimization_technique column: the registered variant's name."""
+        return self.optimization_technique
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        """(variant, batch size, device): a file holds one row per key; a new one replaces it."""
+        return self.optimization_technique, self.batch_size, self.device
+
+    @property
+    def speedup_key(self) -> tuple[int, str, str | None]:
+        """(batch size, device, device_name): what the baseline row a speedup divides by shares."""
+        return self.batch_size, self.device, self.device_name
+
+    @property
+    def measured(self) -> bool:
+        """True for a row with a measured latency (status ok), False for a fault row."""
+        return self.status == OK and self.latency_ms_per_batch is not None
+
+    @property
+    def memory_mb(self) -> float | None:
+        """The memory that limits a deployment (MiB): VRAM on a GPU, RAM on the CPU."""
+        return self.vram_usage_mb if self.device == "cuda" else self.ram_usage_mb
+
+    @property
+    def memory_kind(self) -> str:
+        """What memory_mb is: "VRAM" on cuda, "RAM" otherwise."""
+        return "VRAM" if self.device == "cuda" else "RAM"
+
+    @property
+    def label(self) -> str:
+        """The config in words, as messages name it: "onnx at batch 8 on cuda"."""
+        return f"{self.variant} at batch {self.batch_size} on {self.device}"
+
+    @property
+    def engine_details(self) -> dict[str, str]:
+        """The engine_info column ("k=v;k=v") as a dict."""
+        pairs = (part.partition("=") for part in (self.engine_info or "").split(";"))
+        return {key.strip(): value.strip() for key, sep, value in pairs if sep}
+
+    @property
+    def gflops(self) -> float | None:
+        """GFLOP per image: the column, else what engine_info recorded (files of older versions)."""
+        if self.gflops_per_image is not None:
+            return self.gflops_per_image
+        try:
+            value = float(self.engine_details.get("gflops_per_image", "nan"))
+        except ValueError:
+            return None
+        return value if math.isfinite(value) else None
+
+    @property
+    def achieved_gflops(self) -> float | None:
+        """Achieved GFLOP/s: the column, else ``gflops`` x samples/s; None when either is unknown."""
+        if self.achieved_gflops_per_sec is not None:
+            return self.achieved_gflops_per_sec
+        if self.gflops is None or self.throughput_samples_per_sec is None:
+            return None
+        return self.gflops * self.throughput_samples_per_sec
+
+
+_TYPES = typing.get_type_hints(Row)
+COLUMNS: tuple[str, ...] = tuple(column.name for column in dataclasses.fields(Row))
+SEED_COLUMNS = COLUMNS[:11]
+EXTRA_COLUMNS = COLUMNS[11:]
+KEY_COLUMNS = ("optimization_technique", "batch_size", "device")
+
+
+def _kind(name: str) -> type:
+    """int, float or str: the type a column holds when it holds a value."""
+    hint = _TYPES[name]
+    return next(kind for kind in (int, float, str) if hint is kind or kind in typing.get_args(hint))
+
+
+def _checked(column: dataclasses.Field, value: object) -> object:
+    """``value`` as ``column`` holds it (rounded, "" -> None for optional text), or TypeError/ValueError."""
+    kind = _kind(column.name)
+    if kind is str:
+        if not isinstance(value, str):
+            raise TypeError(f"{column.name} must be text, got {value!r}")
+        return None if value == "" and type(None) in typing.get_args(_TYPES[column.name]) else value
+    if isinstance(value, bool) or not isinstance(value, int if kind is int else int | float):
+        raise TypeError(f"{column.name} must be {'an int' if kind is int else 'a number'}, got {value!r}")
+    if kind is int:
+        return value
+    if not math.isfinite(value):
+        raise ValueError(f"{column.name} is {value!r}, not a number")
+    if column.metadata["significant"] is not None:
+        return float(f"{value:.{column.metadata['significant']}g}")
+    if column.metadata["digits"] is not None:
+        return round(float(value), column.metadata["digits"])
+    return float(value)
+
+
+def _parse(name: str, text: str) -> object:
+    """A CSV cell as its column's type; ValueError naming the column and the text otherwise."""
+    kind = _kind(name)
+    if kind is str:
+        return text
+    try:
+        number = float(text)
+        if not math.isfinite(number) or (kind is int and not number.is_integer()):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{name} is {text!r}, not {'a whole number' if kind is int else 'a number'}") from None
+    return int(number) if kind is int else number
+
+
+def _text(column: dataclasses.Field, value: object) -> str:
+    if value is None:
+        return ""
+    if column.metadata.get("significant") is not None:
+        return f"{value:.{column.metadata['significant']}g}"
+    return str(value)
+
+
+def utc_timestamp() -> str:
+    """Now as ``measured_at`` holds it: UTC, ISO 8601 to the second ("2025-01-31T12:00:00+00:00")."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def with_speedups(rows: Iterable[Row]) -> list[Row]:
+    """``rows`` (same order) with ``speedup_vs_baseline`` = the latency of the baseline row of
+    the same batch size, device and device_name / the row's latency, for every measured row
+    (1.0 for the baseline row itself); None for a fault row or when no baseline row is there.
+    Rounded to 3 digits (Row's rounding). The one place the column is computed: whatever
+    order rows were measured or merged in, the same rows give the same speedups. (A speedup
+    measured beside its variant, when rows carry one, would be kept here instead.)"""
+    rows = list(rows)
+    baseline_ms = {r.speedup_key: r.latency_ms_per_batch for r in rows if r.variant == BASELINE and r.measured}
+    return [dataclasses.replace(r, speedup_vs_baseline=_speedup(baseline_ms.get(r.speedup_key), r)) for r in rows]
+
+
+def _speedup(baseline_ms: float | None, row: Row) -> float | None:
+    if baseline_ms is None or not row.measured or not row.latency_ms_per_batch:
+        return None
+    return baseline_ms / row.latency_ms_per_batch
+
+
+def _read_records(path: Path) -> list[dict[str, str]]:
+    """The lines of a CSV as column -> text ([] when the file does not exist); UserError
+    for a file that is not UTF-8 text or not CSV."""
     if not path.exists():
         return []
     try:
@@ -82,6 +284,75 @@ def read_rows(path: Path) -> list[dict[str, str]]:
             return list(csv.DictReader(handle))
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text: pass a {RESULTS_FILE} written by densenet-opt.") from None
+    except csv.Error as error:
+        raise UserError(f"{path} is not a readable CSV ({error}): pass a {RESULTS_FILE} written by densenet-opt.") from None
+
+
+def _bad_line(path: Path, line: int, problem: str) -> UserError:
+    return UserError(f"results file {path}, line {line}: {problem}; fix or delete that row")
+
+
+def _parse_records(path: Path, records: list[dict[str, str]]) -> list[Row]:
+    rows = []
+    for line, record in enumerate(records, start=2):  # line 1 is the header
+        try:
+            rows.append(Row.from_csv(record))
+        except ValueError as error:
+            raise _bad_line(path, line, str(error)) from None
+    return rows
+
+
+def read_rows(path: Path) -> list[Row]:
+    """The rows of a results CSV, in file order ([] when the file does not exist).
+
+    A UTF-8 byte-order mark (a spreadsheet's "CSV UTF-8") and CRLF line ends are
+    accepted. Raises UserError for a file that is not UTF-8 CSV, and for a line whose
+    number column holds no number or that lacks a key column (naming line and column)."""
+    return _parse_records(path, _read_records(path))
+
+
+# The columns a results file must have for reports (summary, plots, recommend).
+REQUIRED_COLUMNS = (
+    "optimization_technique", "batch_size", "device",
+    "latency_ms_per_batch", "throughput_samples_per_sec", "ram_usage_mb", "vram_usage_mb",
+)
+
+
+def results_path(path: Path) -> Path:
+    """A results file, or a sweep's output directory holding one."""
+    return path / RESULTS_FILE if path.is_dir() else path
+
+
+def load_results(path: Path) -> list[Row]:
+    """The measured rows of a results CSV (or of a sweep's output directory); see load_table."""
+    return load_table(path)[0]
+
+
+def load_table(path: Path) -> tuple[list[Row], list[Row]]:
+    """The measured rows and the fault rows (status out_of_memory, ...) of a results CSV or
+    a sweep's output directory, in file order. A missing, empty or foreign file, a bad line,
+    or a file without a measured row raises UserError: one sentence naming the file."""
+    path = results_path(Path(path))
+    if not path.is_file():
+        raise UserError(f"results file {path} does not exist: run `densenet-opt sweep` first, or pass the {RESULTS_FILE} it wrote")
+    records = _read_records(path)
+    if not records:
+        raise UserError(f"results file {path} holds no rows: run a sweep that measures at least one (variant, batch size)")
+    missing = [column for column in REQUIRED_COLUMNS if column not in records[0]]
+    if missing:
+        raise UserError(f"results file {path} has no column {', '.join(missing)}: pass a {RESULTS_FILE} written by `densenet-opt sweep`")
+    measured, faults = [], []
+    for line, row in enumerate(_parse_records(path, records), start=2):
+        if row.status != OK:
+            faults.append(row)
+            continue
+        empty = [column for column in REQUIRED_COLUMNS if getattr(row, column) is None]
+        if empty:
+            raise _bad_line(path, line, f"{empty[0]} is empty in a row with status {OK}")
+        measured.append(row)
+    if not measured:
+        raise UserError(f"results file {path} holds no measured row ({len(faults)} configs failed, see its status column)")
+    return measured, faults
 
 
 @contextmanager
@@ -111,26 +382,26 @@ def write_text_atomic(path: Path, text: str, option: str = OUTPUT_OPTION) -> Non
     atomic.write_text(path, text, option=option)
 
 
-def upsert_row(path: Path, row: Mapping[str, object]) -> None:
-    """Add ``row``, replacing an earlier one for the same variant, batch size and device.
-    Raises ValueError for a column that is not in COLUMNS, UserError when the file cannot
+def write_rows(path: Path, rows: Iterable[Row]) -> None:
+    """Write ``rows`` as the whole CSV at ``path`` (header COLUMNS), atomically, as they are:
+    callers that change rows pass them through with_speedups first. Raises UserError when
+    the file cannot be written (disk full, read-only); the old file is then left as it was."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(row.as_csv() for row in rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def upsert_row(path: Path, row: Row) -> None:
+    """Add ``row`` to the CSV at ``path``, replacing an earlier one with the same ``key``
+    (variant, batch size, device), and recompute every row's speedup_vs_baseline. Raises
+    TypeError for anything but a Row, UserError when the file holds a bad line or cannot
     be written (disk full, read-only); the file is then left as it was."""
-    unknown = set(row) - set(COLUMNS)
-    if unknown:
-        raise ValueError(f"not results columns: {sorted(unknown)}")
+    if not isinstance(row, Row):
+        raise TypeError(f"upsert_row takes a report.Row, got {type(row).__name__}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
-        key = tuple(str(row.get(column, "")) for column in KEY_COLUMNS)
-        rows = [r for r in read_rows(path) if tuple(r.get(c, "") for c in KEY_COLUMNS) != key]
-        rows.append({column: row.get(column, "") for column in COLUMNS})
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text_atomic(path, buffer.getvalue())
-
-
-def markdown_table(rows: list[Mapping[str, str]], columns: tuple[str, ...]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
-    return "\n".join(lines)
+        rows = [r for r in read_rows(path) if r.key != row.key]
+        write_rows(path, with_speedups([*rows, row]))

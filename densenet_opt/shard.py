@@ -1,8 +1,8 @@
 """One sweep over every visible GPU: one process per GPU, results merged into one CSV and one JSON.
 
 pytest-benchmark turns itself off under pytest-xdist, so parallelism comes from whole
-sweeps instead: each GPU gets a process pinned to it with CUDA_VISIBLE_DEVICES that runs
-``densenet-opt sweep`` on its share of the (variant, batch size) configs, into its own
+sweeps instead: each GPU gets a process pinned to it with CUDA_VISIBLE_DEVICES that runs the sweep
+(runner.main, its options as JSON on standard input) on its share of the (variant, batch size) configs, into its own
 directory under OUTPUT_DIR/shards/, and the parent merges what they wrote. With one GPU,
 or on the CPU, it is a plain sweep.
 
@@ -25,10 +25,15 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from densenet_opt.config import SweepOptions
+from pytest_benchmark.storage.file import FileStorage
+from pytest_benchmark.utils import get_machine_id
+
+from densenet_opt import atomic, baselines, gate
+from densenet_opt.config import SweepOptions, options_from_mapping
 from densenet_opt.errors import UserError
-from densenet_opt import atomic
-from densenet_opt.report import COLUMNS, KEY_COLUMNS, OUTPUT_OPTION, RESULTS_FILE, read_rows
+from densenet_opt.runner import run_sweep
+from densenet_opt.sweep import Sweep, preflight
+from densenet_opt.report import OUTPUT_OPTION, RESULTS_FILE, Row, read_rows, with_speedups, write_rows
 
 SHARDS_DIR = "shards"
 BENCHMARK_JSON = "benchmark.json"
@@ -115,56 +120,21 @@ def plan_shards(variants: Sequence[str], batch_sizes: Sequence[int], gpus: Seque
 # Merging
 
 
-def _key(row: Mapping[str, str]) -> tuple[str, ...]:
-    return tuple(str(row.get(column, "")) for column in KEY_COLUMNS)
-
-
-def merge_results(sources: Iterable[Path], target: Path) -> list[dict[str, str]]:
+def merge_results(sources: Iterable[Path], target: Path) -> list[Row]:
     """Upsert every row of ``sources`` into ``target`` (rows of configs not measured now stay,
-    as in a plain sweep); a later source wins for the same variant, batch size and device.
-    Raises UserError when ``target`` cannot be written (disk full, read-only)."""
-    merged: dict[tuple[str, ...], dict[str, str]] = {_key(row): row for row in read_rows(target)}
-    columns = list(COLUMNS)
+    as in a plain sweep); a later source wins for the same key (variant, batch size,
+    device) and moves to the end, as upsert_row does. Speedups are recomputed over the
+    merged rows (report.with_speedups): a shard without the baseline variant could not
+    compute its own. Returns the rows written; a missing source is skipped. Raises
+    UserError for a source with a bad line, or when ``target`` cannot be written."""
+    merged = {row.key: row for row in read_rows(target)}
     for source in sources:
-        rows = read_rows(source)
-        for row in rows:
-            merged.pop(_key(row), None)  # a re-measured config moves to the end, as upsert_row does
-            merged[_key(row)] = row
-            columns += [column for column in row if column not in columns]
-    rows = fill_speedups([{column: row.get(column, "") for column in columns} for row in merged.values()])
-    _write_csv(target, columns, rows)
+        for row in read_rows(source):
+            merged.pop(row.key, None)
+            merged[row.key] = row
+    rows = with_speedups(merged.values())
+    write_rows(target, rows)
     return rows
-
-
-SPEEDUP = "speedup_vs_baseline"
-
-
-def fill_speedups(rows: list[dict[str, str]]) -> list[dict[str, str]]:
-    """A shard without the baseline variant cannot compute its speedups; after merging, the
-    baseline row of the same batch size on the same kind of device can."""
-    from densenet_opt.variants import BASELINE
-
-    baseline = {
-        (r["batch_size"], r["device"], r.get("device_name", "")): r["latency_ms_per_batch"]
-        for r in rows if r["optimization_technique"] == BASELINE and r.get("latency_ms_per_batch")
-    }
-    for row in rows:
-        reference = baseline.get((row["batch_size"], row["device"], row.get("device_name", "")))
-        if SPEEDUP in row and not row[SPEEDUP] and reference and row.get("latency_ms_per_batch"):
-            row[SPEEDUP] = str(round(float(reference) / float(row["latency_ms_per_batch"]), 3))
-    return rows
-
-
-def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, str]]) -> None:
-    import csv
-    import io
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows({column: row.get(column, "") for column in columns} for row in rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(path, buffer.getvalue(), option=OUTPUT_OPTION)
 
 
 def merge_benchmark_json(sources: Iterable[Path], target: Path) -> dict | None:
@@ -215,38 +185,48 @@ def _safe(text: str) -> str:
 
 def seed_shard(results: Path, shard: Shard, device: str, directory: Path) -> None:
     """Give a shard the rows already measured for its own configs, so --resume and
-    upserts behave as they do in one directory."""
-    configs = {(variant, str(size), device) for variant, size in shard.configs}
-    rows = [row for row in read_rows(results) if _key(row) in configs]
+    upserts behave as they do in one directory. Raises UserError when ``results`` holds a
+    bad line or the shard's CSV cannot be written."""
+    configs = {(variant, size, device) for variant, size in shard.configs}
+    rows = [row for row in read_rows(results) if row.key in configs]
     directory.mkdir(parents=True, exist_ok=True)
     if rows:
-        _write_csv(directory / RESULTS_FILE, list(rows[0]), rows)
+        write_rows(directory / RESULTS_FILE, rows)
 
 
-def shard_command(python: str, options: SweepOptions, shard: Shard, directory: Path,
-                  sweep_flags: Sequence[str], pytest_args: Sequence[str]) -> list[str]:
-    own = dataclasses.replace(options, variants=shard.variants, batch_sizes=shard.batch_sizes, output_dir=directory)
-    command = [python, "-m", "densenet_opt", "sweep", *own.to_args(), *sweep_flags]
-    return command + (["--", *pytest_args] if pytest_args else [])
+def shard_request(options: SweepOptions, shard: Shard, directory: Path, pytest_args: Sequence[str]) -> str:
+    """What one shard's process reads on standard input (runner.main): its share of the
+    options, as data. A shard compares latency with the stored run itself; the speedups are
+    checked and the baseline stored once, by the parent, from the merged results."""
+    own = dataclasses.replace(options, variants=shard.variants, batch_sizes=shard.batch_sizes,
+                              output_dir=directory, save_baseline=False)
+    return json.dumps({"options": own.to_dict(), "pytest_args": list(pytest_args)})
 
 
-def run_shards(commands: Sequence[tuple[Shard, Path, list[str]]], environ: Mapping[str, str] | None = None) -> list[int]:
-    """Run the commands, the ones of one GPU in turn and the GPUs at once; each process sees
-    only its GPU. Output goes to DIR/sweep.log and, prefixed with the GPU, to stdout."""
+SHARD_COMMAND = ("-m", "densenet_opt.runner")
+
+
+def run_shards(commands: Sequence[tuple[Shard, Path, str]], *, python: str = sys.executable,
+               environ: Mapping[str, str] | None = None) -> list[int]:
+    """Run one process per (shard, directory, request), the ones of one GPU in turn and the
+    GPUs at once; each process sees only its GPU. Output goes to DIR/sweep.log and, prefixed
+    with the GPU, to stdout. Returns each process's exit code."""
     environ = dict(os.environ if environ is None else environ)
     codes = [0] * len(commands)
     printing = threading.Lock()
 
     def run_gpu(gpu: str) -> None:
-        for index, (shard, directory, command) in enumerate(commands):
+        for index, (shard, directory, request) in enumerate(commands):
             if shard.gpu != gpu:
                 continue
             with printing:
                 sizes = ",".join(map(str, shard.batch_sizes))
                 print(f"[gpu {gpu}] {', '.join(shard.variants)} at batch sizes {sizes} -> {directory}", flush=True)
             with (directory / "sweep.log").open("w") as log:
-                process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                           env={**environ, "CUDA_VISIBLE_DEVICES": gpu})
+                process = subprocess.Popen([python, *SHARD_COMMAND], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT, text=True, env={**environ, "CUDA_VISIBLE_DEVICES": gpu})
+                process.stdin.write(request)
+                process.stdin.close()
                 for line in process.stdout:
                     log.write(line)
                     with printing:
@@ -262,26 +242,22 @@ def run_shards(commands: Sequence[tuple[Shard, Path, list[str]]], environ: Mappi
 
 
 def sweep_on_gpus(
-    options: SweepOptions, gpus: Sequence[str], pytest_args: Sequence[str], gate: argparse.Namespace | None = None,
+    options: SweepOptions, gpus: Sequence[str], pytest_args: Sequence[str],
     *, python: str = sys.executable, environ: Mapping[str, str] | None = None,
 ) -> int:
     """The sharded sweep; returns the exit code (the first failing shard's, or the gate's)."""
-    from densenet_opt import baselines
-
     shards = plan_shards(options.variants, options.batch_sizes, gpus)
     output_dir = options.output_dir
     shutil.rmtree(output_dir / SHARDS_DIR, ignore_errors=True)  # a stale shard would merge old rows back
     results = output_dir / RESULTS_FILE
     directories = shard_dirs(output_dir, shards)
-    # Each shard checks latency itself; saving happens once, below, from the merged results.
-    flags = _compare_flags(gate) if gate is not None and gate.compare_baseline else []
     commands = []
     for shard, directory in zip(shards, directories, strict=True):
         seed_shard(results, shard, options.device, directory)
-        commands.append((shard, directory, shard_command(python, options, shard, directory, flags, pytest_args)))
+        commands.append((shard, directory, shard_request(options, shard, directory, pytest_args)))
     used = ", ".join(dict.fromkeys(s.gpu for s in shards))
     print(f"sweeping {len(shards)} shards on GPUs {used}; logs in {output_dir / SHARDS_DIR}", flush=True)
-    codes = run_shards(commands, environ)
+    codes = run_shards(commands, python=python, environ=environ)
     rows = merge_results([d / RESULTS_FILE for d in directories], results)
     merged_json = merge_benchmark_json([d / BENCHMARK_JSON for d in directories], output_dir / BENCHMARK_JSON)
     print(f"\nmerged results: {results}" + ("" if merged_json else " (no shard wrote a benchmark JSON)"))
@@ -290,42 +266,24 @@ def sweep_on_gpus(
     for failure in failed:
         print(f"shard failed: {failure}")
     code = next((c for c in codes if c != 0), 0)
-    if gate is not None and gate.compare_baseline:
-        stored = baselines.load_speedups(baselines.speedups_file(options.device, gate.baseline_dir))
-        problems = baselines.speedup_regressions(rows, options.device, stored, gate.max_speedup_drop)
-        for problem in problems:
-            print(f"SPEEDUP REGRESSION (all GPUs): {problem}")
-        code = code or (1 if problems else 0)
-    if gate is not None and gate.save_baseline and code == 0 and merged_json:
-        save_baseline(merged_json, rows, options.device, gate.baseline_dir)
-    from densenet_opt.summary import summarize_after_sweep
-
-    summarize_after_sweep(output_dir)
+    if options.save_baseline and code == 0 and merged_json:
+        store_benchmark_run(merged_json, options.device, options.baseline_dir)
+    if gate.close_sweep(options, measured_ok=code == 0):
+        code = code or 1
     return code
 
 
-def _compare_flags(gate: argparse.Namespace) -> list[str]:
-    return ["--compare-baseline", f"--baseline-dir={gate.baseline_dir}", f"--max-regression={gate.max_regression}",
-            f"--max-speedup-drop={gate.max_speedup_drop}"]
-
-
-def save_baseline(merged_json: dict, rows: list[dict[str, str]], device: str, directory: Path) -> None:
-    """What ``sweep --save-baseline`` stores, from the merged run: pytest-benchmark's
-    per-machine JSON (named as --benchmark-save names it) and the speedups. Raises
-    UserError when either cannot be written (disk full, read-only)."""
-    from pytest_benchmark.storage.file import FileStorage
-    from pytest_benchmark.utils import get_machine_id
-
-    from densenet_opt import baselines
-
+def store_benchmark_run(merged_json: dict, device: str, directory: Path) -> Path:
+    """What ``sweep --save-baseline`` stores of pytest-benchmark's, from the merged run: its
+    per-machine JSON, named as --benchmark-save names it (the speedups are stored by
+    gate.close_sweep). Raises UserError when it cannot be written (disk full, read-only)."""
     stored = {**merged_json, "benchmarks": [
         {**b, "stats": {k: v for k, v in b.get("stats", {}).items() if k != "data"}} for b in merged_json["benchmarks"]
     ]}
     storage = FileStorage(directory, logging.getLogger(__name__), default_machine_id=get_machine_id())
-    baselines.store_run(storage, stored, device)
-    path = baselines.speedups_file(device, directory)
-    baselines.save_speedups(rows, device, path)
-    print(f"stored the merged run as this machine's {device} baseline in {directory} and speedups in {path}")
+    path = baselines.store_run(storage, stored, device)
+    print(f"stored the merged run as this machine's {device} baseline: {path}")
+    return path
 
 
 # ---------------------------------------------------------------------------------------
@@ -333,6 +291,7 @@ def save_baseline(merged_json: dict, rows: list[dict[str, str]], device: str, di
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:
+    """The ``sweep-gpus`` subcommand: the sweep's options plus --gpus."""
     parser = commands.add_parser(
         "sweep-gpus",
         parents=[commands.choices["sweep"]],  # every sweep option, the baseline gate, pytest args after --
@@ -348,10 +307,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_sweep_gpus(args: argparse.Namespace) -> int:
-    from densenet_opt.cli import run_sweep
-    from densenet_opt.config import options_from_mapping
-    from densenet_opt.sweep import Sweep, preflight
-
+    """The ``sweep-gpus`` subcommand; returns the exit code, raises UserError for bad input."""
     options = options_from_mapping(vars(args))
     preflight(options)
     if options.device != "cuda" and args.gpus.strip() not in ("", "all"):
@@ -359,6 +315,6 @@ def run_sweep_gpus(args: argparse.Namespace) -> int:
     gpus = parse_gpus(args.gpus) if options.device == "cuda" else []
     # One visible GPU is a plain sweep; one GPU named with --gpus still needs its own pinned process.
     if options.device != "cuda" or (len(gpus) <= 1 and args.gpus.strip() in ("", "all")):
-        return run_sweep(options, args.pytest_args, args)
+        return run_sweep(options, args.pytest_args)
     _ = Sweep(options).weights  # resolve (and cache) the weights once, not in every process at once
-    return sweep_on_gpus(options, gpus, args.pytest_args, args)
+    return sweep_on_gpus(options, gpus, args.pytest_args)

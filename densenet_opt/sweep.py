@@ -6,7 +6,6 @@ The CLI, nox and pytest all go through this class; the pytest fixtures only wire
 from __future__ import annotations
 
 import copy
-import datetime
 import errno
 import gc
 import re
@@ -16,7 +15,7 @@ from functools import cached_property
 
 import torch
 
-from densenet_opt import data, model
+from densenet_opt import baselines, data, model
 from densenet_opt.accuracy import Fidelity, NonFiniteLogits, fidelity, predict
 from densenet_opt.config import SweepOptions
 from densenet_opt.flops import count_flops
@@ -24,9 +23,9 @@ from densenet_opt.errors import UserError
 from densenet_opt.measure.env import environment_info
 from densenet_opt.measure.memory import MIB
 from densenet_opt.measure.probe import ProbeResult, run_probe
-from densenet_opt.measure.timing import LatencyStats
-from densenet_opt.report import NON_FINITE_LOGITS, OK, OUT_OF_MEMORY, RESULTS_FILE, read_rows, upsert_row
-from densenet_opt.variants import BASELINE, BuildContext, Engine, get_variant
+from densenet_opt.measure.timing import LatencyStats, benchmark_call
+from densenet_opt.report import NON_FINITE_LOGITS, OK, OUT_OF_MEMORY, RESULTS_FILE, Row, read_rows, upsert_row, utc_timestamp
+from densenet_opt.variants import BuildContext, Engine, get_variant, parse_variant_options
 from densenet_opt.variants.torch_engine import TorchEngine
 
 MODEL_NAME = "Densenet121"
@@ -35,8 +34,9 @@ MAX_REFERENCE_BATCH = 32
 
 
 def preflight(options: SweepOptions) -> None:
-    """Find bad input (data layout, sample count, a weights file, the output directory)
-    in seconds, before a run that takes minutes; raises UserError."""
+    """Find bad input (data layout, sample count, a weights file, the output directory, a
+    stored baseline to compare with) in seconds, before a run that takes minutes; raises
+    UserError."""
     try:
         options.output_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=options.output_dir):
@@ -45,23 +45,34 @@ def preflight(options: SweepOptions) -> None:
         raise UserError(f"cannot write results to {options.output_dir} ({error.strerror}): choose another --output-dir") from None
     if options.imagenet_val is not None:
         data.select_samples(options.imagenet_val, options.num_samples, ground_truth=options.ground_truth)
+    if options.compare_baseline:  # a corrupt or missing stored baseline, before measuring
+        baselines.check_benchmark_storage(options.baseline_dir)
+        baselines.load_speedups(baselines.speedups_file(options.device, options.baseline_dir))
     if options.weights not in (model.AUTO, model.SYNTHETIC, model.TORCHVISION):
         weights = model.resolve_weights(options.weights, cache_dir=options.cache_dir, allow_pickle=options.allow_unsafe_weights)
         model.check_compatible(model.densenet121(weights=None).state_dict(), weights)
 
 
+class ConfigFault(Exception):
+    """A config's measurement ended in a fault that is itself a result (``status``: out of
+    memory, NaN logits); its row is already written. Raised by Sweep.measure."""
+
+    def __init__(self, status: str, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.status = status
+
+
 class Sweep:
+    """One sweep's shared state (weights, evaluation data, fp32 reference logits, probes)
+    and the measurement of one (variant, batch size): what the pytest plugin, the CLI and
+    nox all go through."""
+
     def __init__(self, options: SweepOptions, progress: Callable[[str], None] = print) -> None:
         self.options = options
         self.device = torch.device(options.device)
         self.progress = progress
         self._fidelity: dict[str, Fidelity] = {}
         self._probes: dict[tuple[str, int], ProbeResult] = {}
-        self._baseline_latency_ms: dict[int, float] = {}
-        if options.resume:  # speedups of resumed configs still compare with the baseline measured before
-            for row in self.completed_rows():
-                if row["optimization_technique"] == BASELINE:
-                    self._baseline_latency_ms[int(row["batch_size"])] = float(row["latency_ms_per_batch"])
 
     @cached_property
     def weights(self) -> model.Weights:
@@ -112,9 +123,40 @@ class Sweep:
             calibration_samples=self.options.calibration_samples,
             weights_key=self.weights.key,
             cache_dir=self.options.cache_dir,
-            options=self.options.variant_options,
+            options=parse_variant_options(self.options.variant_options),
             progress=self.progress,
         )
+
+    def measure(self, variant: str, batch_size: int, engine: Engine, benchmark) -> Row | None:
+        """Measure one config and write its row: fidelity (once per variant), memory and cold
+        start in a fresh process, then ``rounds`` timed calls through pytest-benchmark's
+        ``benchmark`` fixture; everything but the engine call happens before timing starts.
+
+        Returns the Row written, or None under ``--benchmark-disable`` (nothing timed, no
+        row). Raises ConfigFault (row written with its status) for out of memory or
+        non-finite logits, VariantUnavailable when the fresh process cannot build the
+        variant, UserError for a problem the user can fix; anything else propagates."""
+        try:
+            accuracy = self.fidelity(variant, engine, batch_size)
+            memory = self.probe(variant, batch_size)
+            batch = self.input_batch(batch_size)
+            latency = benchmark_call(
+                benchmark, engine, batch, rounds=self.options.rounds, warmup_rounds=self.options.warmup_rounds
+            )
+        except Exception as error:
+            status = self.record_fault(variant, batch_size, error)
+            if status is None:
+                raise
+            raise ConfigFault(status, error) from error
+        if latency is None:
+            return None
+        row = self.result_row(variant, batch_size, engine, latency, accuracy, memory)
+        self.write_row(row)
+        self.progress(
+            f"{variant} batch {batch_size}: {row.latency_ms_per_batch} ms/batch, "
+            f"{row.throughput_samples_per_sec} samples/s, top-1 {row.accuracy_top_1}% ({row.accuracy_kind})"
+        )
+        return row
 
     def build_engine(self, variant: str, batch_size: int) -> Engine:
         """Raises VariantUnavailable when the variant cannot run on this device."""
@@ -131,19 +173,30 @@ class Sweep:
 
     @property
     def reference_batch_size(self) -> int:
-        """The batch the fp32 reference runs at: the smallest timed batch size, at most
-        MAX_REFERENCE_BATCH. Never the largest: a batch size too large for memory must cost
-        only its own row, not the reference every other config is compared with."""
-        return min(min(self.options.batch_sizes), MAX_REFERENCE_BATCH)
+        """The batch the fp32 reference starts at: the largest timed batch size, at most
+        MAX_REFERENCE_BATCH (eager fp32 accepts any batch, so this is only a speed choice)."""
+        return min(max(self.options.batch_sizes), MAX_REFERENCE_BATCH)
 
     @cached_property
     def reference_logits(self) -> torch.Tensor:
         """The fp32 model's logits, float32 [num_samples, 1000], over the same image stream
-        the variants are evaluated on, at reference_batch_size."""
-        self.progress(f"fp32 reference logits on {len(self.eval_set)} images at batch {self.reference_batch_size}")
+        the variants are evaluated on. Halves its batch on out of memory (down to 1): a batch
+        size too large for this machine must cost only its own row, never the reference that
+        every other config is compared with."""
         engine = TorchEngine(self.reference_model().to(self.device), self.device, model_size_bytes=0)
+        batch_size = self.reference_batch_size
         try:
-            return predict(engine, self.eval_set, self.reference_batch_size)
+            while True:
+                self.progress(f"fp32 reference logits on {len(self.eval_set)} images at batch {batch_size}")
+                try:
+                    return predict(engine, self.eval_set, batch_size)
+                except Exception as error:
+                    if batch_size == 1 or classify_fault(error) != OUT_OF_MEMORY:
+                        raise
+                    gc.collect()
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    batch_size //= 2
         finally:
             engine.close()
 
@@ -192,58 +245,58 @@ class Sweep:
     def result_row(
         self, variant: str, batch_size: int, engine: Engine, latency: LatencyStats,
         accuracy: Fidelity, memory: ProbeResult,
-    ) -> dict[str, object]:
-        if variant == BASELINE:
-            self._baseline_latency_ms[batch_size] = latency.mean_ms
-        baseline_ms = self._baseline_latency_ms.get(batch_size)
+    ) -> Row:
+        """The results row of one measured config (Row rounds as the CSV keeps it). Its
+        speedup_vs_baseline is left empty: report.with_speedups fills it in from the
+        file's baseline row when the row is written (write_row)."""
         gflops = self.gflops_per_image(engine)
         throughput = batch_size * 1e3 / latency.mean_ms
-        return {
-            "model_name": MODEL_NAME,
-            "batch_size": batch_size,
-            "optimization_technique": variant,
-            "device": self.device.type,
-            "model_size_mb": round(engine.model_size_bytes / MIB, 2),
-            "accuracy_top_1": round(accuracy.top1, 2),
-            "accuracy_top_5": round(accuracy.top5, 2),
-            "ram_usage_mb": round(memory.ram_usage_mb, 1),
-            "vram_usage_mb": round(memory.vram_usage_mb, 1),
-            "latency_ms_per_batch": round(latency.mean_ms, 2),
-            "status": OK,
-            "throughput_samples_per_sec": round(throughput, 2),
-            "speedup_vs_baseline": round(baseline_ms / latency.mean_ms, 3) if baseline_ms else "",
-            "gflops_per_image": round(gflops, 3),
-            "achieved_gflops_per_sec": round(gflops * throughput, 1),
-            "latency_ms_stddev": round(latency.stddev_ms, 2),
-            "latency_ms_median": round(latency.median_ms, 2),
-            "latency_ms_min": round(latency.min_ms, 2),
-            "latency_ms_max": round(latency.max_ms, 2),
-            "latency_ms_p90": round(latency.p90_ms, 2),
-            "latency_ms_p99": round(latency.p99_ms, 2),
-            "rounds": latency.rounds,
-            "accuracy_kind": accuracy.kind,
-            "agreement_top_1": round(accuracy.agreement_top1, 2),
-            "logit_relative_error": f"{accuracy.relative_error:.3g}",
-            "num_samples": len(self.eval_set),
-            "weights": self.weights.source,
-            "data": self.eval_set.source,
-            "vram_torch_peak_mb": round(memory.vram_torch_peak_mb, 1),
-            "cold_start_ms": round(memory.cold_start_ms, 1),
-            "engine_info": ";".join(f"{k}={v}" for k, v in engine.info.items()),
+        return Row(
+            model_name=MODEL_NAME,
+            batch_size=batch_size,
+            optimization_technique=variant,
+            device=self.device.type,
+            model_size_mb=engine.model_size_bytes / MIB,
+            accuracy_top_1=accuracy.top1,
+            accuracy_top_5=accuracy.top5,
+            ram_usage_mb=memory.ram_usage_mb,
+            vram_usage_mb=memory.vram_usage_mb,
+            latency_ms_per_batch=latency.mean_ms,
+            throughput_samples_per_sec=throughput,
+            status=OK,
+            gflops_per_image=gflops,
+            achieved_gflops_per_sec=gflops * throughput,
+            latency_ms_stddev=latency.stddev_ms,
+            latency_ms_median=latency.median_ms,
+            latency_ms_min=latency.min_ms,
+            latency_ms_max=latency.max_ms,
+            latency_ms_p90=latency.p90_ms,
+            latency_ms_p99=latency.p99_ms,
+            rounds=latency.rounds,
+            accuracy_kind=accuracy.kind,
+            agreement_top_1=accuracy.agreement_top1,
+            logit_relative_error=accuracy.relative_error,
+            num_samples=len(self.eval_set),
+            weights=self.weights.source,
+            data=self.eval_set.source,
+            vram_torch_peak_mb=memory.vram_torch_peak_mb,
+            cold_start_ms=memory.cold_start_ms,
+            engine_info=";".join(f"{k}={v}" for k, v in engine.info.items()),
             **self.environment,
-            "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
+            measured_at=utc_timestamp(),
+        )
 
-    def write_row(self, row: dict[str, object]) -> None:
+    def write_row(self, row: Row) -> None:
+        """Upsert ``row`` into the output directory's CSV (speedups recomputed there)."""
         upsert_row(self.options.output_dir / RESULTS_FILE, row)
 
-    def completed_rows(self) -> list[dict[str, str]]:
+    def completed_rows(self) -> list[Row]:
         """Rows of this device already in the output directory that measured successfully."""
         rows = read_rows(self.options.output_dir / RESULTS_FILE)
-        return [r for r in rows if r.get("device") == self.device.type and r.get("status", OK) == OK]
+        return [r for r in rows if r.device == self.device.type and r.status == OK]
 
     def completed_configs(self) -> set[tuple[str, int]]:
-        return {(r["optimization_technique"], int(r["batch_size"])) for r in self.completed_rows()}
+        return {(r.variant, r.batch_size) for r in self.completed_rows()}
 
     def record_fault(self, variant: str, batch_size: int, error: BaseException) -> str | None:
         """Write a row saying why a config has no measurement (out of memory, NaN logits);
@@ -255,10 +308,9 @@ class Sweep:
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-        row = {"model_name": MODEL_NAME, "batch_size": batch_size, "optimization_technique": variant,
-               "device": self.device.type, "status": kind, "device_name": self.environment["device_name"],
-               "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-        self.write_row(row)
+        self.write_row(Row(model_name=MODEL_NAME, batch_size=batch_size, optimization_technique=variant,
+                           device=self.device.type, status=kind, device_name=self.environment["device_name"],
+                           measured_at=utc_timestamp()))
         return kind
 
 

@@ -29,14 +29,13 @@ import torch
 from torch import nn
 
 from densenet_opt import atomic, cache  # model imports this module lazily: no cycle
+from densenet_opt.preprocessing import IMAGE_SHAPE, IMAGENET_MEAN, IMAGENET_STD
 
 # Bump whenever anything below changes the produced weights: it is part of the cache key.
 RECIPE_VERSION: int = 2  # v1: an early draft (jitter 1.0, ridge 1.0) that may sit in caches
 
 NUM_CLASSES = 1000
-IMAGE_SIZE = 224
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SIZE = IMAGE_SHAPE[-1]
 
 # Fitting uses images far from the offsets callers evaluate on (0..N), so evaluation
 # images are held out from both the BatchNorm statistics and the prototypes.

@@ -26,9 +26,11 @@ from onnx import TensorProto, helper
 from pytest_benchmark.storage.file import FileStorage
 from pytest_benchmark.utils import get_machine_id
 
-from densenet_opt import atomic, baselines, cache, report, summary, synthetic
+from densenet_opt import atomic, baselines, cache, render, report, synthetic
+from densenet_opt.render import markdown, plots
 from densenet_opt.errors import UserError
-from densenet_opt.variants import BuildContext, inductor, onnx_export
+from densenet_opt.variants import BuildContext, inductor
+from densenet_opt.variants.onnx import export as onnx_export
 
 from full_disk import full_open
 
@@ -147,10 +149,10 @@ def test_a_failure_elsewhere_names_the_file_that_failed(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def _row(size: int) -> dict[str, object]:
-    return {"model_name": "Densenet121", "optimization_technique": "baseline", "batch_size": size, "device": "cpu",
-            "latency_ms_per_batch": 10.0 * size, "throughput_samples_per_sec": 100.0, "ram_usage_mb": 1.0,
-            "vram_usage_mb": 0.0, "status": report.OK}
+def _row(size: int) -> report.Row:
+    return report.Row(model_name="Densenet121", optimization_technique="baseline", batch_size=size, device="cpu",
+                      latency_ms_per_batch=10.0 * size, throughput_samples_per_sec=100.0, ram_usage_mb=1.0,
+                      vram_usage_mb=0.0, status=report.OK)
 
 
 def test_results_csv(tmp_path: Path, monkeypatch) -> None:
@@ -164,22 +166,22 @@ def test_results_csv(tmp_path: Path, monkeypatch) -> None:
     assert path.read_bytes() == before and leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("name", [summary.SUMMARY_FILE, summary.LATENCY_PLOT, summary.MEMORY_PLOT])
+@pytest.mark.parametrize("name", [markdown.SUMMARY_FILE, plots.LATENCY_PLOT, plots.MEMORY_PLOT])
 def test_summary_and_plots(tmp_path: Path, monkeypatch, name: str) -> None:
     for size in (1, 2):
         report.upsert_row(tmp_path / report.RESULTS_FILE, _row(size))
-    summary.summarize(tmp_path)
+    render.summarize(tmp_path)
     before = (tmp_path / name).read_bytes()
     fill(monkeypatch, tmp_path, only=name)
     with pytest.raises(UserError) as error:
-        summary.summarize(tmp_path)
+        render.summarize(tmp_path)
     assert_one_sentence(error, tmp_path / name, "--output-dir")
     assert (tmp_path / name).read_bytes() == before and leftovers(tmp_path) == []
 
 
 def test_speedups_json(tmp_path: Path, monkeypatch) -> None:
-    rows = [{"optimization_technique": v, "batch_size": "1", "latency_ms_per_batch": ms, "device": "cpu",
-             "device_name": "test cpu"} for v, ms in (("baseline", "60"), ("onnx", "20"))]
+    rows = [report.Row(optimization_technique=v, batch_size=1, latency_ms_per_batch=ms, device="cpu",
+                       device_name="test cpu") for v, ms in (("baseline", 60.0), ("onnx", 20.0))]
     path = baselines.speedups_file("cpu", tmp_path)
     baselines.save_speedups(rows, "cpu", path)
     before = path.read_bytes()
@@ -289,5 +291,5 @@ def test_a_sweep_whose_benchmark_json_hits_a_full_disk_says_so_in_one_sentence(t
     assert "Traceback" not in result.stdout + result.stderr, shown
     assert f"Exit: densenet-opt: cannot write {out / 'benchmark.json'}: {NO_SPACE} --output-dir\n" in result.stderr, shown
     assert (out / "benchmark.json").read_text() == '{"old": true}'
-    assert [row["status"] for row in report.read_rows(out / report.RESULTS_FILE)] == [report.OK]
+    assert [row.status for row in report.read_rows(out / report.RESULTS_FILE)] == [report.OK]
     assert leftovers(out) == []

@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import torch
 from pytest_benchmark.utils import get_machine_id
 
-from densenet_opt import baselines, cli
+from densenet_opt import baselines, gate, report
 from densenet_opt.config import options_from_mapping
 from densenet_opt.measure.env import device_name
 
 
-def rows(pruned_ms: float) -> list[dict[str, str]]:
-    def row(variant: str, size: int, ms: float, device: str = "cpu") -> dict[str, str]:
-        return {"optimization_technique": variant, "batch_size": str(size), "latency_ms_per_batch": str(ms),
-                "device": device, "device_name": "test cpu"}
+def rows(pruned_ms: float) -> list[report.Row]:
+    def row(variant: str, size: int, ms: float, device: str = "cpu") -> report.Row:
+        return report.Row(optimization_technique=variant, batch_size=size, latency_ms_per_batch=ms,
+                          device=device, device_name="test cpu")
 
     return [row("baseline", 1, 60.0), row("baseline", 8, 400.0), row("onnx", 1, 20.0), row("onnx", 8, 100.0),
             row("pruned", 1, pruned_ms), row("onnx", 4, 50.0), row("onnx", 1, 1.0, device="cuda")]
 
 
 def test_speedups_pair_each_row_with_the_baseline_of_its_batch_size() -> None:
-    assert baselines.speedups(r for r in rows(60.0) if r["device"] == "cpu") == {
+    assert baselines.speedups(r for r in rows(60.0) if r.device == "cpu") == {
         "onnx": {"1": 3.0, "8": 4.0}, "pruned": {"1": 1.0}
     }
 
@@ -48,28 +47,25 @@ def _stored_run(storage: Path, device_name: str) -> Path:
     return run
 
 
-def _gate_args(storage: Path) -> list[str]:
-    gate = argparse.Namespace(save_baseline=False, compare_baseline=True, baseline_dir=storage, max_regression="mean:25%")
-    args, stored = cli._baseline_args(options_from_mapping({"device": "cpu"}), gate)
-    assert stored == {"onnx": {"1": 3.0, "8": 4.0}, "pruned": {"1": 1.0}}
-    return args
+def _gate_settings(storage: Path | str) -> dict[str, object]:
+    options = options_from_mapping({"device": "cpu", "compare_baseline": True, "baseline_dir": str(storage)})
+    return gate.benchmark_settings(options)
 
 
 def test_absolute_times_are_compared_only_with_a_run_from_the_same_device(tmp_path: Path, capsys) -> None:
     run = _stored_run(tmp_path / "same", device_name(torch.device("cpu")))
     # pytest-benchmark takes the run's name (looked up in this machine's folder), not a path.
-    assert f"--benchmark-compare={run.stem}" in _gate_args(tmp_path / "same")
+    assert _gate_settings(tmp_path / "same")["benchmark_compare"] == run.stem
 
     run = _stored_run(tmp_path / "other", "Some Other CPU (64 cores)")
-    assert not any(arg.startswith("--benchmark-compare") for arg in _gate_args(tmp_path / "other"))
+    assert "benchmark_compare" not in _gate_settings(tmp_path / "other")
     assert f"was measured on Some Other CPU (64 cores), this is {device_name(torch.device('cpu'))}" in capsys.readouterr().out
 
 
 def test_the_storage_is_passed_as_an_absolute_path(tmp_path: Path, monkeypatch) -> None:
     _stored_run(tmp_path / "baseline", device_name(torch.device("cpu")))
     monkeypatch.chdir(tmp_path)
-    args = _gate_args(Path("baseline"))
-    assert f"--benchmark-storage=file://{tmp_path / 'baseline'}" in args
+    assert _gate_settings("baseline")["benchmark_storage"] == f"file://{tmp_path / 'baseline'}"
 
 
 def test_a_file_storage_outside_the_working_directory_has_a_location(tmp_path: Path, monkeypatch) -> None:

@@ -79,7 +79,7 @@ def test_a_tiny_sweep_writes_a_complete_row(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "test_inference[baseline-bs2]" in result.stdout  # pytest-benchmark's table
-    (row,) = report.read_rows(out / report.RESULTS_FILE)
+    (row,) = [r.as_csv() for r in report.read_rows(out / report.RESULTS_FILE)]
     assert [c for c in report.COLUMNS if row[c] == ""] == []
     assert (row["batch_size"], row["device"], row["vram_usage_mb"]) == ("2", "cpu", "0.0")
     assert float(row["latency_ms_per_batch"]) > 0 and float(row["ram_usage_mb"]) > 30

@@ -1,7 +1,7 @@
 """Faults during a sweep: out of memory, NaN logits, Ctrl-C, resume, a bad output directory.
 
-Each starts a real tiny sweep in a subprocess; faults are injected through the test-only
-DENSENET_OPT_TEST_INJECT variable that conftest.py reads.
+Each starts a real tiny sweep in a subprocess; faults are injected by the test-only pytest
+plugin tests/fault_plugin.py, which only these sweeps load (``-p fault_plugin``).
 """
 
 from __future__ import annotations
@@ -26,17 +26,23 @@ from densenet_opt.sweep import OUT_OF_MEMORY_PATTERNS, classify_fault
 TINY = ["--variants", "baseline", "--num-samples", "4", "--rounds", "2", "--warmup-rounds", "0", "--weights", "synthetic"]
 
 
-def command(out: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "densenet_opt", "sweep", *TINY, "--output-dir", str(out), *args]
+def command(out: Path, *args: str, faults: str = "") -> list[str]:
+    """The tiny sweep; ``faults`` (VARIANT@BATCH=KIND[:ARG],...) go to tests/fault_plugin.py."""
+    pytest_args = ["--", "-p", "fault_plugin", "--inject-fault", faults] if faults else []
+    return [sys.executable, "-m", "densenet_opt", "sweep", *TINY, "--output-dir", str(out), *args, *pytest_args]
+
+
+# Where the sweeps these tests start find tests/fault_plugin.py.
+FAULT_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
 
 
 def statuses(out: Path) -> dict[str, str]:
-    return {row["batch_size"]: row["status"] for row in report.read_rows(out / report.RESULTS_FILE)}
+    return {str(row.batch_size): row.status for row in report.read_rows(out / report.RESULTS_FILE)}
 
 
 def test_oom_and_nan_are_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
-    env = {**os.environ, "DENSENET_OPT_TEST_INJECT": "baseline@1=oom,baseline@2=nan"}
-    result = subprocess.run(command(tmp_path, "--batch-sizes", "1,2,3"), capture_output=True, text=True, env=env)
+    result = subprocess.run(command(tmp_path, "--batch-sizes", "1,2,3", faults="baseline@1=oom,baseline@2=nan"),
+                            capture_output=True, text=True, env=FAULT_ENV)
     assert result.returncode == 1, result.stdout[-3000:]  # the NaN config is a failure of that variant
     assert statuses(tmp_path) == {"1": "out_of_memory", "2": "non_finite_logits", "3": "ok"}
     assert "baseline at batch 1: out of memory, recorded as out_of_memory" in result.stdout
@@ -44,9 +50,9 @@ def test_oom_and_nan_are_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
 
 
 def test_a_killed_sweep_keeps_completed_rows_and_resume_skips_them(tmp_path: Path) -> None:
-    env = {**os.environ, "DENSENET_OPT_TEST_INJECT": "baseline@2=delay:3000"}
-    sweep = subprocess.Popen(command(tmp_path, "--batch-sizes", "1,2"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, env=env, start_new_session=True)
+    sweep = subprocess.Popen(command(tmp_path, "--batch-sizes", "1,2", faults="baseline@2=delay:3000"),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=FAULT_ENV,
+                             start_new_session=True)
     results = tmp_path / report.RESULTS_FILE
     deadline = time.monotonic() + 600
     while not results.exists() and time.monotonic() < deadline and sweep.poll() is None:
@@ -63,8 +69,8 @@ def test_a_killed_sweep_keeps_completed_rows_and_resume_skips_them(tmp_path: Pat
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert "baseline-bs2" in resumed.stdout and "baseline-bs1" not in resumed.stdout
     assert statuses(tmp_path) == {"1": "ok", "2": "ok"}
-    (second,) = [row for row in report.read_rows(results) if row["batch_size"] == "2"]
-    assert second["speedup_vs_baseline"] == "1.0"
+    (second,) = [row for row in report.read_rows(results) if row.batch_size == 2]
+    assert second.speedup_vs_baseline == 1.0
 
 
 # Address space the sweep may map beyond what importing it maps (torch with its CUDA
@@ -106,8 +112,8 @@ def test_a_batch_too_large_for_memory_costs_only_its_own_row(tmp_path: Path) -> 
     output = f"limit {limit / 2**30:.2f} GiB\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}"
     assert result.returncode == 0, output
     assert statuses(tmp_path) == {"1": "ok", "256": "out_of_memory"}, output
-    (ok,) = [row for row in report.read_rows(tmp_path / report.RESULTS_FILE) if row["batch_size"] == "1"]
-    assert ok["num_samples"] == "8" and float(ok["accuracy_top_1"]) == 100.0, output
+    (ok,) = [row for row in report.read_rows(tmp_path / report.RESULTS_FILE) if row.batch_size == 1]
+    assert ok.num_samples == 8 and ok.accuracy_top_1 == 100.0, output
     assert "baseline at batch 256: out of memory, recorded as out_of_memory" in result.stdout, output
 
 

@@ -1,4 +1,4 @@
-"""densenet_opt.variants.onnx (and onnx_export, onnx_quantize) on the sweep's weights.
+"""densenet_opt.variants.onnx (builders, providers, engine, export, quantize) on the sweep's weights.
 
 The export of DenseNet-121 takes about half a minute on two cores, so these tests share
 the sweep's on-disk cache: one export (and one int8 model, calibrated as the sweep does)
@@ -22,29 +22,24 @@ from onnx import TensorProto, helper, numpy_helper
 from densenet_opt.accuracy import fidelity
 from densenet_opt.errors import UserError, VariantUnavailable
 from densenet_opt.sweep import Sweep
-from densenet_opt.variants import BuildContext
-from densenet_opt.variants import onnx as ort_variants
-from densenet_opt.variants import onnx_export
-from densenet_opt.variants.onnx import (
-    ONNX,
-    ONNX_FP16,
-    ONNX_INT8,
+from densenet_opt.variants import BuildContext, Engine, get_variant, parse_variant_options
+from densenet_opt.variants.onnx import builders as ort_variants
+from densenet_opt.variants.onnx import export as onnx_export
+from densenet_opt.variants.onnx.builders import ONNX, ONNX_FP16, ONNX_INT8
+from densenet_opt.variants.onnx.engine import DeviceIO
+from densenet_opt.variants.onnx.export import MANIFEST_FILE, MODEL_FILE, cached_artifact, model_size_bytes
+from densenet_opt.variants.onnx.providers import (
     PROVIDERS,
-    DeviceIO,
     Settings,
-    build_fp16,
-    build_fp32,
-    build_int8,
     choose_provider,
+    default_threads,
     int8_provider,
-    optimized_op_counts,
     provider_entries,
-    settings,
 )
-from densenet_opt.variants.onnx_export import MANIFEST_FILE, MODEL_FILE, cached_artifact, model_size_bytes
 
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is an extra: pip install -e .[cpu]")
-from densenet_opt.variants.onnx_quantize import (  # noqa: E402 - needs onnxruntime
+from densenet_opt.variants.onnx.graph_ops import optimized_op_counts  # noqa: E402 - needs onnxruntime
+from densenet_opt.variants.onnx.quantize import (  # noqa: E402 - needs onnxruntime
     CPU,
     TENSORRT,
     batchnorm_to_depthwise_conv,
@@ -63,6 +58,32 @@ def quiet(message: str) -> None:
     pass
 
 
+def build(variant: str, ctx: BuildContext) -> Engine:
+    return get_variant(variant).build_engine(ctx)
+
+
+def build_fp32(ctx: BuildContext) -> Engine:
+    return build(ONNX, ctx)
+
+
+def build_fp16(ctx: BuildContext) -> Engine:
+    return build(ONNX_FP16, ctx)
+
+
+def build_int8(ctx: BuildContext) -> Engine:
+    return build(ONNX_INT8, ctx)
+
+
+def settings(variant: str, options: dict[str, str]) -> Settings:
+    """The provider settings the build of ``variant`` reads from ``options``."""
+    ctx = BuildContext(
+        device=torch.device("cpu"), batch_size=1, reference_model=torch.nn.Identity, calibration_images=torch.zeros,
+        calibration_samples=1, weights_key="none", cache_dir=Path("."), options=parse_variant_options(options),
+        variant=get_variant(variant),
+    )
+    return Settings.of(ctx)
+
+
 @pytest.fixture(scope="module")
 def ctx(sweep: Sweep) -> BuildContext:
     context = sweep.build_context(BATCH)
@@ -70,7 +91,8 @@ def ctx(sweep: Sweep) -> BuildContext:
     # int8 graph's structure does not depend on it, and 128 images take minutes here.
     calibration = min(context.calibration_samples, CALIBRATION_SAMPLES_MAX)
     return dataclasses.replace(
-        context, device=torch.device("cpu"), options={}, progress=quiet, calibration_samples=calibration
+        context, device=torch.device("cpu"), options=parse_variant_options({}), progress=quiet,
+        calibration_samples=calibration,
     )
 
 
@@ -118,7 +140,7 @@ def test_one_session_takes_any_batch_size(fp32_engine, images: torch.Tensor, ref
 def test_engine_records_provider_and_build_times(fp32_engine) -> None:
     info = fp32_engine.info
     assert info["provider"] == PROVIDERS["cpu"]
-    assert info["intra_op_threads"] == str(ort_variants.default_threads())
+    assert info["intra_op_threads"] == str(default_threads())
     for key in ("export_s", "session_s", "first_run_s"):
         assert float(info[key]) >= 0
     assert not any(";" in value or "=" in value for value in info.values())  # engine_info is k=v;k=v
@@ -230,7 +252,7 @@ def test_a_forced_missing_provider_names_what_is_installed(ctx: BuildContext) ->
     if missing is None:
         pytest.skip("every provider is installed here")
     with pytest.raises(UserError) as error:
-        build_fp32(dataclasses.replace(ctx, options={"onnx.provider": missing}))
+        build_fp32(dataclasses.replace(ctx, options=parse_variant_options({"onnx.provider": missing})))
     message = str(error.value)
     assert f"onnx.provider={missing}" in message and PROVIDERS[missing] in message
     assert all(name in message for name in available) and "\n" not in message
@@ -269,7 +291,7 @@ def test_variant_option_wins_over_the_family_option() -> None:
 )
 def test_bad_options_name_the_key(options: dict[str, str], named: str) -> None:
     with pytest.raises(UserError, match=named.replace(".", r"\.")):
-        settings(ONNX_INT8, options)
+        parse_variant_options(options)
 
 
 def test_int8_on_cuda_without_tensorrt_runs_on_the_cpu_and_says_so() -> None:
@@ -297,13 +319,14 @@ def test_fp16_is_skipped_on_the_cpu_with_a_reason(ctx: BuildContext) -> None:
         build_fp16(ctx)
     # A CUDA sweep that forces the CPU provider: same reason, and nothing touches CUDA.
     with pytest.raises(VariantUnavailable, match="CUDA and TensorRT providers only"):
-        build_fp16(dataclasses.replace(ctx, device=torch.device("cuda"), options={"onnx.provider": "cpu"}))
+        forced_cpu = parse_variant_options({"onnx.provider": "cpu"})
+        build_fp16(dataclasses.replace(ctx, device=torch.device("cuda"), options=forced_cpu))
 
 
 def test_without_onnxruntime_the_variants_say_what_to_install(ctx: BuildContext, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` raise ImportError
     # Re-imported on use, as in a fresh process: it must not be reached before the check.
-    monkeypatch.delitem(sys.modules, "densenet_opt.variants.onnx_quantize")
+    monkeypatch.delitem(sys.modules, "densenet_opt.variants.onnx.quantize")
     for build in (build_fp32, build_int8):
         with pytest.raises(VariantUnavailable, match=r"pip install -e \.\[cpu\]"):
             build(ctx)

@@ -13,17 +13,15 @@ from torchvision.models import DenseNet, densenet121
 
 from densenet_opt.errors import UserError
 from densenet_opt.flops import count_flops, count_params
-from densenet_opt.variants import BuildContext, pruning
+from densenet_opt.variants import BuildContext, Engine, get_variant, parse_variant_options, pruning
 from densenet_opt.variants.pruning import (
+    AMOUNT,
     DEFAULT_STRUCTURED_AMOUNT,
     DEFAULT_UNSTRUCTURED_AMOUNT,
     PRUNED,
     PRUNED_STRUCTURED,
     bottlenecks,
-    build_pruned,
-    build_pruned_structured,
     conv_layers,
-    parse_amount,
     prune_bottlenecks,
     prune_unstructured,
     recalibrate_batchnorm,
@@ -60,9 +58,21 @@ def context(model: nn.Module, images: torch.Tensor, options: dict[str, str], tmp
         calibration_samples=len(images),
         weights_key="test",
         cache_dir=tmp_path,
-        options=options,
+        options=parse_variant_options(options),
         progress=lambda message: None,
     )
+
+
+def build_pruned(ctx: BuildContext) -> Engine:
+    return get_variant(PRUNED).build_engine(ctx)
+
+
+def build_pruned_structured(ctx: BuildContext) -> Engine:
+    return get_variant(PRUNED_STRUCTURED).build_engine(ctx)
+
+
+def amount(variant: str, options: dict[str, str]) -> float:
+    return parse_variant_options(options).value(get_variant(variant), AMOUNT)
 
 
 # ---------------------------------------------------------------------------------------
@@ -71,26 +81,26 @@ def context(model: nn.Module, images: torch.Tensor, options: dict[str, str], tmp
 
 
 def test_amount_defaults() -> None:
-    assert parse_amount({}, PRUNED, DEFAULT_UNSTRUCTURED_AMOUNT) == DEFAULT_UNSTRUCTURED_AMOUNT
-    assert parse_amount({}, PRUNED_STRUCTURED, DEFAULT_STRUCTURED_AMOUNT) == DEFAULT_STRUCTURED_AMOUNT
+    assert amount(PRUNED, {}) == DEFAULT_UNSTRUCTURED_AMOUNT
+    assert amount(PRUNED_STRUCTURED, {}) == DEFAULT_STRUCTURED_AMOUNT
 
 
-@pytest.mark.parametrize("text, amount", [("0", 0.0), ("0.5", 0.5), (" 0.25 ", 0.25), ("1e-2", 0.01)])
-def test_amount_accepts_fractions(text: str, amount: float) -> None:
-    assert parse_amount({"pruned.amount": text}, PRUNED, DEFAULT_UNSTRUCTURED_AMOUNT) == amount
+@pytest.mark.parametrize("text, value", [("0", 0.0), ("0.5", 0.5), (" 0.25 ", 0.25), ("1e-2", 0.01)])
+def test_amount_accepts_fractions(text: str, value: float) -> None:
+    assert amount(PRUNED, {"pruned.amount": text}) == value
 
 
 @pytest.mark.parametrize("text", ["1", "1.5", "-0.1", "abc", "", "nan", "inf", "30%"])
 def test_amount_outside_zero_one_is_a_user_error(text: str) -> None:
     with pytest.raises(UserError) as error:
-        parse_amount({"pruned_structured.amount": text}, PRUNED_STRUCTURED, DEFAULT_STRUCTURED_AMOUNT)
+        parse_variant_options({"pruned_structured.amount": text})
     message = str(error.value)
     assert "pruned_structured.amount" in message and "[0, 1)" in message and "\n" not in message
 
 
-def test_bad_amount_fails_the_build(tiny_densenet: nn.Module, images: torch.Tensor, tmp_path: Path) -> None:
+def test_bad_amount_fails_before_the_build(tiny_densenet: nn.Module, images: torch.Tensor, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="pruned.amount"):
-        build_pruned(context(tiny_densenet, images, {"pruned.amount": "2"}, tmp_path))
+        context(tiny_densenet, images, {"pruned.amount": "2"}, tmp_path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -241,7 +251,7 @@ def test_one_build_per_context_and_options(tiny_densenet: nn.Module, images: tor
     assert len(built) == 1 and first.module is not second.module
     torch.testing.assert_close(first(images), second(images))
     # Another amount, or another context (another sweep's weights and images), builds anew.
-    build_pruned_structured(dataclasses.replace(counting, options={"pruned_structured.amount": "0.5"}))
+    build_pruned_structured(dataclasses.replace(counting, options=parse_variant_options({"pruned_structured.amount": "0.5"})))
     build_pruned_structured(dataclasses.replace(counting, reference_model=lambda: built.append(1) or ctx.reference_model()))
     assert len(built) == 3
 

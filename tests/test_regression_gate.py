@@ -20,13 +20,16 @@ TINY_SWEEP = ["--variants", "baseline,pruned", "--batch-sizes", "1", "--num-samp
 # Generous thresholds: the gate must not trip on a shared machine's noise, and the
 # injected delay (several times the engine's own latency) is far beyond them.
 THRESHOLDS = ["--max-regression", "min:400%", "--max-speedup-drop", "0.8"]
-DELAY = {"DENSENET_OPT_TEST_INJECT": "pruned@*=delay:2000"}
+DELAY = "pruned@*=delay:2000"  # injected by tests/fault_plugin.py
 
 
-def sweep(tmp_path: Path, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def sweep(tmp_path: Path, name: str, *args: str, faults: str = "") -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "densenet_opt", "sweep", *TINY_SWEEP, "--output-dir", str(tmp_path / name),
                "--baseline-dir", str(tmp_path / "baseline"), *args]
-    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if faults:
+        command += ["--", "-p", "fault_plugin", "--inject-fault", faults]
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path})
 
 
 def show(result: subprocess.CompletedProcess) -> str:
@@ -44,14 +47,14 @@ def test_gate_passes_unchanged_and_fails_a_slowed_engine(tmp_path: Path) -> None
     assert unchanged.returncode == 0, show(unchanged)
     assert "comparing latency with" in unchanged.stdout and "SPEEDUP REGRESSION" not in unchanged.stdout
 
-    slowed = sweep(tmp_path, "slow", "--compare-baseline", *THRESHOLDS, env=DELAY)
+    slowed = sweep(tmp_path, "slow", "--compare-baseline", *THRESHOLDS, faults=DELAY)
     assert slowed.returncode != 0, show(slowed)
     assert "Performance has regressed" in slowed.stdout + slowed.stderr
     assert "SPEEDUP REGRESSION: pruned at batch 1" in slowed.stdout
 
     # A machine with no stored absolute run still checks the portable speedups.
     shutil.rmtree(machine_dir)
-    elsewhere = sweep(tmp_path, "elsewhere", "--compare-baseline", *THRESHOLDS, env=DELAY)
+    elsewhere = sweep(tmp_path, "elsewhere", "--compare-baseline", *THRESHOLDS, faults=DELAY)
     assert elsewhere.returncode == 1, show(elsewhere)
     assert "comparing speedups only" in elsewhere.stdout
     assert "SPEEDUP REGRESSION: pruned at batch 1" in elsewhere.stdout
@@ -92,7 +95,7 @@ STORED_STATS = {"min": 100.0, "max": 100.0, "mean": 100.0, "stddev": 0.0, "round
 STORED_RUN = {
     "machine_info": {"node": "another-host"}, "commit_info": {}, "datetime": "2026-01-01T00:00:00", "version": "5.3.1",
     "benchmarks": [{"group": "batch size 1", "name": "test_inference[baseline-bs1]",
-                    "fullname": "tests/test_benchmarks.py::test_inference[baseline-bs1]",
+                    "fullname": "densenet_opt/bench.py::test_inference[baseline-bs1]",
                     "params": {"engine_config": ["baseline", 1]}, "param": "baseline-bs1", "options": {},
                     "stats": STORED_STATS, "extra_info": {}}],
 }

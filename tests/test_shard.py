@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
+
+import csv
 import itertools
 import json
 import sys
@@ -80,23 +82,30 @@ def test_plans_cover_every_config_once_and_balance(n_variants: int, n_sizes: int
     assert max(loads) - min(loads) <= max(n_sizes, 1)  # within one unit of work
 
 
+def _row(variant: str, batch_size: int, latency: float | None = None, **fields: object) -> report.Row:
+    return report.Row(optimization_technique=variant, batch_size=batch_size, device="cuda",
+                      latency_ms_per_batch=latency, **fields)
+
+
 def test_merge_results_upserts_into_what_is_there(tmp_path: Path) -> None:
     target = tmp_path / report.RESULTS_FILE
-    report.upsert_row(target, {"optimization_technique": "baseline", "batch_size": 1, "device": "cuda", "latency_ms_per_batch": 9})
-    report.upsert_row(target, {"optimization_technique": "pruned", "batch_size": 1, "device": "cuda", "latency_ms_per_batch": 8})
+    report.upsert_row(target, _row("baseline", 1, 9))
+    report.upsert_row(target, _row("pruned", 1, 8))
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
-    report.upsert_row(a, {"optimization_technique": "baseline", "batch_size": 1, "device": "cuda", "latency_ms_per_batch": 5})
+    report.upsert_row(a, _row("baseline", 1, 5))
     b.write_text("optimization_technique,batch_size,device,latency_ms_per_batch,new_column\nonnx,4,cuda,3,x\n")
     rows = shard.merge_results([a, b, tmp_path / "missing.csv"], target)
-    assert [(r["optimization_technique"], r["latency_ms_per_batch"]) for r in rows] == [("pruned", "8"), ("baseline", "5"), ("onnx", "3")]
-    written = report.read_rows(target)
-    assert list(written[0])[: len(report.COLUMNS)] == list(report.COLUMNS) and written[-1]["new_column"] == "x"
+    assert [(r.variant, r.latency_ms_per_batch) for r in rows] == [("pruned", 8.0), ("baseline", 5.0), ("onnx", 3.0)]
+    assert report.read_rows(target) == rows
+    # The merged file has this version's columns: a column it does not know is not carried over.
+    with target.open() as handle:
+        assert next(csv.reader(handle)) == list(report.COLUMNS)
 
 
 def _benchmark_json(path: Path, names: list[str], machine: str) -> Path:
     path.write_text(json.dumps({
         "machine_info": {"node": machine}, "commit_info": {"id": "abc"}, "datetime": "now", "version": "5.3.1",
-        "benchmarks": [{"name": n, "fullname": f"tests/test_benchmarks.py::{n}", "stats": {"mean": 1.0, "data": [1.0]}} for n in names],
+        "benchmarks": [{"name": n, "fullname": f"densenet_opt/bench.py::{n}", "stats": {"mean": 1.0, "data": [1.0]}} for n in names],
     }))
     return path
 
@@ -114,13 +123,15 @@ def test_merge_benchmark_json_joins_benchmarks_and_keeps_one_machine_info(tmp_pa
         shard.merge_benchmark_json([tmp_path / "bad.json"], tmp_path / "out.json")
 
 
-# A stand-in for `python -m densenet_opt sweep ...`: writes a row per config, with the GPU it
-# was pinned to, and a pytest-benchmark JSON; fails when its variants include "broken".
+# A stand-in for a shard's `python -m densenet_opt.runner` (its request as JSON on stdin):
+# writes a row per config, with the GPU it was pinned to, and a pytest-benchmark JSON; fails
+# when its variants include "broken".
 FAKE_SWEEP = textwrap.dedent('''\
     import csv, json, os, sys
-    args = dict(a.removeprefix("--").split("=", 1) for a in sys.argv if a.startswith("--") and "=" in a)
-    out = args["output-dir"]
-    variants, sizes = args["variants"].split(","), args["batch-sizes"].split(",")
+    request = json.loads(sys.stdin.read())
+    options = request["options"]
+    out = options["output_dir"]
+    variants, sizes = options["variants"], [str(s) for s in options["batch_sizes"]]
     path = os.path.join(out, "benchmark_results.csv")
     old = list(csv.DictReader(open(path))) if os.path.exists(path) else []
     with open(path, "w", newline="") as f:
@@ -132,7 +143,7 @@ FAKE_SWEEP = textwrap.dedent('''\
     json.dump({"machine_info": {"node": "x"}, "commit_info": {}, "benchmarks": [
         {"name": f"test_inference[{v}-bs{s}]", "fullname": f"t::test_inference[{v}-bs{s}]", "stats": {}}
         for v in variants for s in sizes]}, open(os.path.join(out, "benchmark.json"), "w"))
-    print("argv", " ".join(sys.argv[1:]))
+    print("request", json.dumps(request))
     sys.exit(1 if "broken" in variants else 0)
 ''')
 
@@ -148,7 +159,7 @@ def fake_python(tmp_path: Path) -> str:
     script = tmp_path / "fake_sweep.py"
     script.write_text(FAKE_SWEEP)
     launcher = tmp_path / "python"
-    launcher.write_text(f"#!/bin/sh\nshift 3\nexec {sys.executable} {script} \"$@\"\n")  # drop `-m densenet_opt sweep`
+    launcher.write_text(f"#!/bin/sh\nshift 2\nexec {sys.executable} {script} \"$@\"\n")  # drop `-m densenet_opt.runner`
     launcher.chmod(0o755)
     return str(launcher)
 
@@ -158,12 +169,11 @@ def test_a_sweep_on_two_gpus_pins_each_process_and_merges(tmp_path: Path, fake_p
     out = options.output_dir
     # A row from an earlier run: a config measured now replaces it, another one stays.
     for variant, info in (("baseline", "old"), ("int8", "seeded")):
-        report.upsert_row(out / report.RESULTS_FILE,
-                          {"optimization_technique": variant, "batch_size": 1, "device": "cuda", "engine_info": info})
+        report.upsert_row(out / report.RESULTS_FILE, _row(variant, 1, engine_info=info))
     (out / shard.SHARDS_DIR / "gpu9-1").mkdir(parents=True)  # a stale shard from another plan
     code = shard.sweep_on_gpus(options, ["0", "1"], ["-k", "bs"], python=fake_python, environ={"PATH": "/usr/bin:/bin"})
     assert code == 0
-    rows = {(r["optimization_technique"], r["batch_size"]): r["engine_info"] for r in report.read_rows(out / report.RESULTS_FILE)}
+    rows = {(r.variant, str(r.batch_size)): r.engine_info for r in report.read_rows(out / report.RESULTS_FILE)}
     assert rows.pop(("int8", "1")) == "seeded"
     plan = shard.plan_shards(options.variants, options.batch_sizes, ["0", "1"])
     assert rows == {(v, str(b)): f"gpu={s.gpu}" for s in plan for v, b in s.configs}
@@ -171,15 +181,16 @@ def test_a_sweep_on_two_gpus_pins_each_process_and_merges(tmp_path: Path, fake_p
     assert len(merged["benchmarks"]) == 6 and merged["machine_info"] == {"node": "x"}
     assert sorted(p.name for p in (out / shard.SHARDS_DIR).iterdir()) == ["gpu0-1", "gpu1-1"]
     log = (out / shard.SHARDS_DIR / "gpu0-1" / "sweep.log").read_text()
-    assert "--device=cuda" in log and "-- -k bs" in log  # sweep options and pytest args reach every shard
-    assert "[gpu 1] argv" in capsys.readouterr().out
+    request = json.loads(log.split("request ", 1)[1].splitlines()[0])
+    assert request["options"]["device"] == "cuda" and request["pytest_args"] == ["-k", "bs"]  # options as data
+    assert "[gpu 1] request" in capsys.readouterr().out
 
 
 def test_a_failing_shard_fails_the_run_but_the_others_are_merged(tmp_path: Path, fake_python: str, capsys) -> None:
     options = _options(tmp_path, ("baseline", "broken"), (1,))
     code = shard.sweep_on_gpus(options, ["0", "1"], [], python=fake_python, environ={"PATH": "/usr/bin:/bin"})
     assert code == 1
-    assert {r["optimization_technique"] for r in report.read_rows(options.output_dir / report.RESULTS_FILE)} == {"baseline", "broken"}
+    assert {r.variant for r in report.read_rows(options.output_dir / report.RESULTS_FILE)} == {"baseline", "broken"}
     assert "shard failed: broken on GPU 1 (exit 1" in capsys.readouterr().out
 
 
@@ -187,7 +198,7 @@ def test_on_the_cpu_sweep_gpus_is_a_plain_sweep(monkeypatch, tmp_path: Path) -> 
     from densenet_opt import cli
 
     calls = []
-    monkeypatch.setattr(cli, "run_sweep", lambda options, pytest_args, gate: calls.append((options.device, pytest_args)) or 0)
+    monkeypatch.setattr(shard, "run_sweep", lambda options, pytest_args: calls.append((options.device, pytest_args)) or 0)
     monkeypatch.setattr(shard, "sweep_on_gpus", lambda *a, **k: pytest.fail("sharded on the CPU"))
     assert cli.main(["sweep-gpus", "--device", "cpu", "--variants", "baseline", "--output-dir", str(tmp_path), "--", "-x"]) == 0
     assert calls == [("cpu", ["-x"])]
@@ -197,9 +208,9 @@ def test_on_the_cpu_sweep_gpus_is_a_plain_sweep(monkeypatch, tmp_path: Path) -> 
 def test_the_merged_run_is_stored_as_the_baseline(tmp_path: Path, fake_python: str) -> None:
     from densenet_opt import baselines
 
-    options = _options(tmp_path, ("baseline", "pruned"), (1,))
-    gate = argparse.Namespace(save_baseline=True, compare_baseline=False, baseline_dir=tmp_path / "store")
-    assert shard.sweep_on_gpus(options, ["0", "1"], [], gate, python=fake_python, environ={"PATH": "/usr/bin:/bin"}) == 0
+    options = dataclasses.replace(_options(tmp_path, ("baseline", "pruned"), (1,)), save_baseline=True,
+                                  baseline_dir=tmp_path / "store")
+    assert shard.sweep_on_gpus(options, ["0", "1"], [], python=fake_python, environ={"PATH": "/usr/bin:/bin"}) == 0
     (stored,) = baselines.check_benchmark_storage(tmp_path / "store")
     assert stored.name == "0001_cuda.json" and len(json.loads(stored.read_text())["benchmarks"]) == 2
     assert baselines.load_speedups(baselines.speedups_file("cuda", tmp_path / "store")) == {"pruned": {"1": 1.0}}
@@ -207,10 +218,11 @@ def test_the_merged_run_is_stored_as_the_baseline(tmp_path: Path, fake_python: s
 
 def test_merged_rows_get_the_speedup_a_shard_without_the_baseline_could_not_compute(tmp_path: Path) -> None:
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
-    same = {"device": "cuda", "device_name": "NVIDIA H200"}
-    report.upsert_row(a, {"optimization_technique": "baseline", "batch_size": 8, "latency_ms_per_batch": 30, **same})
-    report.upsert_row(b, {"optimization_technique": "pruned", "batch_size": 8, "latency_ms_per_batch": 20, **same})
-    report.upsert_row(b, {"optimization_technique": "pruned", "batch_size": 1, "latency_ms_per_batch": 5, **same})
+    report.upsert_row(a, _row("baseline", 8, 30, device_name="NVIDIA H200"))
+    report.upsert_row(b, _row("pruned", 8, 20, device_name="NVIDIA H200"))
+    report.upsert_row(b, _row("pruned", 1, 5, device_name="NVIDIA H200"))
+    report.upsert_row(b, _row("onnx", 8, 10, device_name="NVIDIA A100"))  # another machine: no pair
+    assert [r.speedup_vs_baseline for r in report.read_rows(b)] == [None, None, None]
     rows = shard.merge_results([a, b], tmp_path / "merged.csv")
-    assert {(r["optimization_technique"], r["batch_size"]): r[shard.SPEEDUP] for r in rows} == {
-        ("baseline", "8"): "1.0", ("pruned", "8"): "1.5", ("pruned", "1"): ""}
+    assert {(r.variant, r.batch_size): r.speedup_vs_baseline for r in rows} == {
+        ("baseline", 8): 1.0, ("pruned", 8): 1.5, ("pruned", 1): None, ("onnx", 8): None}

@@ -172,14 +172,28 @@ def test_peak_memory_of_a_streamed_evaluation_does_not_grow_with_n() -> None:
     assert workers_grown_mib < 100, (small, large)
 
 
-def test_the_reference_runs_at_a_bounded_batch_independent_of_the_largest(tmp_path: Path) -> None:
+def test_the_reference_runs_at_a_bounded_batch_and_halves_it_on_out_of_memory(tmp_path: Path, monkeypatch) -> None:
     def sweep(sizes: str) -> Sweep:
         return Sweep(options_from_mapping({"batch_sizes": sizes, "variants": "baseline", "device": "cpu",
-                                           "output_dir": str(tmp_path)}), progress=lambda message: None)
+                                           "output_dir": str(tmp_path), "num_samples": "4",
+                                           "data_workers": "0"}), progress=lambda message: None)
 
-    assert sweep("1,256").reference_batch_size == 1
-    assert sweep("256,8").reference_batch_size == 8
-    assert sweep("64,128").reference_batch_size == MAX_REFERENCE_BATCH == 32
+    assert sweep("1,4").reference_batch_size == 4
+    assert sweep("1,256").reference_batch_size == MAX_REFERENCE_BATCH == 32
+
+    tried = []
+
+    def predict(engine, images, batch_size):  # a host whose allocator refuses batches above 8
+        tried.append(batch_size)
+        if batch_size > 8:
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+        return torch.zeros(len(images), 1000)
+
+    monkeypatch.setattr("densenet_opt.sweep.predict", predict)
+    large = sweep("1,256")
+    monkeypatch.setattr(Sweep, "reference_model", lambda self: torch.nn.Identity())
+    assert large.reference_logits.shape == (4, 1000)
+    assert tried == [32, 16, 8]
 
 
 def test_the_sweep_streams_its_evaluation_set(tmp_path: Path) -> None:
@@ -201,7 +215,8 @@ def test_data_workers_default_to_at_most_four() -> None:
     assert options_from_mapping({"data_workers": "0"}).data_workers == 0
     with pytest.raises(UserError, match="--data-workers must be at least 0"):
         options_from_mapping({"data_workers": "-1"})
-    assert "--data-workers=3" in options_from_mapping({"data_workers": "3"}).to_args()
+    options = options_from_mapping({"data_workers": "3"})
+    assert type(options).from_dict(options.to_dict()) == options  # how child processes get them
 
 
 def test_the_full_validation_set_passes_validation(tmp_path: Path) -> None:

@@ -1,4 +1,8 @@
-"""Reports from a results CSV: plots, summary.md, the fastest config within budget, recommend."""
+"""Reports from a results CSV: plots, summary.md, the fastest config within budget, recommend.
+
+"Within budget" is one check (budgets.check_row: fidelity, model size, memory) for both
+summary.md and recommend.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +10,29 @@ from pathlib import Path
 
 import pytest
 
-from densenet_opt import cli, report, summary
+from densenet_opt import budgets, cli, render, report
 from densenet_opt.accuracy import ACCURACY, AGREEMENT, Fidelity
 from densenet_opt.budgets import Budget
+from densenet_opt.recommend import recommend
+from densenet_opt.render import markdown, plots
 from densenet_opt.errors import UserError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _row(variant: str, batch_size: int, device: str = "cuda", *, latency: float, top1: float = 100.0,
-         ram: float = 300.0, vram: float = 500.0, kind: str = AGREEMENT, **extra: object) -> dict[str, object]:
-    return {
-        "model_name": "Densenet121", "optimization_technique": variant, "batch_size": batch_size, "device": device,
-        "latency_ms_per_batch": latency, "latency_ms_stddev": latency / 20,
-        "throughput_samples_per_sec": round(batch_size * 1e3 / latency, 2),
-        "accuracy_kind": kind, "accuracy_top_1": top1, "accuracy_top_5": min(100.0, top1 + 2),
-        "agreement_top_1": top1, "logit_relative_error": 1e-6 if variant == "baseline" else 0.05,
-        "ram_usage_mb": ram, "vram_usage_mb": vram if device == "cuda" else 0.0, "model_size_mb": 31.0,
-        "status": report.OK, **extra,
-    }
+         ram: float = 300.0, vram: float = 500.0, kind: str = AGREEMENT, **extra: object) -> report.Row:
+    return report.Row(
+        model_name="Densenet121", optimization_technique=variant, batch_size=batch_size, device=device,
+        latency_ms_per_batch=latency, latency_ms_stddev=latency / 20,
+        throughput_samples_per_sec=batch_size * 1e3 / latency,
+        accuracy_kind=kind, accuracy_top_1=top1, accuracy_top_5=min(100.0, top1 + 2),
+        agreement_top_1=top1, logit_relative_error=1e-6 if variant == "baseline" else 0.05,
+        ram_usage_mb=ram, vram_usage_mb=vram if device == "cuda" else 0.0, **{"model_size_mb": 31.0, **extra},
+    )
 
 
-def write_results(path: Path, rows: list[dict[str, object]]) -> Path:
+def write_results(path: Path, rows: list[report.Row]) -> Path:
     for row in rows:
         report.upsert_row(path / report.RESULTS_FILE, row)
     return path / report.RESULTS_FILE
@@ -42,8 +47,8 @@ def results_dir(tmp_path: Path) -> Path:
         rows.append(_row("fast", size, latency=(5 + size) / 1.5, top1=99.5, vram=150 + 30 * size,
                          engine_info="compile_s=3.0;gflops_per_image=4.000"))
         rows.append(_row("fastest", size, latency=(5 + size) / 3, top1=80.0, vram=100 + 20 * size))
-    rows.append({"model_name": "Densenet121", "optimization_technique": "fast", "batch_size": 64, "device": "cuda",
-                 "status": report.OUT_OF_MEMORY})
+    rows.append(report.Row(model_name="Densenet121", optimization_technique="fast", batch_size=64, device="cuda",
+                           status=report.OUT_OF_MEMORY))
     write_results(tmp_path, rows)
     return tmp_path
 
@@ -52,15 +57,15 @@ BUDGETS = {name: Budget(name, {"agreement_top1_min": 99.0}, Path("budgets.toml")
 
 
 def test_summary_writes_plots_and_picks_the_fastest_within_budget(results_dir: Path, monkeypatch) -> None:
-    monkeypatch.setattr(summary, "load_budgets_or_none", lambda path: (BUDGETS, None))
-    written = summary.summarize(results_dir)
+    monkeypatch.setattr(budgets, "load_budgets_or_none", lambda path: (BUDGETS, None))
+    written = render.summarize(results_dir)
     names = {path.name for path in written}
-    assert names == {summary.LATENCY_PLOT, summary.ACCURACY_PLOT, summary.MEMORY_PLOT, summary.FLOPS_PLOT, summary.SUMMARY_FILE}
+    assert names == {plots.LATENCY_PLOT, plots.ACCURACY_PLOT, plots.MEMORY_PLOT, plots.FLOPS_PLOT, markdown.SUMMARY_FILE}
     for path in written:
         if path.suffix == ".png":
             assert path.read_bytes()[:8] == PNG_MAGIC and path.stat().st_size > 10_000, path
-    text = (results_dir / summary.SUMMARY_FILE).read_text()
-    best = text.split("## Fastest within its accuracy budget, per batch size")[1].split("\n\n")[1]
+    text = (results_dir / markdown.SUMMARY_FILE).read_text()
+    best = text.split(markdown.FASTEST_HEADING)[1].split("\n\n")[1]
     assert [line.split(" | ")[2] for line in best.splitlines()[2:]] == ["fast", "fast", "fast"]
     assert "1.50x" in best  # speedup over the baseline at the same batch size
     assert "fastest at batch 1 on cuda: fastest: top-1 agreement with fp32 (%) measured 80" in text
@@ -75,34 +80,34 @@ def test_summary_writes_plots_and_picks_the_fastest_within_budget(results_dir: P
 def test_without_flops_or_budgets_the_summary_says_what_it_left_out(tmp_path: Path) -> None:
     write_results(tmp_path, [_row("baseline", 1, "cpu", latency=60.0)])
     budgets_path = tmp_path / "absent.toml"
-    written = summary.summarize(tmp_path, budgets_path)
-    assert summary.FLOPS_PLOT not in {p.name for p in written}
-    text = (tmp_path / summary.SUMMARY_FILE).read_text()
+    written = render.summarize(tmp_path, budgets_path)
+    assert plots.FLOPS_PLOT not in {p.name for p in written}
+    text = (tmp_path / markdown.SUMMARY_FILE).read_text()
     assert f"budgets file {budgets_path} does not exist" in text
-    assert "No config could be shown to be within its accuracy budget." in text
+    assert "No config could be shown to be within its budget." in text
 
 
 def test_accuracy_axis_is_labelled_by_accuracy_kind(tmp_path: Path) -> None:
-    agreement = summary.load_results(write_results(tmp_path / "a", [_row("baseline", 1, latency=5.0)]))
-    accuracy = summary.load_results(write_results(tmp_path / "b", [_row("baseline", 1, latency=5.0, kind=ACCURACY)]))
-    assert summary.accuracy_label(agreement) == "top-1 agreement with fp32 (%)"
-    assert summary.accuracy_label(accuracy) == "top-1 accuracy (%)"
-    assert "accuracy_kind" in summary.accuracy_label(agreement + accuracy)
+    agreement = report.load_results(write_results(tmp_path / "a", [_row("baseline", 1, latency=5.0)]))
+    accuracy = report.load_results(write_results(tmp_path / "b", [_row("baseline", 1, latency=5.0, kind=ACCURACY)]))
+    assert plots.accuracy_label(agreement) == "top-1 agreement with fp32 (%)"
+    assert plots.accuracy_label(accuracy) == "top-1 accuracy (%)"
+    assert "accuracy_kind" in plots.accuracy_label(agreement + accuracy)
 
 
 def test_fidelity_is_rebuilt_from_the_columns_a_sweep_writes() -> None:
-    row = {k: str(v) for k, v in _row("fast", 4, latency=5.0, top1=97.25, kind=ACCURACY).items()}
+    row = _row("fast", 4, latency=5.0, top1=97.25, kind=ACCURACY).as_csv()
     row["logit_relative_error"] = "0.0123"
-    assert summary.fidelity_from_row(row) == Fidelity(ACCURACY, 97.25, 99.25, 97.25, 0.0123)
-    assert summary.fidelity_from_row({**row, "accuracy_top_5": ""}) is None
+    assert budgets.fidelity_of(report.Row.from_csv(row)) == Fidelity(ACCURACY, 97.25, 99.25, 97.25, 0.0123)
+    assert budgets.fidelity_of(report.Row.from_csv({**row, "accuracy_top_5": ""})) is None
 
 
 def test_accuracy_drop_is_measured_against_the_baseline_row_of_the_same_device(tmp_path: Path) -> None:
     rows = [_row("baseline", 1, latency=5.0, top1=75.0, kind=ACCURACY), _row("fast", 1, latency=4.0, top1=73.5, kind=ACCURACY),
             _row("fast", 1, "cpu", latency=40.0, top1=74.5, kind=ACCURACY)]
-    results = summary.load_results(write_results(tmp_path, rows))
-    budgets = {"fast": Budget("fast", {"accuracy_drop_max": 1.0}, Path("b.toml")), "baseline": Budget("baseline", {}, Path("b.toml"))}
-    checks = summary.check_budgets(results, budgets)
+    results = report.load_results(write_results(tmp_path, rows))
+    limits = {"fast": Budget("fast", {"accuracy_drop_max": 1.0}, Path("b.toml")), "baseline": Budget("baseline", {}, Path("b.toml"))}
+    checks = budgets.check_budgets(results, limits)
     by_device = {(r.variant, r.device): checks[r] for r in results}
     assert by_device[("fast", "cuda")].within is False and "drop vs baseline" in by_device[("fast", "cuda")].reasons[0]
     assert by_device[("fast", "cpu")].within is None  # no cpu baseline row to measure the drop against
@@ -110,31 +115,31 @@ def test_accuracy_drop_is_measured_against_the_baseline_row_of_the_same_device(t
 
 
 def test_recommend_takes_the_highest_throughput_within_both_limits(results_dir: Path) -> None:
-    results = summary.load_results(results_dir)
-    best = summary.recommend(results, max_memory_mb=600, max_latency_ms=10, checks=None)
+    results = report.load_results(results_dir)
+    best = recommend(results, max_memory_mb=600, max_latency_ms=10, checks=None)
     assert (best.variant, best.batch_size) == ("fastest", 8)  # fastest bs32 is 12.3 ms: over the latency limit
-    checks = summary.check_budgets(results, BUDGETS)
-    best = summary.recommend(results, max_memory_mb=600, max_latency_ms=10, checks=checks)
+    checks = budgets.check_budgets(results, BUDGETS)
+    best = recommend(results, max_memory_mb=600, max_latency_ms=10, checks=checks)
     assert (best.variant, best.batch_size) == ("fast", 8)  # fastest fails its agreement budget
 
 
 def test_memory_is_ram_on_cpu_rows_and_vram_on_cuda_rows(tmp_path: Path) -> None:
     rows = [_row("baseline", 4, "cpu", latency=100.0, ram=900.0), _row("baseline", 4, "cuda", latency=10.0, ram=2000.0, vram=400.0)]
-    results = summary.load_results(write_results(tmp_path, rows))
-    assert summary.recommend(results, max_memory_mb=500, max_latency_ms=None).device == "cuda"  # RAM 2000 is irrelevant there
+    results = report.load_results(write_results(tmp_path, rows))
+    assert recommend(results, max_memory_mb=500, max_latency_ms=None).device == "cuda"  # RAM 2000 is irrelevant there
     results_cpu = [r for r in results if r.device == "cpu"]
     with pytest.raises(UserError, match="RAM 900 MiB"):
-        summary.recommend(results_cpu, max_memory_mb=500, max_latency_ms=None)
+        recommend(results_cpu, max_memory_mb=500, max_latency_ms=None)
 
 
 def test_nothing_fits_names_the_closest_candidates(results_dir: Path) -> None:
-    results = summary.load_results(results_dir)
+    results = report.load_results(results_dir)
     with pytest.raises(UserError) as error:
-        summary.recommend(results, max_memory_mb=50, max_latency_ms=1, checks=summary.check_budgets(results, BUDGETS))
+        recommend(results, max_memory_mb=50, max_latency_ms=1, checks=budgets.check_budgets(results, BUDGETS))
     message = str(error.value)
     assert "fits memory <= 50 MiB and latency <= 1 ms" in message
     assert "closest: fast at batch 1 on cuda (VRAM 180 MiB, 4.0 ms), baseline at batch 1" in message
-    assert "3 configs not shown to be within their accuracy budget were left out" in message
+    assert "3 configs not shown to be within their budget were left out" in message
     assert "\n" not in message
 
 
@@ -179,16 +184,49 @@ def test_a_summary_that_fails_does_not_fail_the_sweep(results_dir: Path, monkeyp
     def broken(*args, **kwargs):
         raise RuntimeError("no fonts")
 
-    monkeypatch.setattr(summary, "write_plots", broken)
-    summary.summarize_after_sweep(results_dir)
+    monkeypatch.setattr(plots, "write_plots", broken)
+    render.summarize_after_sweep(results_dir)
     assert "no summary: RuntimeError: no fonts" in capsys.readouterr().out
-    summary.summarize_after_sweep(results_dir / "absent")  # no results yet: nothing to say
+    render.summarize_after_sweep(results_dir / "absent")  # no results yet: nothing to say
     assert capsys.readouterr().out == ""
 
 
 def test_the_sweep_ends_by_printing_the_throughput_table(results_dir: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(summary, "write_plots", lambda results, out_dir: [])
-    summary.summarize_after_sweep(results_dir)
+    monkeypatch.setattr(plots, "write_plots", lambda results, out_dir: [])
+    render.summarize_after_sweep(results_dir)
     out = capsys.readouterr().out
     assert "samples/s (speedup over baseline) on cuda:" in out
     assert "| `fast` | 250.0 (1.50x) | 923.1 (1.50x) | 1297.3 (1.50x) |" in out
+
+
+def test_within_budget_means_fidelity_and_model_size_and_memory_everywhere(tmp_path: Path, monkeypatch) -> None:
+    """One meaning for summary.md and recommend: a config with perfect agreement but over its
+    VRAM limit at its batch size, or over its size limit, is outside its budget."""
+    rows = [_row("baseline", 1, latency=10.0, vram=300.0), _row("baseline", 8, latency=40.0, vram=900.0),
+            _row("fat", 1, latency=5.0, vram=200.0, model_size_mb=120.0)]
+    limits = {
+        "baseline": Budget("baseline", {"agreement_top1_min": 99.0, "vram_mb_max": {"1": 400, "8": 800}}, Path("b.toml")),
+        "fat": Budget("fat", {"model_size_mb_max": 100}, Path("b.toml")),
+    }
+    results = report.load_results(write_results(tmp_path, rows))
+    checks = budgets.check_budgets(results, limits)
+    within = {(r.variant, r.batch_size): checks[r].within for r in results}
+    assert within == {("baseline", 1): True, ("baseline", 8): False, ("fat", 1): False}
+    assert "VRAM (MB) at batch 8 measured 900, budget <= 800" in checks[results[1]].reasons[0]
+    assert "model size (MB) measured 120, budget <= 100" in checks[results[2]].reasons[0]
+    assert [budgets.within_budget(r, limits, results[0]) for r in results] == [True, False, False]
+    assert (recommend(results, max_memory_mb=None, max_latency_ms=None, checks=checks).variant,
+            recommend(results, max_memory_mb=None, max_latency_ms=None, checks=checks).batch_size) == ("baseline", 1)
+    monkeypatch.setattr(budgets, "load_budgets_or_none", lambda path: (limits, None))
+    render.summarize(tmp_path)
+    text = (tmp_path / markdown.SUMMARY_FILE).read_text()
+    assert "- baseline at batch 8 on cuda: baseline: VRAM (MB) at batch 8 measured 900" in text
+    assert "- fat at batch 1 on cuda: fat: model size (MB) measured 120" in text
+
+
+def test_the_summary_shows_the_speedup_column_of_the_results() -> None:
+    """summary.md reads speedup_vs_baseline as written (report.with_speedups), never recomputes it."""
+    rows = report.with_speedups([_row("baseline", 1, latency=9.0), _row("fast", 1, latency=3.0)])
+    assert markdown.throughput_matrix(rows, "cuda").splitlines()[3] == "| `fast` | 333.3 (3.00x) |"
+    unpaired = [_row("fast", 1, latency=3.0, speedup_vs_baseline=2.5)]
+    assert markdown.throughput_matrix(unpaired, "cuda").splitlines()[2] == "| `fast` | 333.3 (2.50x) |"

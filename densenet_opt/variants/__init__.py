@@ -1,15 +1,23 @@
-"""The engine abstraction and the variant registry.
+"""The engine abstraction, the variant registry and the options variants declare.
 
 A variant turns the fp32 reference model into an *engine* for one device and batch
 size. An engine takes a batch on the host and returns float32 logits on the host, so
-every backend is timed across the same boundary. A new technique is a new module in
-this package that defines ``VARIANTS`` and whose name is added to ``VARIANT_MODULES``.
+every backend is timed across the same boundary. A new technique is a new module (or
+package) here that defines ``VARIANTS`` and whose name is added to ``VARIANT_MODULES``.
+
+Each variant declares its settings as ``VariantOption``s. The user gives them as
+``--variant-options <variant>.<option>=<text>,...``; ``parse_variant_options`` checks every
+key and value against the declarations before any model is built (a typo is an error,
+never silently ignored), and a build reads the typed value with ``ctx.option(name)``.
+A variant may also take keys under a shared prefix (``onnx.provider`` sets all three ONNX
+Runtime variants); its own ``<variant>.<option>`` wins over the shared key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -18,15 +26,23 @@ from typing import Protocol
 import torch
 
 from densenet_opt.errors import UserError, VariantUnavailable
+from densenet_opt.values import did_you_mean, one_of
 
 # Order matters: it is the order of the sweep and of the registry listing.
 VARIANT_MODULES: tuple[str, ...] = ("baseline", "pruning", "onnx", "quantization", "precision", "compiled")
 
 BASELINE = "baseline"
+OPTION_FLAG = "--variant-options"
 
 
 class Engine(Protocol):
-    """What every variant builds; see the module docstring for the contract."""
+    """What every variant builds.
+
+    ``__call__``: a float32 batch [N,3,224,224] on the host in, float32 logits [N,1000]
+    on the host out, the device synchronised. ``model_size_bytes``: bytes of the deployed
+    artifact on disk. ``info``: what engine_info records (text values). ``close``: release
+    the engine's memory and sessions; the engine is not called again.
+    """
 
     model_size_bytes: int
     info: dict[str, str]
@@ -37,11 +53,118 @@ class Engine(Protocol):
 
 
 @dataclass(frozen=True)
+class VariantOption:
+    """One setting a variant takes as ``--variant-options <variant>.<name>=<text>``.
+
+    ``parse`` turns the text into the typed value (a type such as ``int`` works) and raises
+    ValueError with a phrase saying what is wanted; ``default`` is the value when the key
+    is not given (None reads as "auto": the variant decides). ``choices``, when the text
+    is one of a few words, is shown by ``describe_options``.
+    """
+
+    name: str
+    parse: Callable[[str], object]
+    default: object
+    help: str
+    choices: tuple[str, ...] = ()
+
+    @classmethod
+    def choice(cls, name: str, choices: Sequence[str], default: str, help: str) -> VariantOption:
+        """An option whose text is one of ``choices`` (lower-case words, matched in any case)."""
+        return cls(name, one_of(choices), default, help, tuple(choices))
+
+    @property
+    def default_text(self) -> str:
+        """The default as the user would write it ("auto" for None)."""
+        return "auto" if self.default is None else str(self.default)
+
+    def value(self, key: str, text: str) -> object:
+        """The typed value of ``text`` given as ``key``; UserError naming the key otherwise."""
+        try:
+            return self.parse(text)
+        except ValueError as error:
+            raise UserError(f"{OPTION_FLAG} {key}={text}: {error} (default {self.default_text})") from None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A registered technique: its name, what it is, how to build its engine, where it
+    runs (``devices``: torch device types), the options it takes and, if any, a shared
+    prefix whose keys apply to it as well (``onnx`` for the ONNX Runtime variants)."""
+
+    name: str
+    description: str
+    build: Callable[[BuildContext], Engine]
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    options: tuple[VariantOption, ...] = ()
+    shared_prefix: str | None = None
+
+    def option(self, name: str) -> VariantOption:
+        """The declaration of option ``name``; KeyError if this variant does not declare it."""
+        for option in self.options:
+            if option.name == name:
+                return option
+        raise KeyError(f"variant {self.name} declares no option {name!r}")
+
+    def build_engine(self, ctx: BuildContext) -> Engine:
+        """Build the engine for ``ctx`` (which then knows this variant: ``ctx.option`` works).
+
+        Raises VariantUnavailable with the reason when it cannot run here (another device
+        type, a missing package or provider), UserError for a problem the user can fix.
+        """
+        if ctx.device.type not in self.devices:
+            raise VariantUnavailable(
+                f"{self.name} runs on {'/'.join(self.devices)} only, not {ctx.device.type}"
+            )
+        return self.build(dataclasses.replace(ctx, variant=self))
+
+
+class VariantOptions(Mapping[str, str]):
+    """Validated ``--variant-options``: a read-only mapping of each key to its text as the
+    user gave it (what a child process is sent; ``parse_variant_options(dict(options))``
+    gives the same options back), and each variant's typed values (``value``).
+
+    Made by ``parse_variant_options``; ``VariantOptions()`` is "none given".
+    """
+
+    def __init__(self, text: Mapping[str, str] | None = None) -> None:
+        self._text = dict(text or {})
+
+    def __getitem__(self, key: str) -> str:
+        return self._text[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._text)
+
+    def __len__(self) -> int:
+        return len(self._text)
+
+    def __repr__(self) -> str:
+        return f"VariantOptions({self._text!r})"
+
+    def key(self, variant: Variant, name: str) -> str | None:
+        """The key that sets ``variant``'s option ``name`` (``<variant>.<name>`` before
+        ``<shared prefix>.<name>``), or None when neither was given."""
+        prefixes = (variant.name, variant.shared_prefix) if variant.shared_prefix else (variant.name,)
+        return next((f"{prefix}.{name}" for prefix in prefixes if f"{prefix}.{name}" in self._text), None)
+
+    def value(self, variant: Variant, name: str) -> object:
+        """The typed value of ``variant``'s option ``name``: as given, else its default.
+        KeyError if the variant does not declare it."""
+        option = variant.option(name)
+        key = self.key(variant, name)
+        return option.default if key is None else option.value(key, self._text[key])
+
+
+@dataclass(frozen=True)
 class BuildContext:
     """Everything a variant may use to build its engine.
 
-    ``reference_model`` and ``calibration_images`` are callables so that a variant
-    that loads a cached artifact pays for neither (it shows in RAM and cold start).
+    ``reference_model`` returns a private fp32 DenseNet-121 on the CPU in eval mode (a
+    variant may change it in place); ``calibration_images(count)`` returns float32
+    [count,3,224,224] normalised images disjoint from the evaluated ones. Both are
+    callables so that a variant that loads a cached artifact pays for neither (it shows
+    in RAM and cold start). ``variant`` is set by ``Variant.build_engine``.
     """
 
     device: torch.device
@@ -51,28 +174,27 @@ class BuildContext:
     calibration_samples: int  # how many calibration images quantizing variants should use
     weights_key: str
     cache_dir: Path
-    options: Mapping[str, str] = field(default_factory=dict)
+    options: VariantOptions = field(default_factory=VariantOptions)
     progress: Callable[[str], None] = print
+    variant: Variant | None = None
 
+    def _built(self) -> Variant:
+        if self.variant is None:
+            raise RuntimeError("this BuildContext names no variant: build through Variant.build_engine")
+        return self.variant
 
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    description: str
-    build: Callable[[BuildContext], Engine]
-    devices: tuple[str, ...] = ("cpu", "cuda")
+    def option(self, name: str) -> object:
+        """The typed value of the built variant's option ``name`` (its default when not given)."""
+        return self.options.value(self._built(), name)
 
-    def build_engine(self, ctx: BuildContext) -> Engine:
-        """Build, or raise VariantUnavailable with the reason it cannot run here."""
-        if ctx.device.type not in self.devices:
-            raise VariantUnavailable(
-                f"{self.name} runs on {'/'.join(self.devices)} only, not {ctx.device.type}"
-            )
-        return self.build(ctx)
+    def option_key(self, name: str) -> str | None:
+        """The key the user set option ``name`` with (for messages), or None when not given."""
+        return self.options.key(self._built(), name)
 
 
 @cache
 def registry() -> dict[str, Variant]:
+    """Every variant by name, in sweep order; imports the variant modules on first use."""
     variants: dict[str, Variant] = {}
     for module_name in VARIANT_MODULES:
         module = importlib.import_module(f"{__name__}.{module_name}")
@@ -84,9 +206,71 @@ def registry() -> dict[str, Variant]:
 
 
 def get_variant(name: str) -> Variant:
+    """The registered variant ``name``; UserError listing the variants otherwise."""
     variants = registry()
     if name not in variants:
         raise UserError(
             f"unknown variant {name!r}: choose from {', '.join(variants)}"
         )
     return variants[name]
+
+
+def parse_variant_options(raw: Mapping[str, str], variants: Sequence[str] | None = None) -> VariantOptions:
+    """Check every ``<variant>.<option>`` key and its value; the validated options.
+
+    ``raw``: keys to texts, as ``--variant-options`` gives them (a VariantOptions works
+    too). ``variants``: the variant names whose options are accepted; by default every
+    registered one. Keys under a shared prefix (``onnx.<option>``) are checked with each
+    variant that takes them. Raises UserError naming the key: for an unknown variant
+    (listing the variants), an unknown option (with a "did you mean" and the variant's
+    valid keys), or a value its parser refuses.
+    """
+    text = {str(key).strip(): str(value).strip() for key, value in raw.items()}
+    declared = list(registry().values()) if variants is None else [get_variant(name) for name in variants]
+    takers: dict[str, list[Variant]] = {}
+    for variant in declared:
+        for prefix in dict.fromkeys(filter(None, (variant.name, variant.shared_prefix))):
+            takers.setdefault(prefix, []).append(variant)
+    for key, value in text.items():
+        prefix, _, name = key.partition(".")
+        if prefix not in takers:
+            raise UserError(_unknown_variant(key, takers, [variant.name for variant in declared]))
+        valid = _valid_keys(prefix, takers[prefix])
+        if key not in valid:
+            raise UserError(_unknown_option(key, prefix, takers[prefix], valid))
+        for variant in takers[prefix]:
+            if any(option.name == name for option in variant.options):
+                variant.option(name).value(key, value)
+    return VariantOptions(text)
+
+
+def _valid_keys(prefix: str, variants: Sequence[Variant]) -> list[str]:
+    return list(dict.fromkeys(f"{prefix}.{option.name}" for variant in variants for option in variant.options))
+
+
+def _unknown_variant(key: str, takers: Mapping[str, Sequence[Variant]], names: Sequence[str]) -> str:
+    every_key = [valid for prefix, variants in takers.items() for valid in _valid_keys(prefix, variants)]
+    prefix = key.partition(".")[0]
+    hint = did_you_mean(key, every_key) or did_you_mean(prefix, list(takers))
+    return (
+        f"unknown variant {prefix!r} in {OPTION_FLAG} key {key!r} (keys are <variant>.<option>):{hint} "
+        f"the variants are: {', '.join(names)}"
+    )
+
+
+def _unknown_option(key: str, prefix: str, variants: Sequence[Variant], valid: Sequence[str]) -> str:
+    shared = f" (for {', '.join(variant.name for variant in variants)})" if len(variants) > 1 else ""
+    takes = f"takes: {', '.join(valid)}{shared}" if valid else "takes no options"
+    return f"unknown variant option {key!r}:{did_you_mean(key, valid)} {prefix} {takes}"
+
+
+def describe_options(variant: Variant | str) -> list[str]:
+    """One line per option of ``variant`` for ``densenet-opt list``, e.g.
+    ``pruned.amount=0.01: fraction of ... (a number in [0, 1))``; empty when it takes none."""
+    variant = get_variant(variant) if isinstance(variant, str) else variant
+    lines = []
+    for option in variant.options:
+        choices = f"; one of {', '.join(option.choices)}" if option.choices else ""
+        shared = f"; {variant.shared_prefix}.{option.name} sets it too" if variant.shared_prefix else ""
+        lines.append(f"{variant.name}.{option.name}={option.default_text}: {option.help}{choices}{shared}")
+    return lines

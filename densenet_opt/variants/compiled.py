@@ -15,11 +15,14 @@ copies the host batch into the static input buffer, replays, and copies the logi
 from __future__ import annotations
 
 import time
+
 import torch
 
 from densenet_opt.errors import UserError
-from densenet_opt.variants import BuildContext, Engine, Variant
-from densenet_opt.variants.inductor import PackageEngine, batch_shape, load_or_compile
+from densenet_opt.preprocessing import IMAGE_SHAPE
+from densenet_opt.values import one_of
+from densenet_opt.variants import BuildContext, Engine, Variant, VariantOption
+from densenet_opt.variants.inductor import BATCH_OPTION, PackageEngine, batch_shape, load_or_compile
 from densenet_opt.variants.precision import DTYPES, check_cuda_dtype, cuda_model
 from densenet_opt.variants.torch_engine import TorchEngine, state_dict_bytes
 
@@ -30,31 +33,46 @@ DEFAULT_CUDA_MODE = "max-autotune"
 SELECTION_REPLAYS = 20
 
 
-def option(ctx: BuildContext, key: str, choices: tuple[str, ...], default: str) -> str:
-    value = ctx.options.get(key, default)
-    if value not in choices:
-        raise UserError(f"--variant-options {key}={value!r} is not valid: choose one of {', '.join(choices)}")
-    return value
+def compile_modes() -> tuple[str, ...]:
+    """torch.compile's modes in this torch ("lite" is not one of torch.compile's)."""
+    return tuple(mode for mode in torch._inductor.list_mode_options() if mode != "lite")
+
+
+def parse_compile_mode(text: str) -> str:
+    """One of compile_modes(); ValueError naming them otherwise."""
+    return one_of(compile_modes())(text)
+
+
+MODE_OPTION = VariantOption(
+    "mode", parse_compile_mode, DEFAULT_CUDA_MODE,
+    "torch.compile mode on CUDA (default, reduce-overhead, max-autotune, ...); not on the CPU",
+)
+DTYPE_OPTION = VariantOption.choice(
+    "dtype", ("auto", *DTYPES), "auto", "dtype of the captured engine; auto: whichever of fp16 and bf16 replays faster",
+)
 
 
 def compile_mode(ctx: BuildContext) -> str:
-    modes = tuple(mode for mode in torch._inductor.list_mode_options() if mode != "lite")
-    key = f"{COMPILED}.mode"
-    mode = option(ctx, key, modes, DEFAULT_CUDA_MODE)
-    if ctx.device.type != "cuda" and key in ctx.options:
+    """The ``compiled.mode`` to compile with on CUDA; UserError when it is given for a CPU
+    sweep, where compiled is an AOTInductor package and takes no mode."""
+    if ctx.device.type != "cuda" and (key := ctx.option_key(MODE_OPTION.name)) is not None:
         raise UserError(
             f"--variant-options {key} applies on CUDA only (on the CPU, compiled is an AOTInductor "
             "package with freezing): drop the option or use --device cuda"
         )
-    return mode
+    return ctx.option(MODE_OPTION.name)
 
 
 def build_compiled(ctx: BuildContext) -> Engine:
+    """fp32 inductor: on CUDA torch.compile (compiled and autotuned here, in the build),
+    on the CPU a cached AOTInductor package with freezing. Raises UserError for an
+    option that does not apply, VariantUnavailable without a C++ compiler to build a
+    package."""
     mode = compile_mode(ctx)
     if ctx.device.type == "cuda":
         return build_compiled_cuda(ctx, mode)
 
-    shape = batch_shape(ctx, COMPILED)
+    shape = batch_shape(ctx)
 
     def export() -> torch.export.ExportedProgram:
         return shape.export(ctx.reference_model().eval().to(memory_format=torch.channels_last))
@@ -65,6 +83,8 @@ def build_compiled(ctx: BuildContext) -> Engine:
 
 
 def build_compiled_cuda(ctx: BuildContext, mode: str) -> Engine:
+    """torch.compile(mode, static shapes) of the channels_last fp32 model on ``ctx.device``,
+    compiled, and its CUDA graphs recorded, before it is returned; info["compile_s"] in seconds."""
     model = ctx.reference_model().to(ctx.device, memory_format=torch.channels_last).eval()
     size = state_dict_bytes(model)
     # Static shapes: one compiled graph per batch size, so that autotuning and CUDA graphs
@@ -75,7 +95,7 @@ def build_compiled_cuda(ctx: BuildContext, mode: str) -> Engine:
         info={"backend": "torch.compile+inductor", "mode": mode, "layout": "channels_last"},
     )
     ctx.progress(f"{COMPILED}: torch.compile mode={mode} for batch {ctx.batch_size} (minutes with max-autotune)")
-    batch = torch.zeros(ctx.batch_size, 3, 224, 224)
+    batch = torch.zeros(ctx.batch_size, *IMAGE_SHAPE)
     started = time.perf_counter()
     engine(batch)  # compiles (and autotunes)
     engine.info["compile_s"] = f"{time.perf_counter() - started:.1f}"
@@ -86,12 +106,14 @@ def build_compiled_cuda(ctx: BuildContext, mode: str) -> Engine:
 
 
 class CudaGraphEngine:
-    """One captured inference for one static batch size: host batch in, host fp32 logits out."""
+    """One captured inference of ``model`` (already in ``dtype``, channels_last, on
+    ``device``) for one static batch size: a host batch [batch_size,3,224,224] in (any
+    float dtype), host float32 logits [batch_size,1000] out; ValueError for another shape."""
 
     def __init__(self, model: torch.nn.Module, batch_size: int, device: torch.device, dtype: torch.dtype) -> None:
         self.model = model
         self.batch_size = batch_size
-        self.static_input = torch.zeros(batch_size, 3, 224, 224, device=device)
+        self.static_input = torch.zeros(batch_size, *IMAGE_SHAPE, device=device)
         self.stream = torch.cuda.Stream(device)
         previous = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = True
@@ -115,6 +137,7 @@ class CudaGraphEngine:
         return self.model(self.static_input.to(dtype=dtype, memory_format=torch.channels_last))
 
     def replay_ms(self, replays: int) -> float:
+        """Mean milliseconds of one replay over ``replays`` back-to-back replays (CUDA events)."""
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(replays):
@@ -153,7 +176,10 @@ class CapturedEngine:
 
 
 def build_cuda_graphs(ctx: BuildContext) -> Engine:
-    choice = option(ctx, f"{CUDA_GRAPHS}.dtype", ("auto", *DTYPES), "auto")
+    """The fp16 or bf16 eager engine captured in a CUDA graph for ``ctx.batch_size``: the
+    one ``cuda_graphs.dtype`` names, or (auto) the faster replay of the two (fp16 alone
+    without native bf16). VariantUnavailable for bf16 without native support."""
+    choice = ctx.option(DTYPE_OPTION.name)
     names = [name for name in DTYPES if choice in ("auto", name)]
     if choice == "auto" and not torch.cuda.is_bf16_supported(including_emulation=False):
         names = ["fp16"]
@@ -179,7 +205,7 @@ def build_cuda_graphs(ctx: BuildContext) -> Engine:
 
 VARIANTS = [
     Variant(COMPILED, "fp32 inductor, channels_last: CPU AOTInductor package with freezing, "
-            "CUDA torch.compile max-autotune", build_compiled),
+            "CUDA torch.compile max-autotune", build_compiled, options=(MODE_OPTION, BATCH_OPTION)),
     Variant(CUDA_GRAPHS, "fp16/bf16 eager engine (faster replay) captured in a CUDA graph per batch size",
-            build_cuda_graphs, devices=("cuda",)),
+            build_cuda_graphs, devices=("cuda",), options=(DTYPE_OPTION,)),
 ]

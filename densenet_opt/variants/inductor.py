@@ -4,18 +4,18 @@ Why AOTInductor and not ``torch.compile`` on the CPU: freezing (what makes induc
 fast on CPUs: BatchNorm folded into convolutions, weights pre-packed for oneDNN) leaves
 oneDNN tensors in the graph that inductor's FX graph cache cannot pickle, so every
 process compiled the model again (``fxgraph_cache_bypass``, reason "mkldnn tensors
-unpickleable"): about a minute per process on two cores, paid again by the memory
-probe's fresh process for every batch size. ``torch.export`` + AOTInductor runs the same
-inductor passes (freezing, the PT2E int8 lowering) and writes a self-contained ``.pt2``
-package that any later process loads in well under a second.
+unpickleable"), paid again by the memory probe's fresh process for every batch size.
+``torch.export`` + AOTInductor runs the same inductor passes (freezing, the PT2E int8
+lowering) and writes a self-contained ``.pt2`` package that any later process loads in
+well under a second.
 
 One package per batch size by default (option ``<variant>.batch=static``): with a dynamic
 batch dimension inductor cannot pre-pack the convolution weights for oneDNN (packing wants
-the input shape), so oneDNN re-lays all 120 of them out on every call (ONEDNN_VERBOSE: 120
-weight reorders per call in fp32 and bf16, 44 in int8; none with static shapes). Measured
-in one process, one thread: the dynamic fp32 package was as fast as the static one at batch
-32 and 11% slower at batch 1. ``<variant>.batch=dynamic`` compiles one package for every
-batch size: half the compile time of a run over two batch sizes, for that cost per call.
+the input shape), so oneDNN re-lays the weights out on every call (ONEDNN_VERBOSE shows
+a weight reorder per convolution per call; none with static shapes), which costs most at
+small batch sizes. ``<variant>.batch=dynamic`` compiles one package for every batch size:
+less compile time over a sweep, for that cost per call. The measurements are in the
+README ("Measurements behind the design").
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ from pathlib import Path
 import torch
 
 from densenet_opt import atomic, cache
-from densenet_opt.errors import UserError, VariantUnavailable
-from densenet_opt.variants import BuildContext
+from densenet_opt.errors import VariantUnavailable
+from densenet_opt.preprocessing import IMAGE_SHAPE
+from densenet_opt.variants import BuildContext, VariantOption
 
 # Bump when what goes into a package changes in a way the key below does not capture.
 PACKAGE_RECIPE_VERSION = 1
@@ -45,8 +46,13 @@ CACHE_SUBDIR = "inductor"
 # export specialises a size-1 dimension to the constant 1.
 MAX_BATCH = 4096
 DYNAMIC_EXAMPLE_BATCH = 2
-IMAGE_SHAPE = (3, 224, 224)
 STATIC, DYNAMIC = "static", "dynamic"
+# What every variant that builds a package takes (on the CPU).
+BATCH_OPTION = VariantOption.choice(
+    "batch", (STATIC, DYNAMIC), STATIC,
+    f"CPU package: {STATIC}, one per batch size (fastest); {DYNAMIC}, one for every batch size (compiles once, "
+    "re-lays the weights out on each call)",
+)
 COMPILER_REMEDY = "install g++ or point CXX at a working C++ compiler"
 # A program that needs what inductor's generated C++ needs: the C++ standard headers, linking.
 TRIVIAL_PROGRAM = "#include <vector>\nint main() { std::vector<int> v(1); return v[0]; }\n"
@@ -61,29 +67,27 @@ class BatchShape:
 
     @property
     def key(self) -> str:
+        """"dynamic" or "static-<size>": the package's cache key and engine_info's batch."""
         return DYNAMIC if self.size is None else f"{STATIC}-{self.size}"
 
     def example(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor]:
+        """The export's example input: zeros [size (2 if dynamic),3,224,224] of ``dtype``, channels_last."""
         batch = DYNAMIC_EXAMPLE_BATCH if self.size is None else self.size
         return (torch.zeros(batch, *IMAGE_SHAPE, dtype=dtype).contiguous(memory_format=torch.channels_last),)
 
     def dynamic_shapes(self) -> tuple[dict[int, torch.export.Dim]] | None:
+        """torch.export's dynamic_shapes: the batch dimension from 1 to MAX_BATCH, or None when static."""
         return ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},) if self.size is None else None
 
     def export(self, model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> torch.export.ExportedProgram:
+        """``model`` (taking ``dtype`` channels_last input) exported for this shape."""
         return torch.export.export(model, self.example(dtype), dynamic_shapes=self.dynamic_shapes())
 
 
-def batch_shape(ctx: BuildContext, variant: str) -> BatchShape:
-    """From the option ``<variant>.batch``: static (default) or dynamic."""
-    key = f"{variant}.batch"
-    value = ctx.options.get(key, STATIC)
-    if value not in (STATIC, DYNAMIC):
-        raise UserError(
-            f"--variant-options {key}={value!r} is not valid: choose {STATIC} (a package per batch size, "
-            f"fastest) or {DYNAMIC} (one package for all batch sizes, compiles once)"
-        )
-    return BatchShape(ctx.batch_size if value == STATIC else None)
+def batch_shape(ctx: BuildContext) -> BatchShape:
+    """The shape to compile for, from the built variant's ``batch`` option: the context's
+    batch size (static, the default) or any (dynamic)."""
+    return BatchShape(ctx.batch_size if ctx.option(BATCH_OPTION.name) == STATIC else None)
 
 
 def machine_key() -> dict[str, str]:
@@ -164,6 +168,8 @@ def _compiler_problem(compiler: str) -> str | None:
 
 @dataclass(frozen=True)
 class Package:
+    """A loaded AOTInductor package: where it is, what it was compiled for, and what it cost."""
+
     name: str
     path: Path
     shape: BatchShape
@@ -178,6 +184,7 @@ def package_key(ctx: BuildContext, name: str, key: Mapping[str, str]) -> dict[st
 
 
 def package_path(ctx: BuildContext, full_key: Mapping[str, str]) -> Path:
+    """Where the package for ``full_key`` (from package_key) is cached: a .pt2 under the cache dir."""
     return ctx.cache_dir / CACHE_SUBDIR / f"{full_key['name']}-{cache.key_digest(full_key)}.pt2"
 
 

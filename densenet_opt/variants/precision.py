@@ -5,27 +5,27 @@ convolutions want), cuDNN benchmark mode (the fastest algorithm per shape, picke
 first call, which the build makes). On the CPU: only where the CPU computes the dtype
 natively (bf16: AVX512-BF16 or AMX; fp16: AVX512-FP16 or AMX-FP16); elsewhere oneDNN
 emulates it and it is slower than fp32, so the variant is skipped. There the model is
-compiled by inductor with freezing into a cached AOTInductor package: eager bf16
-(channels_last) took 1545 ms at batch 32 on one thread, the package 1162 ms.
+compiled by inductor with freezing into a cached AOTInductor package, which beat eager
+bf16 (channels_last) in our measurements.
 
-This Zen4 has AVX512-BF16 and no AMX (torch.ops.mkldnn._is_mkldnn_bf16_supported() is
-True, _is_mkldnn_fp16_supported() False). bf16 measured 3.6x eager fp32 at batch 32 (one
-thread): oneDNN's avx512_core_bf16 convolutions take 930 ms, 2.1x less than fp32's 1937 ms,
-which is what two bf16 multiply-adds per 32-bit lane allow, plus 355 ms outside them. 4.5x
-(988 ms) would leave 58 ms for the rest; AMX, where 4.9x was measured, multiplies bf16 at
-8x the per-core rate of AVX512-BF16.
+What bounds bf16 on a CPU: without AMX, oneDNN's avx512_core_bf16 convolutions do two
+bf16 multiply-adds per 32-bit lane, so they can be at most about 2x faster than fp32's,
+and the rest of the call (concatenations, BatchNorm, pooling) does not shrink; AMX
+multiplies bf16 at 8x the per-core rate of AVX512-BF16. The figures measured on a CPU
+without AMX are in the README ("Measurements behind the design").
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
 from densenet_opt.errors import VariantUnavailable
+from densenet_opt.preprocessing import IMAGE_SHAPE
 from densenet_opt.variants import BuildContext, Engine, Variant
-from densenet_opt.variants.inductor import PackageEngine, batch_shape, load_or_compile
+from densenet_opt.variants.inductor import BATCH_OPTION, PackageEngine, batch_shape, load_or_compile
 from densenet_opt.variants.torch_engine import TorchEngine, state_dict_bytes
 
 DTYPES: Mapping[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -45,6 +45,8 @@ class CudnnBenchmarkEngine(TorchEngine):
 
 
 def check_cuda_dtype(name: str, dtype: torch.dtype, device: torch.device) -> None:
+    """VariantUnavailable (naming variant ``name`` and the GPU) when ``dtype`` is bf16 and
+    ``device`` has no native bf16 (compute capability below 8.0)."""
     if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported(including_emulation=False):
         raise VariantUnavailable(
             f"{name}: {torch.cuda.get_device_name(device)} has no native bf16 (it needs compute capability 8.0+)"
@@ -52,10 +54,13 @@ def check_cuda_dtype(name: str, dtype: torch.dtype, device: torch.device) -> Non
 
 
 def cuda_model(ctx: BuildContext, dtype: torch.dtype) -> torch.nn.Module:
+    """The reference model in ``dtype``, channels_last, on ``ctx.device``, in eval mode."""
     return ctx.reference_model().to(device=ctx.device, dtype=dtype, memory_format=torch.channels_last).eval()
 
 
 def build_cuda(ctx: BuildContext, name: str, dtype: torch.dtype) -> Engine:
+    """The eager ``dtype`` engine on CUDA, its cuDNN algorithms picked by a first call in
+    the build (info["autotune_s"], seconds). VariantUnavailable as check_cuda_dtype."""
     check_cuda_dtype(name, dtype, ctx.device)
     model = cuda_model(ctx, dtype)
     engine = CudnnBenchmarkEngine(
@@ -64,7 +69,7 @@ def build_cuda(ctx: BuildContext, name: str, dtype: torch.dtype) -> Engine:
     )
     started = time.perf_counter()
     # cuDNN benchmarks its algorithms on the first call for a shape: not in a timed round.
-    engine(torch.zeros(ctx.batch_size, 3, 224, 224))
+    engine(torch.zeros(ctx.batch_size, *IMAGE_SHAPE))
     engine.info["autotune_s"] = f"{time.perf_counter() - started:.1f}"
     return engine
 
@@ -84,6 +89,9 @@ def native_cpu_isa(dtype: torch.dtype) -> str | None:
 
 
 def build_cpu(ctx: BuildContext, name: str, dtype: torch.dtype) -> Engine:
+    """The ``dtype`` AOTInductor package (freezing, channels_last) on a CPU that computes
+    ``dtype`` natively; VariantUnavailable naming the missing ISA elsewhere, or without a
+    C++ compiler to build the package."""
     isa = native_cpu_isa(dtype)
     if isa is None:
         wanted = "AVX512-BF16 or AMX" if dtype == torch.bfloat16 else "AVX512-FP16 or AMX-FP16"
@@ -92,7 +100,7 @@ def build_cpu(ctx: BuildContext, name: str, dtype: torch.dtype) -> Engine:
             "than fp32; run it on CUDA"
         )
 
-    shape = batch_shape(ctx, name)
+    shape = batch_shape(ctx)
 
     def export() -> torch.export.ExportedProgram:
         return shape.export(ctx.reference_model().to(dtype=dtype, memory_format=torch.channels_last).eval(), dtype)
@@ -102,7 +110,8 @@ def build_cpu(ctx: BuildContext, name: str, dtype: torch.dtype) -> Engine:
     return PackageEngine(runner, package, dtype=dtype, info=info)
 
 
-def build_for(name: str):
+def build_for(name: str) -> Callable[[BuildContext], Engine]:
+    """The build function of variant ``name`` (a key of DTYPES): CUDA eager, or the CPU package."""
     dtype = DTYPES[name]
 
     def build(ctx: BuildContext) -> Engine:
@@ -115,7 +124,7 @@ def build_for(name: str):
 
 VARIANTS = [
     Variant("fp16", "fp16 weights and activations: CUDA eager, channels_last, cuDNN benchmark "
-            "(CPU only with native fp16)", build_for("fp16")),
+            "(CPU only with native fp16)", build_for("fp16"), options=(BATCH_OPTION,)),
     Variant("bf16", "bf16 weights and activations: CUDA eager, channels_last, cuDNN benchmark; "
-            "CPU with native bf16: inductor with freezing (AOTInductor package)", build_for("bf16")),
+            "CPU with native bf16: inductor with freezing (AOTInductor package)", build_for("bf16"), options=(BATCH_OPTION,)),
 ]

@@ -6,17 +6,19 @@ do exactly the same work: ``pruned`` reproduces the seed's technique to show tha
 parameters on any hardware.
 
 Time falls less than FLOPs: BatchNorm and ReLU over the concatenated feature maps,
-the concatenations and the pooling are untouched (about a quarter of eager CPU time at
-batch 32), and oneDNN computes channels in blocks of 16, so 90 kept channels cost as much as
-96. Amounts that leave a multiple of 16 of the 128 channels (0.25, 0.375) waste nothing.
+the concatenations and the pooling are untouched (a sizeable share of eager CPU time:
+README, "Measurements behind the design"), and oneDNN computes channels in blocks of 16,
+so 90 kept channels cost as much as 96. Amounts that leave a multiple of 16 of the 128
+channels (0.25, 0.375) waste nothing.
+
+Option ``amount`` (``pruned.amount``, ``pruned_structured.amount``): the fraction pruned.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,9 +27,9 @@ from torch import nn
 from torch.nn.utils import prune
 
 from densenet_opt import atomic, cache
-from densenet_opt.errors import UserError
 from densenet_opt.flops import count_flops, count_params, weight_sparsity
-from densenet_opt.variants import BuildContext, Engine, Variant
+from densenet_opt.values import fraction
+from densenet_opt.variants import BuildContext, Engine, Variant, VariantOption
 from densenet_opt.variants.torch_engine import TorchEngine, state_dict_bytes
 
 PRUNED = "pruned"
@@ -44,25 +46,13 @@ CACHE_SUBDIR = "pruned"
 RECALIBRATION_BATCH = 32
 
 
-def parse_amount(options: Mapping[str, str], variant: str, default: float) -> float:
-    """The fraction to prune from ``<variant>.amount``; UserError unless it is in [0, 1)."""
-    key = f"{variant}.{AMOUNT}"
-    text = options.get(key)
-    if text is None:
-        return default
-    try:
-        amount = float(text)
-    except ValueError:
-        amount = math.nan
-    if not 0.0 <= amount < 1.0:  # NaN fails this too
-        raise UserError(
-            f"--variant-options {key}={text} is not a number in [0, 1): "
-            f"give the fraction to prune, e.g. {key}={default}"
-        )
-    return amount
+def amount_option(default: float, what: str) -> VariantOption:
+    """The ``amount`` option: the fraction of ``what`` to prune, in [0, 1)."""
+    return VariantOption(AMOUNT, fraction, default, f"fraction of {what} to prune, a number in [0, 1)")
 
 
 def conv_layers(model: nn.Module) -> list[nn.Conv2d]:
+    """Every Conv2d of ``model``, in module order."""
     return [module for module in model.modules() if isinstance(module, nn.Conv2d)]
 
 
@@ -216,6 +206,8 @@ def cost_info(model: nn.Module) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class PrunedModel:
+    """A pruned model and its engine_info entries (amount, times in seconds, cost_info)."""
+
     model: nn.Module  # on the CPU, eval mode; every engine gets its own copy
     info: dict[str, str]
 
@@ -241,7 +233,9 @@ def _engine(ctx: BuildContext, pruned: PrunedModel) -> Engine:
 
 
 def build_pruned(ctx: BuildContext) -> Engine:
-    amount = parse_amount(ctx.options, PRUNED, DEFAULT_UNSTRUCTURED_AMOUNT)
+    """The reference model with ``pruned.amount`` of each conv's weights zeroed; kept in
+    memory for the other batch sizes of the session."""
+    amount = ctx.option(AMOUNT)
 
     def build() -> PrunedModel:
         started = time.perf_counter()
@@ -253,7 +247,11 @@ def build_pruned(ctx: BuildContext) -> Engine:
 
 
 def build_pruned_structured(ctx: BuildContext) -> Engine:
-    amount = parse_amount(ctx.options, PRUNED_STRUCTURED, DEFAULT_STRUCTURED_AMOUNT)
+    """The reference model with ``pruned_structured.amount`` of each dense layer's
+    bottleneck channels removed and BatchNorm recalibrated on ``ctx.calibration_samples``
+    images; cached on disk by everything it depends on (a process that finds it loads it
+    without recalibrating). UserError when the cache's disk is full or read-only."""
+    amount = ctx.option(AMOUNT)
 
     def build() -> PrunedModel:
         images = ctx.calibration_images(ctx.calibration_samples)
@@ -299,6 +297,9 @@ def pruned_model_path(ctx: BuildContext, amount: float, images: torch.Tensor) ->
 
 
 VARIANTS = [
-    Variant(PRUNED, "eager fp32, unstructured L1 pruning of conv weights (seed's ~1%; dense kernels, no speedup)", build_pruned),
-    Variant(PRUNED_STRUCTURED, "eager fp32, structured pruning of dense-layer bottleneck channels + BatchNorm recalibration", build_pruned_structured),
+    Variant(PRUNED, "eager fp32, unstructured L1 pruning of conv weights (seed's ~1%; dense kernels, no speedup)",
+            build_pruned, options=(amount_option(DEFAULT_UNSTRUCTURED_AMOUNT, "each convolution's weights (smallest |w|)"),)),
+    Variant(PRUNED_STRUCTURED, "eager fp32, structured pruning of dense-layer bottleneck channels + BatchNorm recalibration",
+            build_pruned_structured,
+            options=(amount_option(DEFAULT_STRUCTURED_AMOUNT, "each dense layer's bottleneck channels (least important)"),)),
 ]

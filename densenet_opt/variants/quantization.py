@@ -9,13 +9,11 @@ convolutions and the classifier run in int8, and each BatchNorm+ReLU fuses with 
 dequantize/quantize around it. Compiled into a cached AOTInductor package per batch size
 (inductor.py says why not ``torch.compile``, and why not one dynamic-batch package).
 
-Speed on a CPU without AMX (measured on a 2-core Zen4, batch 32, one thread so that the
-shared machine's load does not distort it): 6.6x eager fp32. ONEDNN_VERBOSE: the int8
-convolutions (brgconv avx512_core_vnni) take 460 ms, 4.2x less than the fp32 package's
-(1937 ms): the 4x that VNNI's 4 int8 multiply-adds per 32-bit lane allow; the rest of the
-call (concatenations, BatchNorm+ReLU+quantize) is 214 ms. 12x eager (370 ms) would need
-convolutions faster than VNNI's peak; AMX, where 10.5x was measured, multiplies int8 at 8x
-the per-core rate of AVX-512 VNNI.
+What bounds it on a CPU without AMX: VNNI does 4 int8 multiply-adds per 32-bit lane, so
+the int8 convolutions can be at most about 4x faster than fp32's, and the rest of the
+call (concatenations, BatchNorm+ReLU+quantize) remains; AMX multiplies int8 at 8x the
+per-core rate of AVX-512 VNNI. The figures measured on a CPU without AMX are in the
+README ("Measurements behind the design").
 
 There is no CUDA path: these patterns lower to oneDNN CPU kernels only, and PyTorch has
 no int8 convolution for CUDA GPUs.
@@ -31,7 +29,7 @@ from densenet_opt.cache import tensor_digest
 from densenet_opt.errors import VariantUnavailable
 from densenet_opt.variants import BuildContext, Engine, Variant
 from densenet_opt.variants.inductor import (
-    BatchShape, PackageEngine, batch_shape, load_or_compile,
+    BATCH_OPTION, BatchShape, PackageEngine, batch_shape, load_or_compile,
 )
 
 NAME = "int8"
@@ -59,6 +57,8 @@ def import_pt2e():
 
 
 def calibrate(model: torch.nn.Module, images: torch.Tensor) -> None:
+    """Run the observed ``model`` over float32 ``images`` [N,3,224,224] in batches, so its
+    observers record the activation ranges."""
     with torch.no_grad():
         for start in range(0, len(images), CALIBRATION_BATCH):
             model(images[start : start + CALIBRATION_BATCH].contiguous(memory_format=torch.channels_last))
@@ -70,6 +70,9 @@ _quantized: dict[tuple[str, str], torch.fx.GraphModule] = {}
 
 
 def quantized_model(ctx: BuildContext, calibration: torch.Tensor, calibration_key: str) -> torch.fx.GraphModule:
+    """The converted int8 graph (dynamic batch) of the reference model calibrated on
+    ``calibration``; kept for the process by (weights, ``calibration_key``).
+    VariantUnavailable without torchao."""
     key = (ctx.weights_key, calibration_key)
     if key not in _quantized:
         quantize_pt2e, xiq = import_pt2e()
@@ -86,7 +89,9 @@ def quantized_model(ctx: BuildContext, calibration: torch.Tensor, calibration_ke
 
 
 def build(ctx: BuildContext) -> Engine:
-    shape = batch_shape(ctx, NAME)
+    """The int8 AOTInductor package (cached; quantized and compiled only when missing).
+    VariantUnavailable without torchao or a C++ compiler to build the package."""
+    shape = batch_shape(ctx)
     import_pt2e()  # fail early, before the calibration images are made
     calibration = ctx.calibration_images(ctx.calibration_samples)
     calibration_key = f"{len(calibration)}-{tensor_digest(calibration)}"
@@ -114,5 +119,6 @@ VARIANTS = [
         "static int8 PT2E (torchao X86InductorQuantizer) lowered by inductor with freezing to oneDNN; CPU only",
         build,
         devices=("cpu",),
+        options=(BATCH_OPTION,),
     )
 ]

@@ -27,7 +27,7 @@ from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 from densenet_opt.atomic import build_folder, write_failure
 from densenet_opt.errors import VariantUnavailable
 from densenet_opt.cache import CACHE_OPTION, NOT_CACHED, file_problem, key_digest
-from densenet_opt.model import file_sha256
+from densenet_opt.cache import file_sha256
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -39,7 +39,6 @@ OPSET = 18
 RECIPE_VERSION = 1
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
-IMAGE_SHAPE = (3, 224, 224)
 
 
 @dataclass(frozen=True)
@@ -52,10 +51,12 @@ class Artifact:
 
     @property
     def size_bytes(self) -> int:
+        """Bytes on disk, external data included (model_size_bytes)."""
         return model_size_bytes(self.path)
 
     @property
     def sha256(self) -> str:
+        """The model file's sha256 (hex) as its manifest records it."""
         return json.loads((self.path.parent / MANIFEST_FILE).read_text())["files"][self.path.name]["sha256"]
 
 
@@ -111,6 +112,7 @@ def _package_version(name: str) -> str:
 
 
 def fp32_key(weights_key: str) -> dict[str, object]:
+    """What the fp32 export's bytes depend on: the weights, the opset, the exporter, the recipe."""
     return {
         "artifact": "densenet121-fp32",
         "weights": weights_key,

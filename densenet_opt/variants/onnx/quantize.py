@@ -41,7 +41,7 @@ from onnxruntime.quantization import (
 
 from densenet_opt.cache import tensor_digest
 from densenet_opt.errors import UserError
-from densenet_opt.variants.onnx_export import (
+from densenet_opt.variants.onnx.export import (
     INPUT_NAME,
     RECIPE_VERSION,
     Artifact,
@@ -56,6 +56,9 @@ CALIBRATION_BATCH = 4
 
 @dataclass(frozen=True)
 class Recipe:
+    """How quantize_static is called for one target (the type and method names are
+    onnxruntime.quantization's enum member names)."""
+
     activations: str  # QuantType member name
     weights: str
     symmetric_activations: bool
@@ -181,6 +184,7 @@ def quantize(source: onnx.ModelProto | Path, output: Path, images: np.ndarray, t
 
 
 def check_calibration_count(count: int) -> None:
+    """UserError naming --calibration-samples unless ``count`` >= 1."""
     if count < 1:
         raise UserError(
             f"int8 quantization needs calibration images, got {count}: pass --calibration-samples N "

@@ -1,0 +1,233 @@
+"""The pytest plugin: the sweep's options, fixtures and hooks; the logic lives in sweep.py.
+
+Registered through the ``pytest11`` entry point in pyproject.toml, so the options exist
+before pytest parses the command line (``pytest --benchmark-only --imagenet-val /data/val``
+works with the path as a separate argument, from any directory) and an installed package
+needs no conftest.py. ``densenet-opt sweep`` runs the same plugin in-process and hands it
+the options it has already parsed (``OptionsHandover``), so they are parsed once.
+
+Fixtures: ``sweep`` (one :class:`~densenet_opt.sweep.Sweep` per session) and
+``engine_config`` (one engine per (variant, batch size), parametrized from the options).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from pytest_benchmark.session import PerformanceRegression
+from pytest_benchmark.utils import load_storage
+
+from densenet_opt import baselines, gate, hookspecs
+from densenet_opt.config import SweepOptions, add_sweep_options, options_from_mapping, option_dests
+from densenet_opt.errors import UserError, VariantUnavailable
+from densenet_opt.sweep import Sweep, preflight
+from densenet_opt.variants import Engine
+
+OPTIONS_KEY = pytest.StashKey[SweepOptions]()
+ENGINE_FIXTURE = "engine_config"
+
+
+class OptionsHandover:
+    """A plugin object ``densenet-opt sweep`` passes to ``pytest.main``: the options it
+    parsed, so that the plugin does not read them again from the command line."""
+
+    def __init__(self, options: SweepOptions) -> None:
+        self.options = options
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the ``engine_config`` fixture gives a test: one built engine and its config."""
+
+    variant: str
+    batch_size: int
+    engine: Engine
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("densenet-opt", "DenseNet-121 benchmark sweep (densenet-opt)")
+    add_sweep_options(group.addoption)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Parse and validate the options once (UsageError with the one sentence). The rest
+    waits until a sweep test is collected (``is_sweep``), so that an unrelated pytest run in
+    this environment is left alone."""
+    handover = next((p for p in config.pluginmanager.get_plugins() if isinstance(p, OptionsHandover)), None)
+    if handover is not None:
+        config.stash[OPTIONS_KEY] = handover.options
+        return
+    raw = {dest: config.getoption(dest) for dest in option_dests()}
+    try:
+        config.stash[OPTIONS_KEY] = options_from_mapping(raw)
+    except UserError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
+def is_sweep(config: pytest.Config) -> bool:
+    """Whether this session collected the sweep's benchmark."""
+    return config.stash.get(IS_SWEEP_KEY, False)
+
+
+IS_SWEEP_KEY = pytest.StashKey[bool]()
+
+
+def sweep_options(config: pytest.Config) -> SweepOptions:
+    """The session's typed options (set in pytest_configure)."""
+    return config.stash[OPTIONS_KEY]
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Once the sweep's benchmark is collected: check the input (data set, weights file,
+    output directory, stored baseline) in seconds, and point pytest-benchmark at the
+    output directory's benchmark.json and at the stored baseline (gate.benchmark_settings),
+    before anything is measured."""
+    if not any(ENGINE_FIXTURE in getattr(item, "fixturenames", ()) for item in items):
+        return
+    config.stash[IS_SWEEP_KEY] = True
+    options = sweep_options(config)
+    try:
+        preflight(options)
+        benchmarks = config._benchmarksession
+        settings = gate.benchmark_settings(options)
+        if not benchmarks.json:  # a --benchmark-json given to pytest wins
+            benchmarks.json = settings.pop("benchmark_json")
+        if options.gated:
+            # pytest-benchmark read its options when pytest started; these are the ones the
+            # gate implies, set as its own session attributes, then its stored run reloaded.
+            benchmarks.storage = load_storage(settings.pop("benchmark_storage"), logger=benchmarks.logger,
+                                              default_machine_id=benchmarks.machine_id, netrc="")
+            for name in ("benchmark_save", "benchmark_compare", "benchmark_compare_fail"):
+                if name in settings:
+                    setattr(benchmarks, name.removeprefix("benchmark_"), settings[name])
+            benchmarks.handle_loading()
+        baselines.route_benchmark_writes(benchmarks)
+    except UserError as error:
+        raise pytest.UsageError(str(error)) from None
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_benchmark_compare_machine_info(benchmarksession) -> None:
+    """Before pytest-benchmark's own check, whose "machine_info is different" warning
+    names the storage relative to the working directory and raised ValueError (an
+    INTERNALERROR before anything was measured) for a --benchmark-storage outside it."""
+    baselines.locate_anywhere(benchmarksession.storage)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
+    """pytest-benchmark writes its files here: one that cannot be written (a full disk)
+    ends the run with its one sentence and exit code 2, not a traceback."""
+    try:
+        return (yield)
+    except UserError as error:
+        pytest.exit(f"densenet-opt: {error}", returncode=2)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[SESSION_KEY] = session
+
+
+SESSION_KEY = pytest.StashKey[pytest.Session]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> Iterator[None]:
+    """After pytest-benchmark's table and its latency comparison (which raises
+    PerformanceRegression): the sweep's closing steps (gate.close_sweep), whichever way the
+    sweep was started; then the exit code: 1 for a latency or speedup regression, 2 for an
+    unreadable stored baseline. Results and the summary are written either way."""
+    latency_regressed = False
+    try:
+        yield
+    except PerformanceRegression:
+        latency_regressed = True
+    if not is_sweep(config):
+        if latency_regressed:
+            raise PerformanceRegression("Performance has regressed.")
+        return
+    session = config.stash[SESSION_KEY]
+    options = sweep_options(config)
+    try:
+        speedup_regressed = gate.close_sweep(
+            options, measured_ok=exitstatus == 0 and not latency_regressed, write=terminalreporter.write_line
+        )
+    except UserError as error:
+        terminalreporter.write_line(f"densenet-opt: {error}")
+        session.exitstatus = 2
+        return
+    if latency_regressed:
+        terminalreporter.write_line("LATENCY REGRESSION against the stored run: see pytest-benchmark's comparison above")
+    if (latency_regressed or speedup_regressed) and session.exitstatus == 0:
+        session.exitstatus = 1
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """A sweep config found unavailable inside its test (by the fresh-process probe) is
+    a skip with the reason, as when its engine cannot be built."""
+    try:
+        return (yield)
+    except VariantUnavailable as reason:
+        if ENGINE_FIXTURE not in getattr(item, "fixturenames", ()):
+            raise
+        pytest.skip(f"{item.name}: {reason}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    """A problem the user can fix (a corrupt image, say) is one sentence, not a traceback."""
+    report = yield
+    if call.excinfo is not None and call.excinfo.errisinstance(UserError):
+        report.longrepr = f"densenet-opt: {call.excinfo.value}"
+    return report
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if ENGINE_FIXTURE in metafunc.fixturenames:
+        options = sweep_options(metafunc.config)
+        configs = [(variant, size) for variant in options.variants for size in options.batch_sizes]
+        if options.resume:
+            done = Sweep(options).completed_configs()
+            configs = [config for config in configs if config not in done]
+        metafunc.parametrize(
+            ENGINE_FIXTURE, configs, ids=[f"{v}-bs{b}" for v, b in configs], indirect=True, scope="session"
+        )
+
+
+@pytest.fixture(scope="session")
+def sweep(pytestconfig: pytest.Config) -> Sweep:
+    """The session's Sweep; its progress lines go to the terminal even under capture."""
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+
+    def progress(message: str) -> None:
+        with capture.global_and_fixture_disabled():
+            print(f"[densenet-opt] {message}", flush=True)
+
+    return Sweep(sweep_options(pytestconfig), progress=progress)
+
+
+@pytest.fixture(scope="session")
+def engine_config(request: pytest.FixtureRequest, sweep: Sweep) -> Iterator[EngineConfig]:
+    """Built once per session and shared by every test of that config; skipped with the
+    reason when the variant cannot run here (VariantUnavailable)."""
+    variant, batch_size = request.param
+    sweep.progress(f"building {variant} for batch {batch_size} on {sweep.device.type}")
+    try:
+        engine = sweep.build_engine(variant, batch_size)
+    except VariantUnavailable as reason:
+        pytest.skip(f"{variant} at batch {batch_size} on {sweep.device.type}: {reason}")
+    except UserError as error:
+        pytest.fail(str(error), pytrace=False)
+    replaced = request.config.hook.pytest_densenet_opt_engine(
+        config=request.config, variant=variant, batch_size=batch_size, engine=engine
+    )
+    yield EngineConfig(variant, batch_size, replaced if replaced is not None else engine)
+    engine.close()

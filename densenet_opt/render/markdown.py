@@ -1,0 +1,133 @@
+"""summary.md: the throughput matrix, every measured row with its budget check, the fastest
+config within budget per batch size, and what was not measured or not checked."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from densenet_opt.accuracy import AGREEMENT
+from densenet_opt.budgets import BudgetCheck
+from densenet_opt.render.plots import ACCURACY_LABELS
+from densenet_opt.report import BASELINE, Row
+
+SUMMARY_FILE = "summary.md"
+FASTEST_HEADING = "## Fastest within its budget (accuracy, size, memory), per batch size"
+
+
+def markdown_table(rows: Sequence[Mapping[str, str]], columns: Sequence[str]) -> str:
+    """A GitHub markdown table: a header of ``columns``, then a line per mapping ("" for a missing cell)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _speedup(row: Row) -> str:
+    return "" if row.speedup_vs_baseline is None else f"{row.speedup_vs_baseline:.2f}x"
+
+
+def fastest_within_budget(rows: Sequence[Row], checks: Mapping[Row, BudgetCheck]) -> dict[tuple[str, int], Row]:
+    """Per (device, batch size), sorted: the highest-throughput row shown to be within its
+    budget (``checks[row].within`` True)."""
+    best: dict[tuple[str, int], Row] = {}
+    for row in rows:
+        if not checks[row].within:
+            continue
+        key = (row.device, row.batch_size)
+        if key not in best or row.throughput_samples_per_sec > best[key].throughput_samples_per_sec:
+            best[key] = row
+    return dict(sorted(best.items()))
+
+
+def throughput_matrix(rows: Sequence[Row], device: str) -> str:
+    """Variants as rows, batch sizes as columns: samples/s and, in brackets, the row's
+    speedup_vs_baseline (the table a README shows), for ``device``'s rows."""
+    on_device = [r for r in rows if r.device == device]
+    sizes = sorted({r.batch_size for r in on_device})
+    cells: dict[str, dict[str, str]] = {}
+    for r in on_device:
+        speedup = f" ({_speedup(r)})" if r.speedup_vs_baseline is not None else ""
+        cells.setdefault(r.variant, {"variant": f"`{r.variant}`"})[f"batch {r.batch_size}"] = (
+            f"{r.throughput_samples_per_sec:.1f}{speedup}"
+        )
+    return markdown_table(list(cells.values()), ("variant", *(f"batch {size}" for size in sizes)))
+
+
+def _results_table(rows: Sequence[Row], checks: Mapping[Row, BudgetCheck]) -> str:
+    has_flops = any(r.gflops is not None for r in rows)
+    table = []
+    for r in rows:
+        cells = {
+            "variant": r.variant, "device": r.device, "batch": str(r.batch_size),
+            "latency ms": f"{r.latency_ms_per_batch:.2f}" + (f" ± {r.latency_ms_stddev:.2f}" if r.latency_ms_stddev is not None else ""),
+            "samples/s": f"{r.throughput_samples_per_sec:.1f}",
+            "top-1 %": _fmt(r.accuracy_top_1, 2), "top-5 %": _fmt(r.accuracy_top_5, 2),
+            "agreement %": _fmt(r.agreement_top_1, 2),
+            "rel. error": "" if r.logit_relative_error is None else f"{r.logit_relative_error:.3g}",
+            "size MiB": _fmt(r.model_size_mb), "RAM MiB": _fmt(r.ram_usage_mb), "VRAM MiB": _fmt(r.vram_usage_mb),
+            "budget": {True: "within", False: "**outside**", None: "unchecked"}[checks[r].within],
+        }
+        if has_flops:
+            cells["GFLOP/image"] = _fmt(r.gflops, 3)
+            cells["achieved GFLOP/s"] = _fmt(r.achieved_gflops)
+        table.append(cells)
+    return markdown_table(table, tuple(table[0]) if table else ())
+
+
+def _fastest_table(best: Mapping[tuple[str, int], Row]) -> str:
+    columns = ("device", "batch", "variant", "samples/s", "latency ms", "speedup over baseline", "memory MiB")
+    return markdown_table(
+        [
+            {
+                "device": device, "batch": str(size), "variant": r.variant,
+                "samples/s": f"{r.throughput_samples_per_sec:.1f}", "latency ms": f"{r.latency_ms_per_batch:.2f}",
+                "speedup over baseline": _speedup(r), "memory MiB": f"{r.memory_mb:.1f} ({r.memory_kind})",
+            }
+            for (device, size), r in best.items()
+        ],
+        columns,
+    )
+
+
+def summary_markdown(
+    rows: Sequence[Row], checks: Mapping[Row, BudgetCheck], plots: Sequence[Path],
+    source: Path, budgets_note: str | None = None, faults: Sequence[Row] = (),
+) -> str:
+    """The text of summary.md for the measured ``rows`` (each a key of ``checks``), the
+    ``plots`` written beside it, the ``faults`` (rows with another status) and, when the
+    budgets could not be loaded, ``budgets_note`` saying why."""
+    devices = sorted({r.device for r in rows})
+    kinds = sorted({r.accuracy_kind for r in rows if r.accuracy_kind in ACCURACY_LABELS})
+    lines = [
+        "# Benchmark summary",
+        "",
+        f"From `{source.name}`: {len(rows)} (variant, batch size) configs on {', '.join(devices)}. "
+        f"Accuracy columns are {' / '.join(ACCURACY_LABELS[k] for k in kinds) or 'not measured'}"
+        + (" — agreement with the fp32 model on synthetic weights or images, not ImageNet accuracy." if AGREEMENT in kinds else "."),
+        "",
+        "## Throughput",
+        "",
+        f"Samples/s (mean over the timed rounds) and, in brackets, the speedup over `{BASELINE}` at the same batch size.",
+    ]
+    for device in devices:
+        lines += ["", f"On {device}:", "", throughput_matrix(rows, device)]
+    lines += ["", "## Results", "", _results_table(rows, checks), "", FASTEST_HEADING, ""]
+    best = fastest_within_budget(rows, checks)
+    lines.append(_fastest_table(best) if best else "No config could be shown to be within its budget.")
+    outside = [(r, c) for r, c in checks.items() if c.within is False]
+    unchecked = sorted({reason for c in checks.values() if c.within is None for reason in c.reasons})
+    if budgets_note:
+        unchecked.insert(0, budgets_note)
+    if outside:
+        lines += ["", "Outside the budget:", ""] + [f"- {r.label}: {'; '.join(c.reasons)}" for r, c in outside]
+    if unchecked:
+        lines += ["", "Not checked against a budget:", ""] + [f"- {reason}" for reason in unchecked]
+    if faults:
+        lines += ["", "Not measured:", ""] + [f"- {f.label}: {f.status}" for f in faults]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{path.stem}]({path.name})" for path in plots]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,54 @@
+"""Text to typed values: the small parsers that options share.
+
+Each parser raises ValueError with a phrase that says what is wanted ("must be at least
+1, got 0"); the caller, which knows the option's name, turns it into a UserError. This
+module imports nothing of ours, so that any module (the option table, the variants) can
+use it without an import cycle.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Sequence
+
+
+def whole_number(text: str, *, minimum: int = 1) -> int:
+    """``text`` as an int >= ``minimum``; ValueError otherwise."""
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise ValueError(f"must be a whole number, got {text!r}") from None
+    if value < minimum:
+        raise ValueError(f"must be at least {minimum}, got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """``text`` as a float in [0, 1); ValueError otherwise (NaN, inf and "30%" included)."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value < 1.0:  # NaN fails this too
+        raise ValueError("must be a number in [0, 1)")
+    return value
+
+
+def one_of(choices: Sequence[str]) -> Callable[[str], str]:
+    """A parser that accepts one of ``choices`` (lower-case words), in any case."""
+    allowed = tuple(choices)
+
+    def parse(text: str) -> str:
+        value = str(text).strip().lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def did_you_mean(name: str, choices: Sequence[str]) -> str:
+    """`` did you mean 'x'?`` naming the closest of ``choices`` (difflib), or "" when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" did you mean {close[0]!r}?" if close else ""

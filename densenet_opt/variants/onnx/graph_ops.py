@@ -1,0 +1,48 @@
+"""The op types of the graphs ONNX Runtime's CPU provider really runs (after
+ORT_ENABLE_ALL), for the README's table: they show that the int8 graph is int8 end to end.
+Needs onnxruntime."""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+
+import onnx
+
+from densenet_opt.variants import BuildContext
+from densenet_opt.variants.onnx.builders import ONNX, ONNX_INT8, fp32_model, int8_model
+from densenet_opt.variants.onnx.providers import PROVIDERS, default_threads, import_onnxruntime, session_options
+from densenet_opt.variants.onnx.quantize import CPU
+
+
+def optimized_op_counts(model_path: Path, *, threads: int | None = None) -> Counter[str]:
+    """Op type -> node count of the optimized CPU graph of the model at ``model_path``, as
+    ORT writes it through SessionOptions.optimized_model_filepath."""
+    ort = import_onnxruntime()
+    with tempfile.TemporaryDirectory(prefix="densenet-opt-ort-") as folder:
+        options = session_options(ort, "cpu", threads or default_threads())
+        options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
+        # ORT warns that a graph optimized with NCHWc kernels is machine specific: known, and we only count it.
+        options.log_severity_level = 3
+        ort.InferenceSession(str(model_path), options, providers=[PROVIDERS["cpu"]])
+        optimized = onnx.load(options.optimized_model_filepath)
+    return Counter(node.op_type for node in optimized.graph.node)
+
+
+def cpu_graph_op_counts(ctx: BuildContext) -> dict[str, Counter[str]]:
+    """Op counts of the optimized CPU graphs of ``onnx`` (fp32) and ``onnx_int8``, by
+    variant name; builds (or takes from the cache) both models."""
+    source = fp32_model(ctx)
+    int8, _ = int8_model(ctx, source, CPU)
+    return {ONNX: optimized_op_counts(source.path), ONNX_INT8: optimized_op_counts(int8.path)}
+
+
+def op_count_table(counts: Mapping[str, Counter[str]]) -> str:
+    """A markdown table: one row per op type (most frequent first), one column per model."""
+    names = list(counts)
+    ops = sorted({op for counter in counts.values() for op in counter}, key=lambda op: (-max(c[op] for c in counts.values()), op))
+    lines = ["| op type | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| {op} | " + " | ".join(str(counts[name][op]) for name in names) + " |" for op in ops]
+    return "\n".join(lines)

@@ -1,0 +1,70 @@
+"""Test-only pytest plugin: injects faults into the engines of a sweep.
+
+Loaded only by the tests that need it, in the sweeps they start:
+``densenet-opt sweep ... -- -p fault_plugin --inject-fault baseline@1=oom`` with this folder
+on PYTHONPATH. Nothing in densenet_opt/ reads it; it implements the plugin's
+``pytest_densenet_opt_engine`` hook.
+
+A fault is VARIANT@BATCH=KIND[:ARG] (BATCH may be ``*``):
+  delay:MS       sleep MS milliseconds in every call
+  oom            every call raises torch.cuda.OutOfMemoryError
+  nan            the first logit of every call is NaN
+  slowdown:X@N   from the N-th call of any engine in this process on, every call takes
+                 X times as long (the machine getting slower partway through a sweep)
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+# Calls of every wrapped engine in this process, for slowdown's "from the N-th call on".
+_calls = [0]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("densenet-opt test faults").addoption(
+        "--inject-fault", action="append", default=[], metavar="VARIANT@BATCH=KIND[:ARG]",
+        help="inject a fault into one config's engine (tests only; see tests/fault_plugin.py)",
+    )
+
+
+class InjectedFault:
+    """Wraps an engine: same interface, with the fault applied to each call."""
+
+    def __init__(self, engine, kind: str, argument: str) -> None:
+        self.engine, self.kind, self.argument = engine, kind, argument
+        self.model_size_bytes, self.info = engine.model_size_bytes, engine.info
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        _calls[0] += 1
+        if self.kind == "delay":
+            time.sleep(float(self.argument) / 1e3)
+        elif self.kind == "oom":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected by tests/fault_plugin.py)")
+        started = time.perf_counter()
+        logits = self.engine(batch)
+        if self.kind == "slowdown":
+            factor, _, from_call = self.argument.partition("@")
+            if _calls[0] >= int(from_call or 0):
+                time.sleep((time.perf_counter() - started) * (float(factor) - 1))
+        if self.kind == "nan":
+            logits = logits.clone()
+            logits[0, 0] = float("nan")
+        return logits
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def pytest_densenet_opt_engine(config: pytest.Config, variant: str, batch_size: int, engine):
+    for item in config.getoption("inject_fault"):
+        for spec in filter(None, item.split(",")):
+            target, _, fault = spec.partition("=")
+            name, _, size = target.partition("@")
+            kind, _, argument = fault.partition(":")
+            if name in ("*", variant) and size in ("*", str(batch_size)):
+                return InjectedFault(engine, kind, argument)
+    return None
