@@ -58,7 +58,7 @@ def save_speedups(rows: Sequence[Row], device: str, path: Path) -> dict[str, dic
 
 def load_speedups(path: Path) -> dict[str, dict[str, float]]:
     if not path.is_file():
-        raise UserError(f"stored speedups {path} do not exist: save a baseline first (densenet-opt sweep --save-baseline NAME)")
+        raise UserError(f"stored speedups {path} do not exist: save a baseline first (densenet-opt sweep --save-baseline, with the same --baseline-dir)")
     try:
         document = json.loads(path.read_text())
         stored = document["speedup_over_baseline"]
@@ -70,17 +70,23 @@ def load_speedups(path: Path) -> dict[str, dict[str, float]]:
 def speedup_regressions(
     rows: Sequence[Row], device: str, stored: Mapping[str, Mapping[str, float]], max_drop: float
 ) -> list[str]:
-    """Configs of ``device`` whose speedup fell more than ``max_drop`` (a fraction) below the
-    stored one (``stored`` as load_speedups returns it): one sentence each."""
+    """Configs of ``device`` whose speedup fell below the stored one (``stored`` as
+    load_speedups returns it) by more than ``max_drop`` (a fraction) AND by more than the
+    measured noise: the interquartile range of the run's per-pair ratios (2 x
+    ``speedup_spread``; 0 for an unpaired speedup). One sentence each."""
     problems = []
-    for variant, by_size in speedups(r for r in rows if r.device == device).items():
-        for size, now in by_size.items():
-            before = stored.get(variant, {}).get(size)
-            if before is not None and now < before * (1 - max_drop):
-                problems.append(
-                    f"{variant} at batch {size}: speedup over baseline {now:.2f}x, stored {before:.2f}x "
-                    f"(more than {max_drop:.0%} lower)"
-                )
+    for row in with_speedups(r for r in rows if r.device == device):
+        now = row.speedup_vs_baseline
+        before = stored.get(row.variant, {}).get(str(row.batch_size))
+        if row.variant == BASELINE or now is None or before is None:
+            continue
+        noise = 2 * (row.speedup_spread or 0.0)
+        if now < before * (1 - max_drop) and before - now > noise:
+            measured = f"{now:.2f}x" + (f" (+-{row.speedup_spread:.2f}, paired)" if row.speedup_spread is not None else "")
+            problems.append(
+                f"{row.variant} at batch {row.batch_size}: speedup over baseline {measured}, stored {before:.2f}x "
+                f"(more than {max_drop:.0%} lower, and beyond the measured noise)"
+            )
     return problems
 
 

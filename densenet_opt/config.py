@@ -47,6 +47,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--output-dir", "results", "where benchmark_results.csv and the benchmark JSON are written"),
     Option("--rounds", "10", "timed rounds per (variant, batch size)"),
     Option("--warmup-rounds", "2", "untimed rounds before the timed ones"),
+    Option("--speedup-pairing", "on", "on: time the baseline engine of the same batch size right before each round of a variant (A B A B), and take speedup_vs_baseline from those pairs, so that the machine's speed drifting during the sweep does not enter it (costs one baseline call per round); off: divide by the baseline's own config"),
     Option("--variant-options", "", "variant settings as comma-separated KEY=VALUE, e.g. pruned.amount=0.3"),
     Option("--cache-dir", None, "where synthetic weights and built artifacts are cached (default: $DENSENET_OPT_CACHE or ~/.cache/densenet_opt)"),
     Option("--resume", None, "skip configs that already have a completed row in OUTPUT_DIR's CSV for this device", is_flag=True),
@@ -83,6 +84,7 @@ class SweepOptions:
     baseline_dir: Path = Path("benchmarks_baseline")
     max_regression: str = "mean:25%"
     max_speedup_drop: float = 0.25
+    paired_speedup: bool = True
 
     @property
     def gated(self) -> bool:
@@ -124,10 +126,11 @@ def add_sweep_options(add: Callable[..., object]) -> None:
     names, defaults and help."""
     for option in OPTIONS:
         if option.is_flag:
-            add(option.name, action="store_true", help=option.help)
+            add(option.name, action="store_true", help=option.help.replace("%", "%%"))
         else:
             default = f" (default: {option.default})" if option.default else ""
-            add(option.name, default=option.default, help=option.help + default)
+            # Both parsers are argparse, whose help is a %-format string.
+            add(option.name, default=option.default, help=(option.help + default).replace("%", "%%"))
 
 
 def option_dests() -> tuple[str, ...]:
@@ -236,7 +239,16 @@ def options_from_mapping(raw: Mapping[str, object]) -> SweepOptions:
         baseline_dir=Path(str(get("baseline_dir"))).expanduser().resolve(),
         max_regression=parse_compare_expression(str(get("max_regression"))),
         max_speedup_drop=parse_fraction("--max-speedup-drop", str(get("max_speedup_drop"))),
+        paired_speedup=parse_on_off("--speedup-pairing", str(get("speedup_pairing"))),
     )
+
+
+def parse_on_off(name: str, text: str) -> bool:
+    """"on" -> True, "off" -> False (any case); UserError otherwise."""
+    choice = text.strip().lower()
+    if choice not in ("on", "off"):
+        raise UserError(f"{name} must be on or off, got {text!r}")
+    return choice == "on"
 
 
 def parse_compare_expression(text: str) -> str:

@@ -164,9 +164,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         session.exitstatus = 2
         return
     if latency_regressed:
-        terminalreporter.write_line("LATENCY REGRESSION against the stored run: see pytest-benchmark's comparison above")
-    if (latency_regressed or speedup_regressed) and session.exitstatus == 0:
-        session.exitstatus = 1
+        terminalreporter.write_line(
+            f"LATENCY REGRESSION: a mean latency regressed beyond {options.max_regression} against the stored run "
+            "(pytest-benchmark's comparison table above)", red=True)
+    if latency_regressed or speedup_regressed:
+        terminalreporter.write_line("densenet-opt: the baseline gate FAILED (exit 1); results and summary are written", red=True)
+        if session.exitstatus == 0:
+            session.exitstatus = 1
 
 
 @pytest.hookimpl(wrapper=True)
@@ -203,15 +207,24 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def sweep(pytestconfig: pytest.Config) -> Sweep:
-    """The session's Sweep; its progress lines go to the terminal even under capture."""
+def sweep(pytestconfig: pytest.Config) -> Iterator[Sweep]:
+    """The session's Sweep; its progress lines go to the terminal even under capture, and
+    every engine it builds passes through the ``pytest_densenet_opt_engine`` hook."""
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
 
     def progress(message: str) -> None:
         with capture.global_and_fixture_disabled():
             print(f"[densenet-opt] {message}", flush=True)
 
-    return Sweep(sweep_options(pytestconfig), progress=progress)
+    def wrap_engine(variant: str, batch_size: int, engine: Engine) -> Engine:
+        replaced = pytestconfig.hook.pytest_densenet_opt_engine(
+            config=pytestconfig, variant=variant, batch_size=batch_size, engine=engine
+        )
+        return engine if replaced is None else replaced
+
+    sweep = Sweep(sweep_options(pytestconfig), progress=progress, wrap_engine=wrap_engine)
+    yield sweep
+    sweep.close()
 
 
 @pytest.fixture(scope="session")
@@ -226,8 +239,5 @@ def engine_config(request: pytest.FixtureRequest, sweep: Sweep) -> Iterator[Engi
         pytest.skip(f"{variant} at batch {batch_size} on {sweep.device.type}: {reason}")
     except UserError as error:
         pytest.fail(str(error), pytrace=False)
-    replaced = request.config.hook.pytest_densenet_opt_engine(
-        config=request.config, variant=variant, batch_size=batch_size, engine=engine
-    )
-    yield EngineConfig(variant, batch_size, replaced if replaced is not None else engine)
+    yield EngineConfig(variant, batch_size, engine)
     engine.close()

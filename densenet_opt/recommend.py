@@ -32,7 +32,9 @@ def recommend(
     latency_limit = math.inf if max_latency_ms is None else max_latency_ms
     fitting = [r for r in eligible if r.memory_mb <= memory_limit and r.latency_ms_per_batch <= latency_limit]
     if fitting:
-        return max(fitting, key=lambda r: (r.throughput_samples_per_sec, -r.memory_mb))
+        # Samples per ms from the latency: the throughput column is rounded to 2 decimals, too coarse
+        # to order slow configs (0.18 samples/s for two that differ by 3%).
+        return max(fitting, key=lambda r: (r.batch_size / r.latency_ms_per_batch, -r.memory_mb))
 
     def excess(r: Row) -> float:  # how far over the tighter limit, as a ratio
         return max(r.memory_mb / memory_limit, r.latency_ms_per_batch / latency_limit)

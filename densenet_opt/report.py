@@ -71,6 +71,7 @@ class Row:
     # Ours.
     status: str = OK
     speedup_vs_baseline: float | None = _number(3)
+    speedup_spread: float | None = _number(3)  # half the IQR of the paired ratios; None: unpaired
     gflops_per_image: float | None = _number(3)
     achieved_gflops_per_sec: float | None = _number(1)
     latency_ms_stddev: float | None = _number(2)
@@ -256,15 +257,20 @@ def utc_timestamp() -> str:
 
 
 def with_speedups(rows: Iterable[Row]) -> list[Row]:
-    """``rows`` (same order) with ``speedup_vs_baseline`` = the latency of the baseline row of
-    the same batch size, device and device_name / the row's latency, for every measured row
-    (1.0 for the baseline row itself); None for a fault row or when no baseline row is there.
+    """``rows`` (same order) with ``speedup_vs_baseline`` filled in. A row whose speedup was
+    measured beside the baseline engine (paired, ``speedup_spread`` set: see
+    measure.timing.PairedSpeedup) keeps it. Every other measured row gets the latency of the
+    baseline row of the same batch size, device and device_name / its own latency (1.0 for
+    the baseline row itself); a fault row, or one without a baseline row, gets None.
     Rounded to 3 digits (Row's rounding). The one place the column is computed: whatever
-    order rows were measured or merged in, the same rows give the same speedups. (A speedup
-    measured beside its variant, when rows carry one, would be kept here instead.)"""
+    order rows were measured or merged in, the same rows give the same speedups."""
     rows = list(rows)
     baseline_ms = {r.speedup_key: r.latency_ms_per_batch for r in rows if r.variant == BASELINE and r.measured}
-    return [dataclasses.replace(r, speedup_vs_baseline=_speedup(baseline_ms.get(r.speedup_key), r)) for r in rows]
+    return [
+        r if r.measured and r.speedup_spread is not None
+        else dataclasses.replace(r, speedup_vs_baseline=_speedup(baseline_ms.get(r.speedup_key), r))
+        for r in rows
+    ]
 
 
 def _speedup(baseline_ms: float | None, row: Row) -> float | None:

@@ -258,7 +258,7 @@ def sweep_on_gpus(
     used = ", ".join(dict.fromkeys(s.gpu for s in shards))
     print(f"sweeping {len(shards)} shards on GPUs {used}; logs in {output_dir / SHARDS_DIR}", flush=True)
     codes = run_shards(commands, python=python, environ=environ)
-    rows = merge_results([d / RESULTS_FILE for d in directories], results)
+    merge_results([d / RESULTS_FILE for d in directories], results)
     merged_json = merge_benchmark_json([d / BENCHMARK_JSON for d in directories], output_dir / BENCHMARK_JSON)
     print(f"\nmerged results: {results}" + ("" if merged_json else " (no shard wrote a benchmark JSON)"))
     failed = [f"{', '.join(s.variants)} on GPU {s.gpu} (exit {c}, log {d / 'sweep.log'})"

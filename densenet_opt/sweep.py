@@ -6,10 +6,12 @@ The CLI, nox and pytest all go through this class; the pytest fixtures only wire
 from __future__ import annotations
 
 import copy
+import dataclasses
 import errno
 import gc
 import re
 import tempfile
+import time
 from collections.abc import Callable
 from functools import cached_property
 
@@ -23,8 +25,10 @@ from densenet_opt.errors import UserError
 from densenet_opt.measure.env import environment_info
 from densenet_opt.measure.memory import MIB
 from densenet_opt.measure.probe import ProbeResult, run_probe
-from densenet_opt.measure.timing import LatencyStats, benchmark_call
-from densenet_opt.report import NON_FINITE_LOGITS, OK, OUT_OF_MEMORY, RESULTS_FILE, Row, read_rows, upsert_row, utc_timestamp
+from densenet_opt.measure.timing import LatencyStats, PairedSpeedup, benchmark_call
+from densenet_opt.report import (
+    BASELINE, NON_FINITE_LOGITS, OK, OUT_OF_MEMORY, RESULTS_FILE, Row, read_rows, upsert_row, utc_timestamp,
+)
 from densenet_opt.variants import BuildContext, Engine, get_variant, parse_variant_options
 from densenet_opt.variants.torch_engine import TorchEngine
 
@@ -67,12 +71,19 @@ class Sweep:
     and the measurement of one (variant, batch size): what the pytest plugin, the CLI and
     nox all go through."""
 
-    def __init__(self, options: SweepOptions, progress: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, options: SweepOptions, progress: Callable[[str], None] = print,
+        wrap_engine: Callable[[str, int, Engine], Engine] | None = None,
+    ) -> None:
+        """``wrap_engine(variant, batch_size, engine)`` may replace every engine this sweep
+        builds for measuring (the pytest plugin passes its ``pytest_densenet_opt_engine`` hook)."""
         self.options = options
         self.device = torch.device(options.device)
         self.progress = progress
+        self.wrap_engine = wrap_engine or (lambda variant, batch_size, engine: engine)
         self._fidelity: dict[str, Fidelity] = {}
         self._probes: dict[tuple[str, int], ProbeResult] = {}
+        self._paired_baselines: dict[int, Engine] = {}
 
     @cached_property
     def weights(self) -> model.Weights:
@@ -140,17 +151,18 @@ class Sweep:
             accuracy = self.fidelity(variant, engine, batch_size)
             memory = self.probe(variant, batch_size)
             batch = self.input_batch(batch_size)
-            latency = benchmark_call(
-                benchmark, engine, batch, rounds=self.options.rounds, warmup_rounds=self.options.warmup_rounds
-            )
+            timed = self._time(variant, batch_size, engine, batch, benchmark)
         except Exception as error:
             status = self.record_fault(variant, batch_size, error)
             if status is None:
                 raise
             raise ConfigFault(status, error) from error
-        if latency is None:
+        if timed is None:
             return None
+        latency, paired = timed
         row = self.result_row(variant, batch_size, engine, latency, accuracy, memory)
+        if paired is not None:
+            row = dataclasses.replace(row, speedup_vs_baseline=paired.speedup, speedup_spread=paired.spread)
         self.write_row(row)
         self.progress(
             f"{variant} batch {batch_size}: {row.latency_ms_per_batch} ms/batch, "
@@ -158,9 +170,53 @@ class Sweep:
         )
         return row
 
+    def _time(
+        self, variant: str, batch_size: int, engine: Engine, batch: torch.Tensor, benchmark,
+    ) -> tuple[LatencyStats, PairedSpeedup | None] | None:
+        """pytest-benchmark's timed rounds of ``engine``; with --speedup-pairing on, the
+        baseline engine of this batch size runs (timed by perf_counter, untimed for
+        pytest-benchmark) right before each round, and the pairs give the speedup. The
+        baseline's own config pairs with nothing: its speedup is 1 by definition."""
+        rounds, warmup = self.options.rounds, self.options.warmup_rounds
+        if not self.options.paired_speedup:
+            timed = benchmark_call(benchmark, engine, batch, rounds=rounds, warmup_rounds=warmup)
+            return None if timed is None else (timed[0], None)
+        if variant == BASELINE:
+            timed = benchmark_call(benchmark, engine, batch, rounds=rounds, warmup_rounds=warmup)
+            return None if timed is None else (timed[0], PairedSpeedup(1.0, 0.0, rounds))
+        baseline = self.paired_baseline(batch_size)
+        baseline_seconds: list[float] = []
+
+        def run_baseline() -> None:
+            started = time.perf_counter()
+            baseline(batch)  # host logits out: the device is synchronised inside the call
+            baseline_seconds.append(time.perf_counter() - started)
+
+        timed = benchmark_call(benchmark, engine, batch, rounds=rounds, warmup_rounds=warmup, before_each=run_baseline)
+        if timed is None:
+            return None
+        latency, seconds = timed
+        return latency, PairedSpeedup.from_seconds(baseline_seconds[-len(seconds):], seconds)
+
+    def paired_baseline(self, batch_size: int) -> Engine:
+        """The baseline engine timed beside every variant of this batch size: built once per
+        batch size and kept until ``close``."""
+        if batch_size not in self._paired_baselines:
+            self.progress(f"building the paired baseline engine for batch {batch_size}")
+            self._paired_baselines[batch_size] = self.build_engine(BASELINE, batch_size)
+        return self._paired_baselines[batch_size]
+
+    def close(self) -> None:
+        """Release the engines the sweep keeps (the paired baselines)."""
+        for engine in self._paired_baselines.values():
+            engine.close()
+        self._paired_baselines.clear()
+
     def build_engine(self, variant: str, batch_size: int) -> Engine:
-        """Raises VariantUnavailable when the variant cannot run on this device."""
-        return get_variant(variant).build_engine(self.build_context(batch_size))
+        """The engine of one config, passed through ``wrap_engine``; raises
+        VariantUnavailable when the variant cannot run on this device."""
+        engine = get_variant(variant).build_engine(self.build_context(batch_size))
+        return self.wrap_engine(variant, batch_size, engine)
 
     def input_batch(self, batch_size: int) -> torch.Tensor:
         """The timed batch, float32 [batch_size,3,224,224]: the first images of the evaluation

@@ -60,11 +60,13 @@ class InjectedFault:
 
 
 def pytest_densenet_opt_engine(config: pytest.Config, variant: str, batch_size: int, engine):
+    """Every matching fault wraps the engine (in the order given); None when none matches."""
+    wrapped = engine
     for item in config.getoption("inject_fault"):
         for spec in filter(None, item.split(",")):
             target, _, fault = spec.partition("=")
             name, _, size = target.partition("@")
             kind, _, argument = fault.partition(":")
             if name in ("*", variant) and size in ("*", str(batch_size)):
-                return InjectedFault(engine, kind, argument)
-    return None
+                wrapped = InjectedFault(wrapped, kind, argument)
+    return None if wrapped is engine else wrapped

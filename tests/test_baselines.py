@@ -35,7 +35,7 @@ def test_round_trip_and_regressions(tmp_path: Path) -> None:
     assert stored == {"onnx": {"1": 3.0, "8": 4.0}, "pruned": {"1": 1.0}}
     assert baselines.speedup_regressions(rows(70.0), "cpu", stored, 0.25) == []
     (problem,) = baselines.speedup_regressions(rows(120.0), "cpu", stored, 0.25)
-    assert problem == "pruned at batch 1: speedup over baseline 0.50x, stored 1.00x (more than 25% lower)"
+    assert problem == "pruned at batch 1: speedup over baseline 0.50x, stored 1.00x (more than 25% lower, and beyond the measured noise)"
 
 
 def _stored_run(storage: Path, device_name: str) -> Path:
@@ -81,3 +81,20 @@ def test_a_file_storage_outside_the_working_directory_has_a_location(tmp_path: P
     assert storage.location == str(tmp_path / "baseline")
     monkeypatch.chdir(tmp_path)
     assert storage.location == "baseline"
+
+
+def test_a_paired_speedup_within_its_noise_is_not_a_regression() -> None:
+    stored = {"pruned": {"1": 1.0}}
+    base = report.Row(optimization_technique="baseline", batch_size=1, device="cpu", latency_ms_per_batch=60.0,
+                      device_name="x", speedup_vs_baseline=1.0, speedup_spread=0.0)
+
+    def pruned(speedup: float, spread: float) -> report.Row:
+        return report.Row(optimization_technique="pruned", batch_size=1, device="cpu", latency_ms_per_batch=90.0,
+                          device_name="x", speedup_vs_baseline=speedup, speedup_spread=spread)
+
+    # 0.70x is 30% below 1.00x: past a 25% threshold, but within the run's noise of +-0.2.
+    assert baselines.speedup_regressions([base, pruned(0.70, 0.2)], "cpu", stored, 0.25) == []
+    (problem,) = baselines.speedup_regressions([base, pruned(0.70, 0.05)], "cpu", stored, 0.25)
+    assert problem.startswith("pruned at batch 1: speedup over baseline 0.70x (+-0.05, paired)")
+    # The paired figure is used, not the ratio of the rows' own latencies (60 / 90).
+    assert report.with_speedups([base, pruned(1.02, 0.01)])[1].speedup_vs_baseline == 1.02

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from pytest_benchmark.utils import get_machine_id
 
+from densenet_opt import report
+
 TINY_SWEEP = ["--variants", "baseline,pruned", "--batch-sizes", "1", "--num-samples", "4",
               "--rounds", "5", "--warmup-rounds", "1", "--weights", "synthetic"]
 # Generous thresholds: the gate must not trip on a shared machine's noise, and the
@@ -49,8 +51,30 @@ def test_gate_passes_unchanged_and_fails_a_slowed_engine(tmp_path: Path) -> None
 
     slowed = sweep(tmp_path, "slow", "--compare-baseline", *THRESHOLDS, faults=DELAY)
     assert slowed.returncode != 0, show(slowed)
-    assert "Performance has regressed" in slowed.stdout + slowed.stderr
+    assert "LATENCY REGRESSION: a mean latency regressed beyond min:400%" in slowed.stdout
+    assert "the baseline gate FAILED (exit 1)" in slowed.stdout
     assert "SPEEDUP REGRESSION: pruned at batch 1" in slowed.stdout
+
+    # The machine gets 3x slower from some moment of the sweep on: after the baseline's own
+    # config (4 accuracy calls + 6 timed rounds of its engine), before pruned is timed.
+    drift = f"*@*=slowdown:3@{4 + 6 + 1}"
+    tight = ["--max-regression", "min:400%", "--max-speedup-drop", "0.4"]
+    drifted = sweep(tmp_path, "drift", "--compare-baseline", *tight, faults=drift)
+    assert drifted.returncode == 0, show(drifted)  # the paired speedup is unaffected
+    assert "SPEEDUP REGRESSION" not in drifted.stdout
+
+    def latency(name: str, variant: str) -> float:
+        rows = report.read_rows(tmp_path / name / report.RESULTS_FILE)
+        return next(r.latency_ms_per_batch for r in rows if r.variant == variant)
+
+    assert latency("drift", "pruned") > 2 * latency("same", "pruned")  # while the absolute latency moved
+    # Without the pairing, the same drift reads as a regression that is not there.
+    unpaired = sweep(tmp_path, "drift-unpaired", "--compare-baseline", *tight, "--speedup-pairing", "off", faults=drift)
+    assert "SPEEDUP REGRESSION: pruned at batch 1" in unpaired.stdout, show(unpaired)
+    # A build truly slowed still fails under the drift.
+    drifted_slow = sweep(tmp_path, "drift-slow", "--compare-baseline", *tight, faults=f"{DELAY},{drift}")
+    assert drifted_slow.returncode == 1, show(drifted_slow)
+    assert "SPEEDUP REGRESSION: pruned at batch 1" in drifted_slow.stdout
 
     # A machine with no stored absolute run still checks the portable speedups.
     shutil.rmtree(machine_dir)

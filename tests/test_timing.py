@@ -18,7 +18,7 @@ def test_a_known_sleep_is_measured_within_a_few_percent(benchmark) -> None:
         time.sleep(SLEEP_S)
         return batch
 
-    stats = benchmark_call(benchmark, sleeping_engine, torch.zeros(1), rounds=5, warmup_rounds=1)
+    stats, _ = benchmark_call(benchmark, sleeping_engine, torch.zeros(1), rounds=5, warmup_rounds=1)
     if stats is None:
         pytest.skip("benchmarking is disabled (--benchmark-disable)")
     assert stats.rounds == 5
@@ -54,7 +54,7 @@ def test_a_known_workload_matches_an_independent_clock(benchmark) -> None:
     torch.set_num_threads(1)
     try:
         independent = independent_rounds(7)
-        stats = benchmark_call(benchmark, workload, x, rounds=7, warmup_rounds=2)
+        stats, _ = benchmark_call(benchmark, workload, x, rounds=7, warmup_rounds=2)
         independent += independent_rounds(7)
     finally:
         torch.set_num_threads(threads)
@@ -75,3 +75,17 @@ def test_latency_stats_match_numpy() -> None:
     assert stats.p90_ms == pytest.approx(np.percentile(ms, 90))
     assert stats.p99_ms == pytest.approx(np.percentile(ms, 99))
     assert (stats.min_ms, stats.max_ms) == (pytest.approx(9.0), pytest.approx(30.0))
+
+
+def test_the_paired_speedup_is_the_median_ratio_of_neighbouring_rounds() -> None:
+    from densenet_opt.measure.timing import PairedSpeedup
+
+    # The machine slows 3x halfway: every pair slows together, so the ratio stays 2.
+    baseline = [0.10, 0.10, 0.30, 0.30]
+    variant = [0.05, 0.05, 0.15, 0.15]
+    paired = PairedSpeedup.from_seconds(baseline, variant)
+    assert paired.speedup == pytest.approx(2.0) and paired.spread == pytest.approx(0.0) and paired.pairs == 4
+    noisy = PairedSpeedup.from_seconds([1.0, 1.0, 1.0, 1.0], [0.5, 1.0, 1.0, 2.0])
+    assert noisy.speedup == pytest.approx(1.0) and noisy.spread == pytest.approx((1.25 - 0.875) / 2)
+    with pytest.raises(ValueError, match="must match"):
+        PairedSpeedup.from_seconds([1.0], [1.0, 1.0])

@@ -10,7 +10,6 @@ serverless deployment pays.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys

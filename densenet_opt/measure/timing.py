@@ -49,14 +49,53 @@ def percentile(sorted_values: Sequence[float], pct: float) -> float:
 
 def benchmark_call(
     benchmark, call: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor,
-    *, rounds: int, warmup_rounds: int,
-) -> LatencyStats | None:
+    *, rounds: int, warmup_rounds: int, before_each: Callable[[], None] | None = None,
+) -> tuple[LatencyStats, list[float]] | None:
     """Time ``call(batch)`` with pytest-benchmark; None when benchmarking is disabled.
 
     One call per round: a round is one host-batch-in, host-logits-out inference, which
-    is the latency a user sees, and rounds give the spread.
+    is the latency a user sees, and rounds give the spread. ``before_each`` runs untimed
+    before every round, warm-up rounds included (pytest-benchmark's ``setup``): the paired
+    speedup times the baseline engine there. Returns the statistics and the timed rounds'
+    durations in seconds, in the order they ran.
     """
-    benchmark.pedantic(call, args=(batch,), rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
+    def setup() -> tuple[tuple[torch.Tensor], dict]:
+        if before_each is not None:
+            before_each()
+        return (batch,), {}
+
+    benchmark.pedantic(call, setup=setup, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
     if benchmark.stats is None:
         return None
-    return LatencyStats.from_seconds(benchmark.stats.stats.data)
+    seconds = list(benchmark.stats.stats.data)
+    return LatencyStats.from_seconds(seconds), seconds
+
+
+@dataclass(frozen=True)
+class PairedSpeedup:
+    """The baseline engine timed right before each round of a variant (A B A B ...), so that
+    a change of the machine's speed during the sweep lands in both halves of each pair.
+
+    ``speedup`` is the median of the per-pair ratios baseline seconds / variant seconds;
+    ``spread`` half their interquartile range (a robust +-), both dimensionless. The
+    method is that of paired benchmark comparisons (e.g. pyperf's and hyperfine's
+    interleaved runs): ratios of neighbours, summarised by robust statistics."""
+
+    speedup: float
+    spread: float
+    pairs: int
+
+    @classmethod
+    def from_seconds(cls, baseline: Sequence[float], variant: Sequence[float]) -> PairedSpeedup:
+        """Pair the i-th baseline round with the i-th variant round; ValueError when the
+        counts differ or are zero, or a duration is not positive."""
+        if len(baseline) != len(variant) or not variant:
+            raise ValueError(f"paired rounds must match: {len(baseline)} baseline, {len(variant)} variant")
+        if min(*baseline, *variant) <= 0:
+            raise ValueError("paired rounds must have positive durations")
+        ratios = sorted(b / v for b, v in zip(baseline, variant, strict=True))
+        return cls(
+            speedup=statistics.median(ratios),
+            spread=(percentile(ratios, 75) - percentile(ratios, 25)) / 2,
+            pairs=len(ratios),
+        )

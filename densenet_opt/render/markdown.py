@@ -38,7 +38,7 @@ def fastest_within_budget(rows: Sequence[Row], checks: Mapping[Row, BudgetCheck]
         if not checks[row].within:
             continue
         key = (row.device, row.batch_size)
-        if key not in best or row.throughput_samples_per_sec > best[key].throughput_samples_per_sec:
+        if key not in best or row.latency_ms_per_batch < best[key].latency_ms_per_batch:  # same batch: lower latency, higher throughput
             best[key] = row
     return dict(sorted(best.items()))
 

@@ -28,6 +28,7 @@ from densenet_opt.atomic import build_folder, write_failure
 from densenet_opt.errors import VariantUnavailable
 from densenet_opt.cache import CACHE_OPTION, NOT_CACHED, file_problem, key_digest
 from densenet_opt.cache import file_sha256
+from densenet_opt.preprocessing import IMAGE_SHAPE
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
