@@ -87,8 +87,9 @@ def predict(
 def _exact_batches(chunks: Iterator[torch.Tensor], batch_size: int) -> Iterator[tuple[torch.Tensor, int]]:
     """(batch of exactly batch_size images, how many of them are real) from chunks of any
     sizes; only the last batch is padded, by repeating its last image. A batch inside one
-    chunk is a view of it; one spanning chunks is filled in a fresh tensor as they come, so
-    at most one batch plus one chunk is held. Closes ``chunks`` (when it can be) on the way out."""
+    chunk is a view of it; one spanning chunks is filled into one buffer, reused from batch to
+    batch (a fresh 19 MB tensor per batch of 32 let glibc's heap grow with N), so at most one
+    batch plus one chunk is held; a consumer must be done with a batch before the next. Closes ``chunks`` (when it can be) on the way out."""
     buffer: torch.Tensor | None = None
     filled = 0
     try:
@@ -106,7 +107,7 @@ def _exact_batches(chunks: Iterator[torch.Tensor], batch_size: int) -> Iterator[
                 filled, start = filled + take, start + take
                 if filled == batch_size:
                     yield buffer, batch_size
-                    buffer, filled = None, 0
+                    filled = 0  # the consumer copies its logits out before asking for more
         if filled:
             buffer[filled:] = buffer[filled - 1]
             yield buffer, filled
