@@ -177,14 +177,8 @@ class Sweep:
         baseline engine of this batch size runs (timed by perf_counter, untimed for
         pytest-benchmark) right before each round, and the pairs give the speedup. The
         baseline's own config pairs with nothing: its speedup is 1 by definition."""
-        rounds, warmup = self.options.rounds, self.options.warmup_rounds
-        if not self.options.paired_speedup:
-            timed = benchmark_call(benchmark, engine, batch, rounds=rounds, warmup_rounds=warmup)
-            return None if timed is None else (timed[0], None)
-        if variant == BASELINE:
-            timed = benchmark_call(benchmark, engine, batch, rounds=rounds, warmup_rounds=warmup)
-            return None if timed is None else (timed[0], PairedSpeedup(1.0, 0.0, rounds))
-        baseline = self.paired_baseline(batch_size)
+        pair = self.options.paired_speedup and variant != BASELINE
+        baseline = self.paired_baseline(batch_size) if pair else None
         baseline_seconds: list[float] = []
 
         def run_baseline() -> None:
@@ -192,11 +186,16 @@ class Sweep:
             baseline(batch)  # host logits out: the device is synchronised inside the call
             baseline_seconds.append(time.perf_counter() - started)
 
-        timed = benchmark_call(benchmark, engine, batch, rounds=rounds, warmup_rounds=warmup, before_each=run_baseline)
+        timed = benchmark_call(benchmark, engine, batch, rounds=self.options.rounds,
+                               warmup_rounds=self.options.warmup_rounds, before_each=run_baseline if pair else None)
         if timed is None:
             return None
         latency, seconds = timed
-        return latency, PairedSpeedup.from_seconds(baseline_seconds[-len(seconds):], seconds)
+        if pair:
+            return latency, PairedSpeedup.from_seconds(baseline_seconds[-len(seconds):], seconds)
+        if self.options.paired_speedup:  # the baseline itself: 1 by definition
+            return latency, PairedSpeedup(1.0, 0.0, len(seconds))
+        return latency, None
 
     def paired_baseline(self, batch_size: int) -> Engine:
         """The baseline engine timed beside every variant of this batch size: built once per
