@@ -92,6 +92,7 @@ class Sweep:
             cache_dir=self.options.cache_dir,
             allow_pickle=self.options.allow_unsafe_weights,
             progress=self.progress,
+            report_dir=self.options.output_dir,
         )
 
     @cached_property

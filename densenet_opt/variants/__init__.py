@@ -165,6 +165,9 @@ class BuildContext:
     [count,3,224,224] normalised images disjoint from the evaluated ones. Both are
     callables so that a variant that loads a cached artifact pays for neither (it shows
     in RAM and cold start). ``variant`` is set by ``Variant.build_engine``.
+    ``report_dir``: where a variant writes what its build measured for the user (a
+    sensitivity table, a training curve), as CSV files named after the variant; None
+    (a fresh-process probe, a unit test) means write nothing.
     """
 
     device: torch.device
@@ -177,6 +180,7 @@ class BuildContext:
     options: VariantOptions = field(default_factory=VariantOptions)
     progress: Callable[[str], None] = print
     variant: Variant | None = None
+    report_dir: Path | None = None
 
     def _built(self) -> Variant:
         if self.variant is None:
