@@ -10,6 +10,9 @@ import torch
 
 ACCURACY = "imagenet_accuracy"
 AGREEMENT = "agreement_with_fp32"
+# Synthetic weights on synthetic images: top-k against the pseudo-class each image was drawn
+# from, which the synthetic head was fitted to (synthetic.py). Not ImageNet accuracy.
+SYNTHETIC_ACCURACY = "synthetic_label_accuracy"
 
 
 class NonFiniteLogits(Exception):
@@ -128,14 +131,18 @@ class Fidelity:
     relative_error: float  # ||logits - reference|| / ||reference|| over all samples
 
 
-def fidelity(logits: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor | None) -> Fidelity:
-    """With labels: top-k accuracy. Without: the reference's top-1 class stands in for
-    the label, so top-1/top-5 become agreement with the fp32 model."""
+def fidelity(
+    logits: torch.Tensor, reference: torch.Tensor, labels: torch.Tensor | None, kind: str = ACCURACY
+) -> Fidelity:
+    """``logits`` and ``reference``: float32 [N,1000]; ``labels``: int64 [N] or None.
+    With labels: top-k accuracy against them, of ``kind`` (ACCURACY or SYNTHETIC_ACCURACY).
+    Without: the reference's top-1 class stands in for the label, so top-1/top-5 become
+    agreement with the fp32 model (kind AGREEMENT)."""
     reference_top1 = reference.argmax(dim=1)
     targets = labels if labels is not None else reference_top1
     agreement = (logits.argmax(dim=1) == reference_top1).float().mean().item() * 100
     return Fidelity(
-        kind=ACCURACY if labels is not None else AGREEMENT,
+        kind=kind if labels is not None else AGREEMENT,
         top1=in_top_k(logits, targets, 1).float().mean().item() * 100,
         top5=in_top_k(logits, targets, 5).float().mean().item() * 100,
         agreement_top1=agreement,

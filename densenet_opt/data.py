@@ -59,11 +59,17 @@ EXPECTED_LAYOUT = (
 )
 
 
+# What EvalSet.labels / EvalStream.labels are.
+IMAGENET_LABELS = "imagenet"  # torchvision's class indices of real ImageNet images
+SYNTHETIC_LABELS = "synthetic_pseudo_classes"  # the pseudo-class each synthetic image was drawn from
+
+
 @dataclass(frozen=True)
 class EvalSet:
     images: torch.Tensor  # float32 [N,3,224,224], normalised
-    labels: torch.Tensor | None  # int64 [N] torchvision class indices; None for synthetic images
+    labels: torch.Tensor  # int64 [N]: class indices, of the kind label_kind says
     source: str  # human-readable description for reports
+    label_kind: str = IMAGENET_LABELS  # IMAGENET_LABELS or SYNTHETIC_LABELS
 
 
 @dataclass(frozen=True)
@@ -90,10 +96,9 @@ def load_eval_set(
     # Imported lazily: synthetic.py is optional for callers that only use real data.
     from densenet_opt.synthetic import synthetic_images
 
-    images, _pseudo_labels = synthetic_images(num_samples, seed=seed, offset=skip)
-    # Accuracy on synthetic images is agreement with the fp32 reference, so no labels.
+    images, labels = synthetic_images(num_samples, seed=seed, offset=skip)
     source = _source(f"synthetic seed={seed}", num_samples, skip)
-    return EvalSet(images=images, labels=None, source=source)
+    return EvalSet(images=images, labels=labels, source=source, label_kind=SYNTHETIC_LABELS)
 
 
 def load_imagenet_subset(
@@ -559,10 +564,11 @@ class EvalStream:
     """
 
     dataset: torch.utils.data.Dataset  # item i: float32 [3,224,224], normalised
-    labels: torch.Tensor | None  # int64 [N] torchvision class indices; None for synthetic images
+    labels: torch.Tensor  # int64 [N]: class indices, of the kind label_kind says
     source: str  # human-readable description for reports, as EvalSet.source
     num_workers: int = 0
     chunk_size: int = STREAM_CHUNK
+    label_kind: str = IMAGENET_LABELS  # IMAGENET_LABELS or SYNTHETIC_LABELS
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -624,7 +630,12 @@ def open_eval_stream(
         source = _source(f"imagenet-val {root}", num_samples, skip)
         return EvalStream(ImageFiles(chosen), labels, source, workers)
     _check_counts(num_samples, skip)
-    return EvalStream(SyntheticImages(num_samples, seed, skip), None, _source(f"synthetic seed={seed}", num_samples, skip), workers)
+    from densenet_opt.synthetic import pseudo_labels
+
+    return EvalStream(
+        SyntheticImages(num_samples, seed, skip), pseudo_labels(num_samples, skip),
+        _source(f"synthetic seed={seed}", num_samples, skip), workers, label_kind=SYNTHETIC_LABELS,
+    )
 
 
 def _source(what: str, num_samples: int, skip: int) -> str:

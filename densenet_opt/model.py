@@ -55,7 +55,8 @@ def resolve_weights(
             progress(
                 f"NOTICE: torchvision's DenseNet-121 weights are not in the local torch hub cache "
                 f"({torchvision_weights_path()}); using synthetic weights: accuracy columns are "
-                "agreement with the fp32 reference, not ImageNet accuracy"
+                "scored against synthetic pseudo-classes (on synthetic images) or are agreement with the fp32 "
+                "reference, never ImageNet accuracy"
             )
             spec = SYNTHETIC
     if spec == SYNTHETIC:

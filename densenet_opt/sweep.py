@@ -18,7 +18,7 @@ from functools import cached_property
 import torch
 
 from densenet_opt import baselines, data, model
-from densenet_opt.accuracy import Fidelity, NonFiniteLogits, fidelity, predict
+from densenet_opt.accuracy import ACCURACY, SYNTHETIC_ACCURACY, Fidelity, NonFiniteLogits, fidelity, predict
 from densenet_opt.config import SweepOptions
 from densenet_opt.flops import count_flops
 from densenet_opt.errors import UserError
@@ -92,7 +92,6 @@ class Sweep:
             cache_dir=self.options.cache_dir,
             allow_pickle=self.options.allow_unsafe_weights,
             progress=self.progress,
-            report_dir=self.options.output_dir,
         )
 
     @cached_property
@@ -116,9 +115,17 @@ class Sweep:
         return eval_set
 
     @property
-    def uses_labels(self) -> bool:
-        """Labels only mean something for a trained network on real images."""
-        return self.weights.trained and self.eval_set.labels is not None
+    def accuracy_kind(self) -> str | None:
+        """What the labels measure: ACCURACY for a trained network on ImageNet images,
+        SYNTHETIC_ACCURACY for the synthetic weights on synthetic images (their head was
+        fitted to those pseudo-classes: synthetic.py); None where labels mean nothing (a
+        trained network on synthetic images, random weights on ImageNet): agreement only."""
+        labels = self.eval_set.label_kind
+        if self.weights.trained and labels == data.IMAGENET_LABELS:
+            return ACCURACY
+        if self.weights.source == model.SYNTHETIC and labels == data.SYNTHETIC_LABELS:
+            return SYNTHETIC_ACCURACY
+        return None
 
     def calibration_images(self, count: int) -> torch.Tensor:
         """Images from the same source as the evaluated ones, but never the same images."""
@@ -137,6 +144,7 @@ class Sweep:
             cache_dir=self.options.cache_dir,
             options=parse_variant_options(self.options.variant_options),
             progress=self.progress,
+            report_dir=self.options.output_dir,
         )
 
     def measure(self, variant: str, batch_size: int, engine: Engine, benchmark) -> Row | None:
@@ -264,17 +272,17 @@ class Sweep:
             reference = self.reference_logits
             self.progress(f"{variant}: accuracy over {len(self.eval_set)} images at batch {batch_size}")
             logits = predict(engine, self.eval_set, batch_size)
-            self._fidelity[variant] = fidelity(logits, reference, self._labels)
+            self._fidelity[variant] = fidelity(logits, reference, self._labels, self.accuracy_kind or ACCURACY)
         return self._fidelity[variant]
 
     @property
     def _labels(self) -> torch.Tensor | None:
-        return self.eval_set.labels if self.uses_labels else None
+        return self.eval_set.labels if self.accuracy_kind else None
 
     @cached_property
     def reference_fidelity(self) -> Fidelity:
         """The fp32 reference's own accuracy: what accuracy drops are measured against."""
-        return fidelity(self.reference_logits, self.reference_logits, self._labels)
+        return fidelity(self.reference_logits, self.reference_logits, self._labels, self.accuracy_kind or ACCURACY)
 
     def probe(self, variant: str, batch_size: int) -> ProbeResult:
         """Measured once per config in a fresh process, shared by every test of it."""

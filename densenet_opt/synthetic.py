@@ -185,6 +185,12 @@ def _render(seed: int, index: int) -> tuple[np.ndarray, int]:
     return img, label
 
 
+def pseudo_labels(count: int, offset: int = 0) -> torch.Tensor:
+    """int64 [count]: the pseudo-class of synthetic images offset .. offset+count-1 (as
+    synthetic_images gives them, without rendering), (offset + i) % 1000."""
+    return (torch.arange(count, dtype=torch.int64) + offset) % NUM_CLASSES
+
+
 def synthetic_images(count: int, seed: int = 0, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(images, pseudo_labels): float32 [count,3,224,224], ImageNet mean/std normalised, int64 [count].
 

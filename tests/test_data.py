@@ -517,7 +517,7 @@ def test_load_eval_set_synthetic_contract(monkeypatch):
     monkeypatch.setitem(sys.modules, "densenet_opt.synthetic", fake)
     ev = load_eval_set(None, 3, skip=5, seed=7)
     assert calls == [(3, 7, 5)]
-    assert ev.labels is None and ev.images.shape == (3, 3, 224, 224)
+    assert ev.images.shape == (3, 3, 224, 224) and ev.label_kind == "synthetic_pseudo_classes"
     assert ev.source == "synthetic seed=7 (3 samples, skip 5)"
 
 
@@ -529,6 +529,8 @@ def test_load_eval_set_synthetic_real():
     b = load_eval_set(None, 2, seed=0)
     c = load_eval_set(None, 2, skip=2, seed=0)
     assert a.images.shape == (2, 3, 224, 224) and a.images.dtype == torch.float32
-    assert a.labels is None and a.source == "synthetic seed=0 (2 samples)"
+    assert a.source == "synthetic seed=0 (2 samples)"
+    assert a.label_kind == "synthetic_pseudo_classes"
+    assert a.labels.tolist() == [0, 1] and c.labels.tolist() == [2, 3]  # image i's pseudo-class: i % 1000
     assert torch.equal(a.images, b.images)
     assert not torch.equal(a.images, c.images)

@@ -113,7 +113,7 @@ def test_a_batch_too_large_for_memory_costs_only_its_own_row(tmp_path: Path) -> 
     assert result.returncode == 0, output
     assert statuses(tmp_path) == {"1": "ok", "256": "out_of_memory"}, output
     (ok,) = [row for row in report.read_rows(tmp_path / report.RESULTS_FILE) if row.batch_size == 1]
-    assert ok.num_samples == 8 and ok.accuracy_top_1 == 100.0, output
+    assert ok.num_samples == 8 and ok.agreement_top_1 == 100.0, output
     assert "baseline at batch 256: out of memory, recorded as out_of_memory" in result.stdout, output
 
 

@@ -41,6 +41,7 @@ ort = pytest.importorskip("onnxruntime", reason="onnxruntime is an extra: pip in
 from densenet_opt.variants.onnx.graph_ops import optimized_op_counts  # noqa: E402 - needs onnxruntime
 from densenet_opt.variants.onnx.quantize import (  # noqa: E402 - needs onnxruntime
     CPU,
+    RECIPES,
     TENSORRT,
     batchnorm_to_depthwise_conv,
     int8_artifact,
@@ -90,9 +91,10 @@ def ctx(sweep: Sweep) -> BuildContext:
     # At most CI's count (its sweep then has calibrated the same model already): the
     # int8 graph's structure does not depend on it, and 128 images take minutes here.
     calibration = min(context.calibration_samples, CALIBRATION_SAMPLES_MAX)
+    # All-int8 (float_nodes=0): the accuracy-aware search has its own tests.
     return dataclasses.replace(
-        context, device=torch.device("cpu"), options=parse_variant_options({}), progress=quiet,
-        calibration_samples=calibration,
+        context, device=torch.device("cpu"), options=parse_variant_options({"onnx_int8.float_nodes": "0"}),
+        progress=quiet, calibration_samples=calibration,
     )
 
 
@@ -365,12 +367,13 @@ def test_zero_calibration_images_is_a_user_error(ctx: BuildContext, fp32_model, 
         build_int8(dataclasses.replace(ctx, calibration_samples=0))
     assert "\n" not in str(error.value)
     with pytest.raises(UserError, match="got 0"):
-        quantize(fp32_model.path, tmp_path / "int8.onnx", np.zeros((0, 3, 224, 224), np.float32), CPU)
+        quantize(fp32_model.path, tmp_path / "int8.onnx", np.zeros((0, 3, 224, 224), np.float32), RECIPES[CPU])
     with pytest.raises(UserError, match="got 0"):  # a data source that returns fewer images than asked
         int8_artifact(
-            fp32_model, target=CPU, calibration_images=lambda n: torch.zeros(0, 3, 224, 224),
-            calibration_samples=4, cache_dir=tmp_path, progress=quiet,
+            fp32_model, recipe=RECIPES[CPU], images=torch.zeros(0, 3, 224, 224), cache_dir=tmp_path, progress=quiet,
         )
+    with pytest.raises(UserError, match="got 0"):
+        build_int8(dataclasses.replace(ctx, calibration_images=lambda n: torch.zeros(0, 3, 224, 224)))
 
 
 def test_batchnorm_as_depthwise_conv_is_exact(tmp_path: Path) -> None:
@@ -400,15 +403,15 @@ def test_batchnorm_as_depthwise_conv_is_exact(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def int8_model(ctx: BuildContext, fp32_model) -> onnx_export.Artifact:
-    artifact, _ = int8_artifact(
-        fp32_model, target=CPU, calibration_images=ctx.calibration_images,
-        calibration_samples=ctx.calibration_samples, cache_dir=ctx.cache_dir, progress=quiet,
+    return int8_artifact(
+        fp32_model, recipe=RECIPES[CPU], images=ctx.calibration_images(ctx.calibration_samples),
+        cache_dir=ctx.cache_dir, progress=quiet,
     )
-    return artifact
 
 
 def test_int8_graph_is_int8_end_to_end(int8_model, fp32_model) -> None:
-    fp32_ops, int8_ops = optimized_op_counts(fp32_model.path), optimized_op_counts(int8_model.path)
+    fp32_ops = optimized_op_counts(fp32_model.path, precision="fp32")
+    int8_ops = optimized_op_counts(int8_model.path, precision="int8")
     float_convs = sum(fp32_ops[op] for op in ("Conv", "FusedConv"))
     assert float_convs == 120 + 62  # every conv, and every BatchNorm that the exporter could not fold
     assert not FLOAT_COMPUTE_OPS & {op for op, count in int8_ops.items() if count}, int8_ops
@@ -431,8 +434,8 @@ def test_int8_engine(ctx: BuildContext, int8_model, images: torch.Tensor, refere
 
 
 def test_int8_key_follows_the_calibration_images_and_target(fp32_model, images: torch.Tensor) -> None:
-    key = onnx_export.key_digest(int8_key(fp32_model, CPU, images))
-    assert key == onnx_export.key_digest(int8_key(fp32_model, CPU, images.clone()))
-    assert key != onnx_export.key_digest(int8_key(fp32_model, CPU, images + 1e-3))
-    assert key != onnx_export.key_digest(int8_key(fp32_model, CPU, images[:-1]))
-    assert key != onnx_export.key_digest(int8_key(fp32_model, TENSORRT, images))
+    key = onnx_export.key_digest(int8_key(fp32_model, RECIPES[CPU], images))
+    assert key == onnx_export.key_digest(int8_key(fp32_model, RECIPES[CPU], images.clone()))
+    assert key != onnx_export.key_digest(int8_key(fp32_model, RECIPES[CPU], images + 1e-3))
+    assert key != onnx_export.key_digest(int8_key(fp32_model, RECIPES[CPU], images[:-1]))
+    assert key != onnx_export.key_digest(int8_key(fp32_model, RECIPES[TENSORRT], images))

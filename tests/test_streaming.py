@@ -52,7 +52,9 @@ def _tiny_engine(batch_size: int | None = None) -> torch.nn.Module:
 def test_a_synthetic_stream_gives_the_images_load_eval_set_decodes(workers: int) -> None:
     stream = data.open_eval_stream(None, 21, skip=3, num_workers=workers)
     decoded = data.load_eval_set(None, 21, skip=3)
-    assert len(stream) == 21 and stream.labels is None and stream.source == decoded.source
+    assert len(stream) == 21 and stream.source == decoded.source
+    assert torch.equal(stream.labels, decoded.labels) and stream.label_kind == decoded.label_kind
+    assert stream.labels.tolist() == list(range(3, 24))
     chunks = list(stream)
     assert [len(c) for c in chunks] == [16, 5] and chunks[0].dtype == torch.float32
     if workers == 0:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from densenet_opt.accuracy import AGREEMENT
+from densenet_opt.accuracy import AGREEMENT, SYNTHETIC_ACCURACY
 from densenet_opt.budgets import BudgetCheck
 from densenet_opt.render.plots import ACCURACY_LABELS
 from densenet_opt.report import BASELINE, Row
@@ -107,7 +107,9 @@ def summary_markdown(
         "",
         f"From `{source.name}`: {len(rows)} (variant, batch size) configs on {', '.join(devices)}. "
         f"Accuracy columns are {' / '.join(ACCURACY_LABELS[k] for k in kinds) or 'not measured'}"
-        + (" — agreement with the fp32 model on synthetic weights or images, not ImageNet accuracy." if AGREEMENT in kinds else "."),
+        + (" — agreement with the fp32 model on synthetic weights or images, not ImageNet accuracy" if AGREEMENT in kinds else "")
+        + (" — synthetic weights on synthetic images, scored against each image's pseudo-class: not ImageNet accuracy"
+           if SYNTHETIC_ACCURACY in kinds else "") + ".",
         "",
         "## Throughput",
         "",

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from densenet_opt import atomic
-from densenet_opt.accuracy import ACCURACY, AGREEMENT
+from densenet_opt.accuracy import ACCURACY, AGREEMENT, SYNTHETIC_ACCURACY
 from densenet_opt.report import OUTPUT_OPTION, Row
 
 LATENCY_PLOT = "latency_throughput.png"
@@ -19,7 +19,11 @@ ACCURACY_PLOT = "accuracy_throughput.png"
 MEMORY_PLOT = "memory.png"
 FLOPS_PLOT = "achieved_gflops.png"
 
-ACCURACY_LABELS = {ACCURACY: "top-1 accuracy (%)", AGREEMENT: "top-1 agreement with fp32 (%)"}
+ACCURACY_LABELS = {
+    ACCURACY: "top-1 accuracy (%)",
+    AGREEMENT: "top-1 agreement with fp32 (%)",
+    SYNTHETIC_ACCURACY: "top-1 accuracy on synthetic pseudo-classes (%)",
+}
 
 
 def _series(rows: Iterable[Row]) -> dict[str, list[Row]]:

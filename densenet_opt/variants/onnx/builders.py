@@ -8,11 +8,14 @@ says what runs where and why.
 
 from __future__ import annotations
 
-from densenet_opt.errors import VariantUnavailable
-from densenet_opt.variants import BuildContext, Variant
+from densenet_opt.errors import UserError, VariantUnavailable
+from densenet_opt.variants import BuildContext, Variant, VariantOption
 from densenet_opt.variants.onnx.engine import OrtEngine, open_engine
 from densenet_opt.variants.onnx.export import Artifact, fp16_artifact, fp32_artifact
-from densenet_opt.variants.onnx.providers import OPTIONS, Settings, choose_provider, import_onnxruntime, int8_provider
+from densenet_opt.variants.onnx.providers import (
+    OPTIONS, PROVIDERS, Settings, choose_provider, disabled_optimizers, import_onnxruntime, int8_provider,
+    session_options,
+)
 
 ONNX, ONNX_FP16, ONNX_INT8 = "onnx", "onnx_fp16", "onnx_int8"
 
@@ -68,24 +71,50 @@ def build_fp16(ctx: BuildContext) -> OrtEngine:
     )
 
 
-def int8_model(ctx: BuildContext, source: Artifact, target: str) -> tuple[Artifact, int]:
-    """The int8 model of ``source`` for ``target`` (quantize.CPU or quantize.TENSORRT),
-    calibrated on ``ctx.calibration_samples`` of the context's images (cached), and how
-    many images it was calibrated on. Needs onnxruntime (quantize imports it)."""
-    from densenet_opt.variants.onnx.quantize import int8_artifact  # an optional extra: see build_int8
+def _float_nodes(text: str) -> int | None:
+    if text.strip().lower() == "auto":
+        return None
+    value = int(text)
+    if value < 0:
+        raise ValueError("wants auto or a whole number >= 0")
+    return value
 
-    return int8_artifact(
-        source,
-        target=target,
-        calibration_images=ctx.calibration_images,
-        calibration_samples=ctx.calibration_samples,
-        cache_dir=ctx.cache_dir,
-        progress=ctx.progress,
-    )
+
+def _percent(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 100.0:
+        raise ValueError("wants a percentage in (0, 100]")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("wants a whole number >= 1")
+    return value
+
+
+INT8_OPTIONS = (
+    VariantOption(
+        "float_nodes", _float_nodes, None,
+        "nodes kept in float, most harmful first (accuracy_aware.py): auto measures k = 0, 1, 2, 4, ... and takes "
+        "the fewest that meet agreement_target, writing the Pareto table to the output directory; 0 is all-int8",
+    ),
+    VariantOption("agreement_target", _percent, 99.0, "top-1 agreement with fp32 (%) that float_nodes=auto aims for"),
+    VariantOption("search_images", _positive, 256,
+                  "held-out images of the calibration pool that float_nodes=auto measures agreement on"),
+    VariantOption("max_float_nodes", _positive, 64, "the largest k float_nodes=auto tries"),
+    VariantOption.choice("calibration", ("percentile", "minmax", "entropy"), "percentile",
+                         "calibration method of the activation ranges (onnxruntime CalibrationMethod)"),
+)
+# The search times its points at this batch (or all held-out images when fewer), this many rounds.
+SEARCH_BATCH, SEARCH_ROUNDS = 32, 5
 
 
 def build_int8(ctx: BuildContext) -> OrtEngine:
-    """The static int8 QDQ model on TensorRT (CUDA, when installed) or the CPU provider.
+    """The static int8 QDQ model on TensorRT (CUDA, when installed) or the CPU provider,
+    with the nodes that cost most agreement kept in float (option float_nodes; on the CPU
+    provider ``auto`` measures the Pareto points, accuracy_aware.py).
 
     Raises UserError for --calibration-samples 0 (before exporting) and for a forced CUDA
     provider; a session that falls back to another provider is VariantUnavailable."""
@@ -93,21 +122,60 @@ def build_int8(ctx: BuildContext) -> OrtEngine:
     ort = import_onnxruntime()
     # quantize imports onnxruntime.quantization, an optional extra: imported once
     # import_onnxruntime has said it is there, so that without it the variant is skipped.
-    from densenet_opt.variants.onnx.quantize import CPU, TENSORRT, check_calibration_count, describe
+    import densenet_opt.variants.onnx.accuracy_aware as accuracy_aware
+    from densenet_opt.variants.onnx.quantize import (
+        CPU, TENSORRT, check_calibration_count, describe, int8_artifact, recipe_for,
+    )
 
     check_calibration_count(ctx.calibration_samples)  # before an export that takes a while
     provider, note = int8_provider(setting, ctx.device.type, ort.get_available_providers())
     if note:
         ctx.progress(f"onnx_int8: {note}")
     target = TENSORRT if provider == "tensorrt" else CPU
+    recipe = recipe_for(target, ctx.option("calibration"))
     source = fp32_model(ctx)
-    artifact, calibrated_on = int8_model(ctx, source, target)
+    float_nodes = ctx.option("float_nodes")
+    searching = float_nodes is None and target == CPU
+    extra = ctx.option("search_images") if searching else 0
+    pool = ctx.calibration_images(ctx.calibration_samples + extra)
+    calibration, heldout = pool[: ctx.calibration_samples], pool[ctx.calibration_samples :]
+    check_calibration_count(len(calibration))
+    exclude: tuple[str, ...] = ()
+    search_info: dict[str, str] = {}
+    if searching:
+        result, cached = _search(ctx, source, recipe, calibration, heldout, ort)
+        chosen = result.chosen
+        exclude = chosen.excluded
+        table = accuracy_aware.write_pareto_table(result, ctx.report_dir, ONNX_INT8)
+        verdict = "meets" if chosen.meets(result.target) else "misses (best point measured)"
+        ctx.progress(
+            f"onnx_int8: {len(exclude)} float node(s), {chosen.agreement_top_1:.2f}% agreement on "
+            f"{result.heldout_images} held-out images: {verdict} the {result.target:g}% target"
+            + (f"; Pareto table {table}" if table else "")
+        )
+        search_info = {
+            "float_nodes_search": "cached" if cached else "measured",
+            "search_agreement_top_1": f"{chosen.agreement_top_1:.2f}",
+            "search_target_met": str(chosen.meets(result.target)).lower(),
+        }
+    elif float_nodes:
+        if target != CPU:
+            raise UserError(f"onnx_int8.float_nodes={float_nodes} is for the CPU provider's QDQ model; "
+                            "TensorRT chooses its own precision per layer: leave float_nodes unset")
+        exclude = tuple(accuracy_aware.ranked_nodes(
+            source, recipe=recipe, calibration=calibration, cache_dir=ctx.cache_dir, progress=ctx.progress,
+        )[:float_nodes])
+    artifact = int8_artifact(
+        source, recipe=recipe, images=calibration, cache_dir=ctx.cache_dir, progress=ctx.progress, exclude=exclude
+    )
     return open_engine(
         ctx, artifact, provider=provider, setting=setting, precision="int8", strict=True,
         info={
             "precision": "int8",
-            "quantization": describe(target),
-            "calibration_images": str(calibrated_on),
+            "quantization": describe(recipe),
+            "calibration_images": str(len(calibration)),
+            "float_nodes": str(len(exclude)),
+            **search_info,
             **export_info(source),
             "quantize_s": f"{artifact.build_s:.1f}",
             **({"note": note} if note else {}),
@@ -115,10 +183,36 @@ def build_int8(ctx: BuildContext) -> OrtEngine:
     )
 
 
+def _cpu_session(ort, threads: int):
+    return lambda path: ort.InferenceSession(
+        str(path), session_options(ort, "cpu", threads), providers=[PROVIDERS["cpu"]],
+        disabled_optimizers=disabled_optimizers("int8"),
+    )
+
+
+def _search(ctx: BuildContext, source: Artifact, recipe, calibration, heldout, ort):
+    """The cached (or measured) float-nodes search for ``ctx``'s options, and whether it was cached."""
+    import densenet_opt.variants.onnx.accuracy_aware as accuracy_aware  # needs onnxruntime.quantization
+
+    target, max_nodes = ctx.option("agreement_target"), ctx.option("max_float_nodes")
+    batch = min(SEARCH_BATCH, len(heldout)) or 1
+    key = accuracy_aware.search_key(source, recipe, calibration, heldout, target, max_nodes, batch)
+    return accuracy_aware.cached_search(
+        accuracy_aware.search_cache_path(ctx.cache_dir, key),
+        lambda: accuracy_aware.search(
+            source, recipe=recipe, calibration=calibration, heldout=heldout, target=target,
+            max_float_nodes=max_nodes, batch_size=batch, rounds=SEARCH_ROUNDS,
+            open_session=_cpu_session(ort, Settings.of(ctx).threads), cache_dir=ctx.cache_dir, progress=ctx.progress,
+        ),
+        ctx.progress,
+    )
+
+
 VARIANTS: list[Variant] = [
     Variant(ONNX, "ONNX Runtime fp32 (TensorRT, CUDA or CPU provider)", build_fp32, options=OPTIONS),
     Variant(ONNX_FP16, "ONNX Runtime float16 model (CUDA or TensorRT provider)", build_fp16,
             options=OPTIONS, shared_prefix=ONNX),
-    Variant(ONNX_INT8, "ONNX Runtime static int8, QDQ (TensorRT on CUDA, else the CPU provider)", build_int8,
-            options=OPTIONS, shared_prefix=ONNX),
+    Variant(ONNX_INT8, "ONNX Runtime static int8, QDQ (TensorRT on CUDA, else the CPU provider), "
+            "the nodes that cost most agreement kept in float", build_int8,
+            options=OPTIONS + INT8_OPTIONS, shared_prefix=ONNX),
 ]

@@ -23,7 +23,9 @@ from densenet_opt.errors import VariantUnavailable
 from densenet_opt.preprocessing import IMAGE_SHAPE
 from densenet_opt.variants import BuildContext
 from densenet_opt.variants.onnx.export import INPUT_NAME, OUTPUT_NAME, Artifact
-from densenet_opt.variants.onnx.providers import PROVIDERS, Settings, import_onnxruntime, provider_entries, session_options
+from densenet_opt.variants.onnx.providers import (
+    PROVIDERS, Settings, disabled_optimizers, import_onnxruntime, provider_entries, session_options,
+)
 
 
 class DeviceIO:
@@ -125,6 +127,7 @@ def open_engine(
         session_options(ort, provider, setting.threads),
         providers=[name for name, _ in entries],
         provider_options=[options for _, options in entries],
+        disabled_optimizers=disabled_optimizers(precision),
     )
     session_s = time.perf_counter() - started
     wanted, used = PROVIDERS[provider], session.get_providers()[0]

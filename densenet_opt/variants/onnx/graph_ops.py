@@ -12,31 +12,38 @@ from pathlib import Path
 import onnx
 
 from densenet_opt.variants import BuildContext
-from densenet_opt.variants.onnx.builders import ONNX, ONNX_INT8, fp32_model, int8_model
-from densenet_opt.variants.onnx.providers import PROVIDERS, default_threads, import_onnxruntime, session_options
-from densenet_opt.variants.onnx.quantize import CPU
+from densenet_opt.variants.onnx.builders import ONNX, ONNX_INT8, fp32_model
+from densenet_opt.variants.onnx.providers import (
+    PROVIDERS, default_threads, disabled_optimizers, import_onnxruntime, session_options,
+)
+from densenet_opt.variants.onnx.quantize import CPU, RECIPES, int8_artifact
 
 
-def optimized_op_counts(model_path: Path, *, threads: int | None = None) -> Counter[str]:
+def optimized_op_counts(model_path: Path, *, precision: str, threads: int | None = None) -> Counter[str]:
     """Op type -> node count of the optimized CPU graph of the model at ``model_path``, as
-    ORT writes it through SessionOptions.optimized_model_filepath."""
+    ORT writes it through SessionOptions.optimized_model_filepath, with the session
+    settings the variants use for ``precision`` (providers.disabled_optimizers)."""
     ort = import_onnxruntime()
     with tempfile.TemporaryDirectory(prefix="densenet-opt-ort-") as folder:
         options = session_options(ort, "cpu", threads or default_threads())
         options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
         # ORT warns that a graph optimized with NCHWc kernels is machine specific: known, and we only count it.
         options.log_severity_level = 3
-        ort.InferenceSession(str(model_path), options, providers=[PROVIDERS["cpu"]])
+        ort.InferenceSession(
+            str(model_path), options, providers=[PROVIDERS["cpu"]], disabled_optimizers=disabled_optimizers(precision)
+        )
         optimized = onnx.load(options.optimized_model_filepath)
     return Counter(node.op_type for node in optimized.graph.node)
 
 
 def cpu_graph_op_counts(ctx: BuildContext) -> dict[str, Counter[str]]:
-    """Op counts of the optimized CPU graphs of ``onnx`` (fp32) and ``onnx_int8``, by
-    variant name; builds (or takes from the cache) both models."""
+    """Op counts of the optimized CPU graphs of ``onnx`` (fp32) and the all-int8
+    ``onnx_int8`` (no node kept in float), by variant name; builds (or takes from the
+    cache) both models."""
     source = fp32_model(ctx)
-    int8, _ = int8_model(ctx, source, CPU)
-    return {ONNX: optimized_op_counts(source.path), ONNX_INT8: optimized_op_counts(int8.path)}
+    int8 = int8_artifact(source, recipe=RECIPES[CPU], images=ctx.calibration_images(ctx.calibration_samples),
+                         cache_dir=ctx.cache_dir, progress=ctx.progress)
+    return {ONNX: optimized_op_counts(source.path, precision="fp32"), ONNX_INT8: optimized_op_counts(int8.path, precision="int8")}
 
 
 def op_count_table(counts: Mapping[str, Counter[str]]) -> str:

@@ -154,6 +154,20 @@ def int8_provider(setting: Settings, device_type: str, available: list[str]) -> 
     return "cpu", None
 
 
+# ONNX Runtime's WeightBiasQuantization transformer (ORT_ENABLE_ALL) quantizes the float
+# weights of any node that sits between a DequantizeLinear and a QuantizeLinear: it would
+# silently turn onnx_int8's nodes kept in float (accuracy_aware.py) back into int8
+# QLinearConvs. In an all-int8 QDQ model it has nothing to do (every weight is quantized
+# already: the optimized graph is the same with it disabled), so int8 sessions disable it.
+INT8_DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
+
+
+def disabled_optimizers(precision: str) -> list[str]:
+    """The graph transformers an onnxruntime session of a ``precision`` model runs without
+    (InferenceSession's ``disabled_optimizers``)."""
+    return list(INT8_DISABLED_OPTIMIZERS) if precision == "int8" else []
+
+
 def session_options(ort: ModuleType, provider: str, threads: int):
     """onnxruntime.SessionOptions for ``provider`` (an alias): ORT_ENABLE_ALL, sequential,
     one inter-op thread, ``threads`` intra-op threads on the CPU provider."""

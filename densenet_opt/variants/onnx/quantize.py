@@ -23,7 +23,8 @@ set at once would need gigabytes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,8 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from densenet_opt.cache import tensor_digest
+from densenet_opt import atomic
+from densenet_opt.cache import CACHE_OPTION, key_digest, tensor_digest
 from densenet_opt.errors import UserError
 from densenet_opt.variants.onnx.export import (
     INPUT_NAME,
@@ -68,15 +70,17 @@ class Recipe:
     per_channel: bool = True
 
 
+# --variant-options onnx_int8.calibration words -> CalibrationMethod member names.
+CALIBRATIONS = {"percentile": "Percentile", "minmax": "MinMax", "entropy": "Entropy"}
+
 RECIPES: dict[str, Recipe] = {
     CPU: Recipe("QUInt8", "QInt8", symmetric_activations=False, batchnorm_as_depthwise_conv=True, op_types=None),
     TENSORRT: Recipe("QInt8", "QInt8", symmetric_activations=True, batchnorm_as_depthwise_conv=False, op_types=("Conv", "Gemm")),
 }
 
 
-def describe(target: str) -> str:
-    """A compact name of the recipe for engine_info, e.g. qdq-u8s8-per-channel-percentile-bn-as-dwconv."""
-    recipe = RECIPES[target]
+def describe(recipe: Recipe) -> str:
+    """A compact name of ``recipe`` for engine_info, e.g. qdq-u8s8-per-channel-percentile-bn-as-dwconv."""
     bits = {"QUInt8": "u8", "QInt8": "s8"}
     parts = [
         f"qdq-{bits[recipe.activations]}{bits[recipe.weights]}",
@@ -158,23 +162,48 @@ class ImageBatchReader(CalibrationDataReader):
         return None if batch is None else {INPUT_NAME: batch}
 
 
-def quantize(source: onnx.ModelProto | Path, output: Path, images: np.ndarray, target: str) -> None:
-    """Write the int8 QDQ model of ``source`` for ``target`` (cpu or tensorrt) to ``output``."""
-    check_calibration_count(len(images))
+def recipe_for(target: str, calibration: str | None = None) -> Recipe:
+    """The recipe of ``target`` (cpu or tensorrt), with ``calibration`` (a CALIBRATIONS
+    word, e.g. "entropy") replacing its calibration method when given."""
     recipe = RECIPES[target]
+    return replace(recipe, calibration=CALIBRATIONS[calibration]) if calibration else recipe
+
+
+def quantize(
+    source: onnx.ModelProto | Path,
+    output: Path,
+    images: np.ndarray | None,
+    recipe: Recipe,
+    *,
+    exclude: Sequence[str] = (),
+    calibration_cache: Path | None = None,
+) -> None:
+    """Write the int8 QDQ model of ``source`` quantized by ``recipe`` to ``output``.
+
+    ``images``: float32 [N,3,224,224] calibration images (None when ``calibration_cache``
+    exists). ``exclude``: names of nodes kept in float (quantize_static's nodes_to_exclude,
+    names as in the model after the recipe's BatchNormalization rewrite).
+    ``calibration_cache``: onnxruntime's calibration cache (quantize_static's
+    calibration_cache_path): the tensor ranges are read from it when the file exists, else
+    computed from ``images`` and saved there, so that quantizing the same model with other
+    nodes excluded does not calibrate again. UserError for an empty calibration set."""
+    if images is not None:
+        check_calibration_count(len(images))
     model = source if isinstance(source, onnx.ModelProto) else onnx.load(str(source))
     if recipe.batchnorm_as_depthwise_conv:
         batchnorm_to_depthwise_conv(model)
     quantize_static(
         model,
         str(output),
-        ImageBatchReader(np.ascontiguousarray(images, dtype=np.float32)),
+        None if images is None else ImageBatchReader(np.ascontiguousarray(images, dtype=np.float32)),
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=list(recipe.op_types) if recipe.op_types else None,
         per_channel=recipe.per_channel,
         activation_type=QuantType[recipe.activations],
         weight_type=QuantType[recipe.weights],
         calibrate_method=CalibrationMethod[recipe.calibration],
+        nodes_to_exclude=list(exclude),
+        calibration_cache_path=None if calibration_cache is None else str(calibration_cache),
         extra_options={
             "CalibStridedMinMax": 1,  # one reader batch per collection step (see ImageBatchReader)
             "ActivationSymmetric": recipe.symmetric_activations,
@@ -192,38 +221,68 @@ def check_calibration_count(count: int) -> None:
         )
 
 
-def int8_key(source: Artifact, target: str, images: torch.Tensor) -> dict[str, object]:
+def int8_key(source: Artifact, recipe: Recipe, images: torch.Tensor, exclude: Sequence[str] = ()) -> dict[str, object]:
     """What the int8 bytes depend on: the fp32 model's bytes, the calibration images'
-    bytes (another data set or sample count is another model), the quantizer and recipe."""
-    return {
+    bytes (another data set or sample count is another model), the quantizer, the recipe
+    and the nodes kept in float."""
+    target = TENSORRT if recipe.symmetric_activations else CPU
+    key: dict[str, object] = {
         "artifact": f"densenet121-int8-{target}",
         "source_sha256": source.sha256,
         "calibration_images": len(images),
         "calibration_sha256": tensor_digest(images),
         "quantizer": f"onnxruntime-{onnxruntime.__version__}",
-        "recipe": {**asdict(RECIPES[target]), "version": RECIPE_VERSION, "batch": CALIBRATION_BATCH},
+        "recipe": {**asdict(recipe), "version": RECIPE_VERSION, "batch": CALIBRATION_BATCH},
     }
+    if exclude:
+        key["float_nodes"] = list(exclude)
+    return key
+
+
+def calibration_cache_path(cache_dir: Path, source: Artifact, recipe: Recipe, images: torch.Tensor) -> Path:
+    """Where onnxruntime's calibration cache (tensor ranges) of ``source`` calibrated on
+    ``images`` by ``recipe`` is kept, keyed by everything the ranges depend on."""
+    key = {
+        "source_sha256": source.sha256, "calibration_sha256": tensor_digest(images), "images": len(images),
+        "method": recipe.calibration, "bn_as_dwconv": recipe.batchnorm_as_depthwise_conv,
+        "op_types": recipe.op_types, "symmetric": recipe.symmetric_activations,
+        "quantizer": f"onnxruntime-{onnxruntime.__version__}", "version": RECIPE_VERSION,
+    }
+    return Path(cache_dir) / "onnx" / "calibration" / f"ranges-{key_digest(key)}.json"
 
 
 def int8_artifact(
     source: Artifact,
     *,
-    target: str,
-    calibration_images: Callable[[int], torch.Tensor],
-    calibration_samples: int,
+    recipe: Recipe,
+    images: torch.Tensor,
     cache_dir: Path,
     progress: Callable[[str], None],
-) -> tuple[Artifact, int]:
-    """The int8 model for ``target`` and the number of calibration images it was built from."""
-    check_calibration_count(calibration_samples)
-    images = calibration_images(calibration_samples)
+    exclude: Sequence[str] = (),
+) -> Artifact:
+    """The int8 model of ``source`` by ``recipe``, calibrated on ``images`` (float32
+    [N,3,224,224]), with the nodes ``exclude`` kept in float; cached by int8_key. The
+    calibration ranges are cached too (calibration_cache_path), so another set of float
+    nodes costs a quantization, not a calibration. UserError for no images or a full disk."""
     check_calibration_count(len(images))
-    artifact = cached_artifact(
+    ranges = calibration_cache_path(cache_dir, source, recipe, images)
+
+    def build(path: Path) -> None:
+        if ranges.is_file():
+            quantize(source.path, path, None, recipe, exclude=exclude, calibration_cache=ranges)
+            return
+        # onnxruntime writes the cache in place: written aside, published only when whole.
+        staging = path.parent / "calibration-ranges.json"
+        quantize(source.path, path, images.numpy(), recipe, exclude=exclude, calibration_cache=staging)
+        atomic.write_bytes(ranges, staging.read_bytes(), option=CACHE_OPTION)
+
+    float_note = f", {len(exclude)} node(s) kept in float" if exclude else ""
+    ranges_note = "with the cached calibration ranges" if ranges.is_file() else f"calibrating on {len(images)} images and"
+    return cached_artifact(
         cache_dir,
-        f"int8-{target}",
-        int8_key(source, target, images),
-        lambda path: quantize(source.path, path, images.numpy(), target),
+        f"int8-{TENSORRT if recipe.symmetric_activations else CPU}",
+        int8_key(source, recipe, images, exclude),
+        build,
         progress=progress,
-        what=f"calibrating on {len(images)} images and quantizing to int8 for {target}",
+        what=f"{ranges_note} quantizing to int8{float_note}",
     )
-    return artifact, len(images)

@@ -1,0 +1,294 @@
+"""Accuracy-aware int8 for ``onnx_int8``: which nodes to keep in float, measured.
+
+The method, with the tools onnxruntime.quantization ships for it:
+
+1. Calibrate once: ``quantize_static``'s calibration cache (``calibration_cache_path``)
+   keeps the tensor ranges, so every point below is a quantization, not a calibration.
+2. Rank the nodes by the error each adds: ``qdq_loss_debug`` runs the fp32 model and the
+   all-int8 QDQ model on a few calibration images with every intermediate tensor exposed;
+   its ``xmodel_err`` is the SQNR (dB) of each int8 activation against the fp32 one. A
+   node's *added* error is the SQNR of its worst input minus that of its output: the
+   nodes where the signal gets most worse, not the deep nodes where error inherited from
+   everything before them is merely visible. (The ``qdq_err`` of one tensor's own
+   quantize/dequantize is no guide here: the quantizer folds each ReLU into the uint8
+   range, so a ReLU output's "own" error is the ReLU.)
+3. For k on a ladder (0, 1, 2, 4, ...), quantize with the k highest-ranked nodes in
+   ``nodes_to_exclude`` and measure, with onnxruntime's real int8 kernels: top-1 agreement
+   with the fp32 model on held-out images of the calibration pool (neither calibration
+   nor evaluated images), and throughput at one batch, the points timed round-robin so
+   that a machine's drift lands on all of them alike.
+4. The Pareto table holds every point; ``choose`` takes the fewest float nodes that meet
+   the agreement target (fewer float nodes is the faster model; the table shows the
+   measured throughput so the user can check), or, when none does, the point with the
+   best agreement, flagged as missing the target.
+
+The search result (the table and the chosen nodes) is cached by everything it depends
+on, so a sweep pays for it once.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from densenet_opt import atomic
+from densenet_opt.cache import CACHE_OPTION, key_digest, tensor_digest
+from densenet_opt.errors import UserError
+from densenet_opt.variants.onnx.export import Artifact
+from densenet_opt.variants.onnx.quantize import (
+    ImageBatchReader,
+    Recipe,
+    batchnorm_to_depthwise_conv,
+    int8_artifact,
+)
+
+# k = 0, 1, 2, 4, ... up to this many nodes kept in float (DenseNet-121's QDQ model
+# quantizes about 240 nodes; 64 keeps a quarter of them).
+DEFAULT_MAX_FLOAT_NODES = 64
+# Calibration images the sensitivity pass runs (every activation of DenseNet-121 is kept:
+# about 120 MB an image).
+SENSITIVITY_IMAGES = 4
+SEARCH_VERSION = 1
+PARETO_COLUMNS = (
+    "float_nodes", "agreement_top_1", "throughput_samples_per_sec", "throughput_vs_all_int8",
+    "meets_target", "chosen", "excluded_nodes",
+)
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    """One measured point: ``float_nodes`` nodes kept in float (``excluded``: their names,
+    most harmful first), top-1 agreement with fp32 in % of the held-out images, throughput
+    in samples/s at the search's batch size, and its ratio to the all-int8 point (k = 0)
+    timed in the same rounds."""
+
+    float_nodes: int
+    excluded: tuple[str, ...]
+    agreement_top_1: float
+    throughput_samples_per_sec: float
+    throughput_vs_all_int8: float
+
+    def meets(self, target: float) -> bool:
+        """Whether the agreement reaches ``target`` (%)."""
+        return self.agreement_top_1 >= target
+
+
+@dataclass(frozen=True)
+class Search:
+    """A finished search: every point, the agreement target (%) and the held-out image
+    count it was measured with, and the point chosen."""
+
+    points: tuple[ParetoPoint, ...]
+    target: float
+    heldout_images: int
+    batch_size: int
+
+    @property
+    def chosen(self) -> ParetoPoint:
+        """The fewest float nodes that meet the target, else the best agreement (ties: fewer nodes)."""
+        meeting = [point for point in self.points if point.meets(self.target)]
+        if meeting:
+            return min(meeting, key=lambda point: point.float_nodes)
+        return max(self.points, key=lambda point: (point.agreement_top_1, -point.float_nodes))
+
+    def to_json(self) -> dict:
+        return {
+            "points": [asdict(point) for point in self.points], "target": self.target,
+            "heldout_images": self.heldout_images, "batch_size": self.batch_size,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Search:
+        points = tuple(ParetoPoint(**{**point, "excluded": tuple(point["excluded"])}) for point in data["points"])
+        return cls(points, float(data["target"]), int(data["heldout_images"]), int(data["batch_size"]))
+
+    def table_csv(self) -> str:
+        """The Pareto table as CSV text (PARETO_COLUMNS; excluded_nodes joined by ';')."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(PARETO_COLUMNS)
+        chosen = self.chosen
+        for point in self.points:
+            writer.writerow([
+                point.float_nodes, f"{point.agreement_top_1:.2f}", f"{point.throughput_samples_per_sec:.2f}",
+                f"{point.throughput_vs_all_int8:.3f}", str(point.meets(self.target)).lower(),
+                str(point == chosen).lower(), ";".join(point.excluded),
+            ])
+        return out.getvalue()
+
+
+def ladder(max_nodes: int, available: int) -> list[int]:
+    """k = 0, 1, 2, 4, ... (powers of two) up to min(``max_nodes``, ``available``), that
+    bound included."""
+    top = min(max_nodes, available)
+    points, k = [0], 1
+    while k < top:
+        points.append(k)
+        k *= 2
+    if top > 0:
+        points.append(top)
+    return points
+
+
+def rank_nodes(fp32_model: onnx.ModelProto, int8_path: Path, images: np.ndarray, workdir: Path) -> list[str]:
+    """Names of the nodes of ``fp32_model`` (after the recipe's rewrite, so names match
+    quantize_static's) ordered by the error each adds in the int8 model at ``int8_path``,
+    worst first; nodes whose error is not measurable (no input or output matched) are left
+    out. ``images``: float32 [N,3,224,224], run one at a time. Method: module docstring."""
+    from onnxruntime.quantization import qdq_loss_debug as debug
+
+    fp32_path, fp32_exposed, int8_exposed = workdir / "fp32.onnx", workdir / "fp32-exposed.onnx", workdir / "int8-exposed.onnx"
+    onnx.save(fp32_model, str(fp32_path))
+    debug.modify_model_output_intermediate_tensors(str(fp32_path), str(fp32_exposed))
+    debug.modify_model_output_intermediate_tensors(str(int8_path), str(int8_exposed))
+    reader = lambda: ImageBatchReader(np.ascontiguousarray(images, dtype=np.float32), batch_size=1)  # noqa: E731
+    matching = debug.create_activation_matching(
+        debug.collect_activations(str(int8_exposed), reader()), debug.collect_activations(str(fp32_exposed), reader())
+    )
+    sqnr = {name: float(error["xmodel_err"]) for name, error in debug.compute_activation_error(matching).items()}
+    added: list[tuple[float, str]] = []
+    for node in fp32_model.graph.node:
+        inputs = [sqnr[name] for name in node.input if name in sqnr]
+        outputs = [sqnr[name] for name in node.output if name in sqnr]
+        if inputs and outputs and node.name:
+            added.append((min(inputs) - outputs[0], node.name))
+    return [name for _, name in sorted(added, key=lambda item: -item[0])]
+
+
+def ranked_nodes(
+    source: Artifact, *, recipe: Recipe, calibration: torch.Tensor, cache_dir: Path, progress: Callable[[str], None],
+) -> list[str]:
+    """rank_nodes for ``source`` quantized by ``recipe`` on ``calibration`` (float32
+    [N,3,224,224]; the first SENSITIVITY_IMAGES are run): builds (or finds cached) the
+    all-int8 model, applies the recipe's rewrite to the fp32 model, ranks in a temporary folder."""
+    all_int8 = int8_artifact(source, recipe=recipe, images=calibration, cache_dir=cache_dir, progress=progress)
+    model = onnx.load(str(source.path))
+    if recipe.batchnorm_as_depthwise_conv:
+        batchnorm_to_depthwise_conv(model)
+    progress(f"onnx_int8: ranking nodes by the error each adds (qdq_loss_debug on {SENSITIVITY_IMAGES} calibration images)")
+    with tempfile.TemporaryDirectory(prefix="densenet-opt-sensitivity-") as workdir:
+        return rank_nodes(model, all_int8.path, calibration[:SENSITIVITY_IMAGES].numpy(), Path(workdir))
+
+
+def top1_agreement(logits: np.ndarray, reference_top1: np.ndarray) -> float:
+    """% of rows of ``logits`` [N,C] whose argmax equals ``reference_top1`` [N]."""
+    return float((logits.argmax(axis=1) == reference_top1).mean() * 100.0)
+
+
+def search(
+    source: Artifact,
+    *,
+    recipe: Recipe,
+    calibration: torch.Tensor,
+    heldout: torch.Tensor,
+    target: float,
+    max_float_nodes: int,
+    batch_size: int,
+    rounds: int,
+    open_session: Callable[[Path], object],
+    cache_dir: Path,
+    progress: Callable[[str], None],
+) -> Search:
+    """Measure the Pareto points of ``source`` quantized by ``recipe`` (module docstring).
+
+    ``calibration``/``heldout``: float32 [N,3,224,224], disjoint. ``target``: agreement
+    in %. ``open_session(path)``: an onnxruntime InferenceSession as the variant runs it
+    (provider, threads). ``rounds``: timed calls per point at ``batch_size``. Each point's
+    int8 model is cached like the variant's (int8_artifact). UserError when ``heldout``
+    is empty."""
+    if len(heldout) == 0:
+        raise UserError(
+            f"the accuracy-aware int8 search found no held-out images after the {len(calibration)} calibration images: "
+            "give a data folder with more images, or pass --variant-options onnx_int8.float_nodes=0 (all-int8)"
+        )
+    started = time.perf_counter()
+    fp32 = open_session(source.path)
+    name = fp32.get_inputs()[0].name
+    heldout_np = np.ascontiguousarray(heldout.numpy(), dtype=np.float32)
+
+    def logits(session) -> np.ndarray:
+        return np.concatenate([
+            session.run(None, {name: heldout_np[start : start + batch_size]})[0]
+            for start in range(0, len(heldout_np), batch_size)
+        ])
+
+    reference = logits(fp32).argmax(axis=1)
+    del fp32
+    build = lambda exclude: int8_artifact(  # noqa: E731
+        source, recipe=recipe, images=calibration, cache_dir=cache_dir, progress=progress, exclude=exclude
+    )
+    ranked = ranked_nodes(source, recipe=recipe, calibration=calibration, cache_dir=cache_dir, progress=progress)
+    counts = ladder(max_float_nodes, len(ranked))
+    sessions, agreements = [], []
+    for index, k in enumerate(counts):
+        session = open_session(build(tuple(ranked[:k])).path)
+        agreements.append(top1_agreement(logits(session), reference))
+        sessions.append(session)
+        elapsed = time.perf_counter() - started
+        left = elapsed / (index + 1) * (len(counts) - index - 1)
+        progress(f"onnx_int8: {k} float node(s): agreement {agreements[-1]:.2f}% on {len(heldout)} held-out images "
+                 f"(point {index + 1}/{len(counts)}, about {left:.0f} s left)")
+    batch = heldout_np[:batch_size]
+    seconds: list[list[float]] = [[] for _ in sessions]
+    for _ in range(rounds):  # round-robin: drift of the machine's speed lands on every point alike
+        for times, session in zip(seconds, sessions):
+            tick = time.perf_counter()
+            session.run(None, {name: batch})
+            times.append(time.perf_counter() - tick)
+    throughput = [len(batch) / float(np.median(times)) for times in seconds]
+    points = tuple(
+        ParetoPoint(k, tuple(ranked[:k]), round(agreement, 4), round(speed, 3), round(speed / throughput[0], 4))
+        for k, agreement, speed in zip(counts, agreements, throughput)
+    )
+    return Search(points, target, len(heldout), len(batch))
+
+
+def search_cache_path(cache_dir: Path, key: dict) -> Path:
+    """Where a search's result is cached, by ``key`` (everything it depends on)."""
+    return Path(cache_dir) / "onnx" / "search" / f"int8-float-nodes-{key_digest(key)}.json"
+
+
+def search_key(source: Artifact, recipe: Recipe, calibration: torch.Tensor, heldout: torch.Tensor,
+               target: float, max_float_nodes: int, batch_size: int) -> dict:
+    """What a search's result depends on (timing settings aside: throughput is reported, not chosen on)."""
+    return {
+        "version": SEARCH_VERSION, "source_sha256": source.sha256,
+        "recipe": asdict(recipe),
+        "calibration": f"{len(calibration)}-{tensor_digest(calibration)}",
+        "heldout": f"{len(heldout)}-{tensor_digest(heldout)}",
+        "target": target, "max_float_nodes": max_float_nodes, "batch_size": batch_size,
+        "sensitivity_images": SENSITIVITY_IMAGES,
+    }
+
+
+def cached_search(path: Path, run: Callable[[], Search], progress: Callable[[str], None]) -> tuple[Search, bool]:
+    """The search cached at ``path``, else ``run()``'s, saved there atomically; and whether
+    it came from the cache. A cache file that does not parse is run again."""
+    if path.is_file():
+        try:
+            return Search.from_json(json.loads(path.read_text())), True
+        except (ValueError, KeyError, TypeError) as error:
+            progress(f"onnx_int8: cached search {path} is unusable ({error}); searching again")
+    result = run()
+    atomic.write_text(path, json.dumps(result.to_json(), indent=1) + "\n", option=CACHE_OPTION)
+    return result, False
+
+
+def write_pareto_table(result: Search, report_dir: Path | None, name: str) -> Path | None:
+    """Write ``result``'s Pareto table to ``report_dir/<name>_pareto.csv`` (None: nothing
+    written). Returns the file."""
+    if report_dir is None:
+        return None
+    path = Path(report_dir) / f"{name}_pareto.csv"
+    atomic.write_text(path, result.table_csv(), option="--output-dir")
+    return path
