@@ -17,10 +17,11 @@ The method, with the tools onnxruntime.quantization ships for it:
    with the fp32 model on held-out images of the calibration pool (neither calibration
    nor evaluated images), and throughput at one batch, the points timed round-robin so
    that a machine's drift lands on all of them alike.
-4. The Pareto table holds every point; ``choose`` takes the fewest float nodes that meet
-   the agreement target (fewer float nodes is the faster model; the table shows the
-   measured throughput so the user can check), or, when none does, the point with the
-   best agreement, flagged as missing the target.
+4. The Pareto table holds every point; ``Search.chosen`` is the fewest float nodes that
+   meet the agreement target (fewer float nodes is the faster model; the table shows the
+   measured throughput so the user can check), or, when none does, the all-int8 point
+   (k = 0), flagged as missing the target: trading throughput for agreement that still
+   misses the target is the user's call (``float_nodes=K`` takes any point of the table).
 
 The search result (the table and the chosen nodes) is cached by everything it depends
 on, so a sweep pays for it once.
@@ -95,11 +96,9 @@ class Search:
 
     @property
     def chosen(self) -> ParetoPoint:
-        """The fewest float nodes that meet the target, else the best agreement (ties: fewer nodes)."""
+        """The fewest float nodes that meet the target, else the all-int8 point (k = 0)."""
         meeting = [point for point in self.points if point.meets(self.target)]
-        if meeting:
-            return min(meeting, key=lambda point: point.float_nodes)
-        return max(self.points, key=lambda point: (point.agreement_top_1, -point.float_nodes))
+        return min(meeting or self.points, key=lambda point: point.float_nodes)
 
     def to_json(self) -> dict:
         return {
