@@ -29,7 +29,7 @@ from densenet_opt.errors import UserError, VariantUnavailable
 from densenet_opt.values import did_you_mean, one_of
 
 # Order matters: it is the order of the sweep and of the registry listing.
-VARIANT_MODULES: tuple[str, ...] = ("baseline", "pruning", "onnx", "quantization", "precision", "compiled")
+VARIANT_MODULES: tuple[str, ...] = ("baseline", "pruning", "onnx", "openvino", "quantization", "precision", "compiled")
 
 BASELINE = "baseline"
 OPTION_FLAG = "--variant-options"

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""The suite's OpenVINO engines against a plain OpenVINO script, side by side.
+
+Issue 14 holds ``openvino`` and ``openvino_int8`` to at least 0.95x the throughput of a
+plain OpenVINO script doing the same thing outside the suite: the suite's call boundary
+(a host torch batch in, host torch logits out) must not cost more than that. This script
+builds each engine through the registry (as a sweep does) and, beside it, a plain OpenVINO
+compiled model of the very same model file with the same properties, called the way
+OpenVINO's own samples call it (a numpy array in, the output array out); the two are timed
+round-robin, so a machine's drift lands on both, and it prints the median per engine and
+the ratio suite / plain.
+
+    python tools/openvino_side_by_side.py --batch-size 32 --rounds 8
+    python tools/openvino_side_by_side.py --variants openvino_int8 --batch-size 1 --rounds 30
+
+Uses the sweep's options (weights, cache dir, calibration images) with their defaults;
+synthetic weights when torchvision's are not cached. Needs the cpu extra (OpenVINO, NNCF).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from densenet_opt.config import options_from_mapping
+from densenet_opt.errors import UserError
+from densenet_opt.preprocessing import IMAGE_SHAPE
+from densenet_opt.sweep import Sweep
+from densenet_opt.variants import get_variant
+from densenet_opt.variants.openvino import OPENVINO, OPENVINO_INT8, compile_config, import_openvino
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default=f"{OPENVINO},{OPENVINO_INT8}", help="comma-separated OpenVINO variants")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=8, help="timed calls per engine, round-robin")
+    parser.add_argument("--calibration-samples", default="128")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.rounds < 1:
+        parser.error("--batch-size and --rounds must be at least 1")
+    ov = import_openvino()
+    sweep = Sweep(options_from_mapping({"device": "cpu", "calibration_samples": args.calibration_samples,
+                                        "variants": args.variants, "batch_sizes": str(args.batch_size)}))
+    batch = torch.randn(args.batch_size, *IMAGE_SHAPE, generator=torch.Generator().manual_seed(0))
+    array = batch.numpy()
+    callers: dict[str, object] = {}
+    for variant in args.variants.split(","):
+        engine = get_variant(variant).build_engine(sweep.build_context(args.batch_size))
+        precision = engine.info["precision"]
+        threads = int(engine.info["inference_num_threads"])
+        model = ov.Core().read_model(engine.info["model_file"])
+        model.reshape([args.batch_size, *IMAGE_SHAPE])
+        compiled = ov.Core().compile_model(model, "CPU", compile_config(precision, threads))
+        request = compiled.create_infer_request()
+        request.infer({0: array})
+        callers[f"{variant} (suite)"] = lambda engine=engine: engine(batch)
+        callers[f"{variant} (plain)"] = lambda request=request: request.infer({0: array})
+    seconds: dict[str, list[float]] = {name: [] for name in callers}
+    for _ in range(args.rounds):
+        for name, call in callers.items():
+            started = time.perf_counter()
+            call()
+            seconds[name].append(time.perf_counter() - started)
+    print(f"batch {args.batch_size}, {args.rounds} rounds round-robin, median per engine")
+    print(f"{'engine':32s} {'ms':>9s} {'samples/s':>10s} {'suite/plain':>12s}")
+    for name, times in seconds.items():
+        median = statistics.median(times)
+        ratio = ""
+        if name.endswith("(suite)"):
+            plain = statistics.median(seconds[name.replace("(suite)", "(plain)")])
+            ratio = f"{plain / median:.3f}"
+        print(f"{name:32s} {median * 1e3:9.1f} {args.batch_size / median:10.2f} {ratio:>12s}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as error:
+        sys.exit(f"error: {error}")
