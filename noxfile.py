@@ -12,12 +12,14 @@ nox.options.reuse_venv = "yes"  # torch is 5.5 GB: install once per session venv
 PYTHON = "3.11"
 
 # Small enough for a 2-core CI machine, large enough that every path runs:
-# two batch sizes (one that does not divide the sample count), 3 timed rounds, and
+# two batch sizes (one that does not divide the sample count), 3 timed rounds,
 # onnx_int8's accuracy-aware search cut to 3 points on 16 held-out images (the search of
-# tests/test_onnx_accuracy_aware.py: one search, cached, serves both).
+# tests/test_onnx_accuracy_aware.py: one search, cached, serves both), and
+# pruned_structured without its recovery (minutes of teacher passes and training on 2
+# cores; tests/test_distillation.py runs it on a small DenseNet).
 TEST_SWEEP = [
     "--batch-sizes=1,3", "--num-samples=64", "--calibration-samples=16", "--rounds=3", "--warmup-rounds=1",
-    "--variant-options=onnx_int8.search_images=16,onnx_int8.max_float_nodes=2",
+    "--variant-options=onnx_int8.search_images=16,onnx_int8.max_float_nodes=2,pruned_structured.distill=off",
 ]
 
 

@@ -50,6 +50,8 @@ def images() -> torch.Tensor:
 
 
 def context(model: nn.Module, images: torch.Tensor, options: dict[str, str], tmp_path: Path) -> BuildContext:
+    """pruned_structured recovers by BatchNorm recalibration alone here (distill=off):
+    distillation, its default, is tested in test_distillation.py."""
     return BuildContext(
         device=torch.device("cpu"),
         batch_size=len(images),
@@ -58,7 +60,7 @@ def context(model: nn.Module, images: torch.Tensor, options: dict[str, str], tmp
         calibration_samples=len(images),
         weights_key="test",
         cache_dir=tmp_path,
-        options=parse_variant_options(options),
+        options=parse_variant_options({"pruned_structured.distill": "off", **options}),
         progress=lambda message: None,
     )
 
