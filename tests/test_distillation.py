@@ -7,7 +7,9 @@ import copy
 import csv
 import dataclasses
 import math
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -52,6 +54,19 @@ def structured_images(count: int, seed: int = 3) -> torch.Tensor:
     coarse = looks[labels] + 0.6 * torch.randn(count, 3, 6, 6, generator=generator)
     smooth = F.interpolate(coarse, size=(64, 64), mode="bilinear", align_corners=False)
     return smooth + 0.3 * torch.randn(count, 3, 64, 64, generator=generator)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """The tiny model gains nothing from a second thread, and on a busy 2-core machine two
+    threads spin against the other jobs: this file took 86 s so at a load average of 3,
+    6 s with one thread (4 s on an idle machine either way)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +194,18 @@ def test_a_deadline_before_the_first_step(teacher: nn.Module, pool: torch.Tensor
     with pytest.raises(D.TimeLimitReached):
         D.distill(pruned(teacher), pool[:TRAIN], D.predict(teacher, pool[:TRAIN]), pool[TRAIN:],
                   D.predict(teacher, pool[TRAIN:]), settings(time_limit_s=0.0), progress=quiet)
+
+
+def test_the_time_limit_stops_training_and_says_so(teacher: nn.Module, pool: torch.Tensor, monkeypatch) -> None:
+    """A clock that advances a second each time it is read: the limit falls mid-run."""
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(D, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    messages: list[str] = []
+    result = D.distill(pruned(teacher), pool[:TRAIN], D.predict(teacher, pool[:TRAIN]), pool[TRAIN:],
+                       D.predict(teacher, pool[TRAIN:]), settings(steps=100, time_limit_s=40.0), progress=messages.append)
+    assert result.stopped_by_time_limit and 1 <= result.steps < 100
+    assert result.curve[-1].step == result.steps  # where it stopped is measured
+    assert any("time limit reached after step" in message for message in messages)
 
 
 def test_fewer_inputs_than_a_batch(teacher: nn.Module, pool: torch.Tensor) -> None:

@@ -39,6 +39,15 @@ to measure agreement as it trains. Options (``pruned_structured.<name>``):
   limit, not the steps that fitted in it.
 - ``distill_images``: training images (default 256: 512 fit no better and cost twice).
 
+Measured with the defaults (sweep of baseline and pruned_structured, batch 32, 1024
+synthetic evaluation images, 2 cores at a load average of 2 to 4): recovery 308 s (228 s
+teacher pass and layer-wise fit, 80 s for 150 KD steps), held-out agreement 87.9% after the
+fit and 88.3% after KD; 87.2% top-1 agreement with fp32 over the 1024 evaluated images
+(26.6% before), 1.29x the baseline's throughput (paired). The issue's 95% is not reached:
+the fit's error is what 90 of 128 bottleneck channels cannot express through a linear
+refit, and closing it needs training the network end to end on far more images than 15
+minutes of two cores allow.
+
 The recovered model is cached on disk (every setting in the key) with the recovery curve
 (step, elapsed_s, loss, heldout_agreement_top_1), which is written to
 ``ctx.report_dir / RECOVERY_CSV`` on every build, cache hits included.
