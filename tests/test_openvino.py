@@ -56,7 +56,7 @@ def test_threads_option_is_checked() -> None:
     parse_variant_options({"openvino.threads": "2", "openvino_int8.threads": "1"})
 
 
-ov = pytest.importorskip("openvino", reason="OpenVINO is in the cpu extra: pip install -e .[cpu]")
+ov = pytest.importorskip("openvino", reason="OpenVINO is the openvino extra: pip install -e .[openvino]")
 
 
 @pytest.fixture(scope="module")

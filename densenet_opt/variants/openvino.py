@@ -19,7 +19,7 @@ change the answer:
   variant, never evaluated ones; the quantized IR is cached on disk keyed by the export's
   sha256, the calibration images, and the OpenVINO and NNCF versions.
 
-OpenVINO and NNCF are in the ``cpu`` extra; without them the variants are skipped with the
+OpenVINO and NNCF are the ``openvino`` extra; without them the variants are skipped with the
 install command. On a CUDA sweep they are skipped (CPU device only).
 """
 
@@ -42,7 +42,7 @@ from densenet_opt.preprocessing import IMAGE_SHAPE
 from densenet_opt.variants import BuildContext, Engine, Variant, VariantOption
 
 OPENVINO, OPENVINO_BF16, OPENVINO_INT8 = "openvino", "openvino_bf16", "openvino_int8"
-INSTALL_HINT = "pip install -e .[cpu] (or pip install openvino nncf)"
+INSTALL_HINT = "pip install -e .[openvino] (or pip install openvino nncf)"
 MANIFEST = "manifest.json"
 IR_FILES = ("model.xml", "model.bin")
 # Images per nncf.Dataset item: NNCF feeds them one item at a time.
