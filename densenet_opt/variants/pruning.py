@@ -499,26 +499,25 @@ def pruned_model_path(ctx: BuildContext, amount: float, settings: DistillSetting
     return ctx.cache_dir / CACHE_SUBDIR / f"{PRUNED_STRUCTURED}-{cache.key_digest(key)}.pt"
 
 
-def positive_seconds(text: str) -> float:
-    """``text`` as a finite number of seconds > 0; ValueError otherwise."""
+def _positive_number(text: str, wanted: str) -> float:
+    """``text`` as a finite number > 0; ValueError saying ``wanted`` otherwise."""
     try:
         value = float(str(text).strip())
     except ValueError:
         value = math.nan
     if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"must be a number of seconds greater than 0, got {text!r}")
+        raise ValueError(f"must be {wanted}, got {text!r}")
     return value
+
+
+def positive_seconds(text: str) -> float:
+    """``text`` as a finite number of seconds > 0; ValueError otherwise."""
+    return _positive_number(text, "a number of seconds greater than 0")
 
 
 def learning_rate(text: str) -> float:
     """``text`` as a finite number > 0; ValueError otherwise."""
-    try:
-        value = float(str(text).strip())
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"must be a number greater than 0 (such as 1e-4), got {text!r}")
-    return value
+    return _positive_number(text, "a number greater than 0 (such as 1e-4)")
 
 
 def training_images(text: str) -> int:
