@@ -20,7 +20,7 @@ from pathlib import Path
 from densenet_opt.accuracy import ACCURACY, AGREEMENT, SYNTHETIC_ACCURACY, Fidelity
 from densenet_opt.errors import UserError
 from densenet_opt.report import BASELINE, Row
-from densenet_opt.variants import registry
+from densenet_opt.variants import CHAIN_SEPARATOR, get_variant, registry
 
 BUDGETS_FILE = Path(__file__).resolve().parent.parent / "benchmarks_baseline" / "budgets.toml"
 
@@ -114,7 +114,8 @@ def limit_for_batch(limit: object, batch_size: int) -> float | None:
 
 def load_budgets(path: Path = BUDGETS_FILE, known_variants: tuple[str, ...] | None = None) -> dict[str, Budget]:
     """Parse and check the whole file, so a typo is reported before any measurement.
-    ``known_variants`` defaults to the registry's. Raises UserError naming the file (and
+    ``known_variants`` defaults to the registry's, and a table may also name a chain
+    (``["pruned_structured+onnx_int8"]``, quoted in TOML). Raises UserError naming the file (and
     the table and key) for a missing file, invalid TOML, an unknown variant or key, or a
     value that is not a number (or, for memory keys, a table of batch size = number)."""
     if known_variants is None:
@@ -127,7 +128,7 @@ def load_budgets(path: Path = BUDGETS_FILE, known_variants: tuple[str, ...] | No
         raise UserError(f"budgets file {path} is not valid TOML ({error}): fix that line") from None
     budgets = {}
     for variant, limits in raw.items():
-        if variant not in known_variants:
+        if variant not in known_variants and not _is_chain(path, variant):
             raise UserError(f"budgets file {path} has a table [{variant}] for an unknown variant{_did_you_mean(variant, known_variants)}")
         if not isinstance(limits, dict):
             raise UserError(f"budgets file {path}: {variant} must be a table ([{variant}]), not a value")
@@ -135,6 +136,17 @@ def load_budgets(path: Path = BUDGETS_FILE, known_variants: tuple[str, ...] | No
             _check_entry(path, variant, key, value)
         budgets[variant] = Budget(variant, limits, path)
     return budgets
+
+
+def _is_chain(path: Path, name: str) -> bool:
+    """Whether ``name`` is a valid chain; UserError naming the file for a malformed one."""
+    if CHAIN_SEPARATOR not in name:
+        return False
+    try:
+        get_variant(name)
+    except UserError as error:
+        raise UserError(f"budgets file {path}, table [{name!r}]: {error}") from None
+    return True
 
 
 def _check_entry(path: Path, variant: str, key: str, value: object) -> None:

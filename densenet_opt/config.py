@@ -13,7 +13,7 @@ from pytest_benchmark.utils import parse_compare_fail
 
 from densenet_opt.errors import UserError
 from densenet_opt.values import fraction, whole_number
-from densenet_opt.variants import get_variant, parse_variant_options, registry
+from densenet_opt.variants import STACKED, get_variant, parse_variant_options, registry
 
 DEFAULT_BATCH_SIZES = (1, 4, 8, 16, 32)
 
@@ -37,7 +37,7 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("--device", "auto", "auto (CUDA when available, else CPU), cpu or cuda"),
     Option("--batch-sizes", ",".join(map(str, DEFAULT_BATCH_SIZES)), "comma-separated batch sizes"),
-    Option("--variants", "all", "comma-separated variant names (see `densenet-opt list`), or all"),
+    Option("--variants", "all", "comma-separated variant names (see `densenet-opt list`) or chains <transform>+<variant> such as pruned_structured+onnx_int8, or all (the registered variants, then the chains " + ", ".join(STACKED) + ")"),
     Option("--weights", "auto", "auto (torchvision's if cached locally, else synthetic), torchvision, synthetic, or PATH to a state_dict/checkpoint"),
     Option("--imagenet-val", None, "ImageNet validation folder (ImageFolder layout, or the flat ILSVRC2012 folder with a ground-truth file); default: synthetic images"),
     Option("--ground-truth", None, "ground-truth file for a flat val folder (LOC_val_solution.csv or the devkit's ILSVRC2012_validation_ground_truth.txt); found automatically when beside the images"),
@@ -162,9 +162,10 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def parse_variants(text: str) -> tuple[str, ...]:
-    """Comma-separated registered variant names (or "all"), in order, without repeats."""
+    """Comma-separated variant names or chains (or "all": the registered variants, then the
+    chains in variants.STACKED), in order, without repeats."""
     if str(text).strip() in ("", "all"):
-        return tuple(registry())
+        return (*registry(), *STACKED)
     names = tuple(dict.fromkeys(part.strip() for part in str(text).split(",") if part.strip()))
     for name in names:
         get_variant(name)

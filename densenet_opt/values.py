@@ -35,6 +35,17 @@ def fraction(text: str) -> float:
     return value
 
 
+def percent(text: str) -> float:
+    """``text`` as a percentage in (0, 100]; ValueError otherwise (NaN and "99%" included)."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value <= 100.0:  # NaN fails this too
+        raise ValueError(f"must be a percentage in (0, 100], got {text!r}")
+    return value
+
+
 def one_of(choices: Sequence[str]) -> Callable[[str], str]:
     """A parser that accepts one of ``choices`` (lower-case words), in any case."""
     allowed = tuple(choices)

@@ -9,7 +9,7 @@ import pytest
 from densenet_opt.accuracy import ACCURACY, AGREEMENT, Fidelity
 from densenet_opt.budgets import BUDGETS_FILE, limit_for_batch, load_budgets
 from densenet_opt.errors import UserError
-from densenet_opt.variants import registry
+from densenet_opt.variants import STACKED, registry
 
 VARIANTS = ("baseline", "other")
 
@@ -20,9 +20,9 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_the_committed_file_covers_every_registered_variant() -> None:
+def test_the_committed_file_covers_every_registered_variant_and_stacked_chain() -> None:
     budgets = load_budgets(BUDGETS_FILE)
-    assert set(registry()) <= set(budgets)
+    assert set(registry()) | set(STACKED) <= set(budgets)
 
 
 @pytest.mark.parametrize(

@@ -67,7 +67,10 @@ def test_gate_passes_unchanged_and_fails_a_slowed_engine(tmp_path: Path) -> None
         rows = report.read_rows(tmp_path / name / report.RESULTS_FILE)
         return next(r.latency_ms_per_batch for r in rows if r.variant == variant)
 
-    assert latency("drift", "pruned") > 2 * latency("same", "pruned")  # while the absolute latency moved
+    # ... while the absolute latency moved: within the drifted run (two runs minutes apart
+    # on a shared machine differ by more than 2x on their own), pruned's unpaired latency
+    # reads about 3x the baseline's, where the two engines run the same kernels.
+    assert latency("drift", "pruned") > 2 * latency("drift", "baseline")
     # Without the pairing, the same drift reads as a regression that is not there.
     unpaired = sweep(tmp_path, "drift-unpaired", "--compare-baseline", *tight, "--speedup-pairing", "off", faults=drift)
     assert "SPEEDUP REGRESSION: pruned at batch 1" in unpaired.stdout, show(unpaired)

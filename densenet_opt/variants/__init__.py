@@ -11,10 +11,22 @@ key and value against the declarations before any model is built (a typo is an e
 never silently ignored), and a build reads the typed value with ``ctx.option(name)``.
 A variant may also take keys under a shared prefix (``onnx.provider`` sets all three ONNX
 Runtime variants); its own ``<variant>.<option>`` wins over the shared key.
+
+Stacked techniques: a variant that declares a ``transform`` (a model transform such as
+pruning: fp32 torch module in, fp32 torch module out) can be chained before any other
+variant, written ``<transform>+<deployment>`` (``pruned_structured+onnx_int8``). The chain
+is a variant of its own (own row, budgets entry and cache keys): the deployment is built
+exactly as alone, from the transformed module in place of the reference model, and with a
+weights key that names the transform, so every artifact it caches (ONNX export, int8
+model, compiled package) is the transformed model's. Each part reads its own options
+(``pruned_structured.amount`` applies to the chain too); what a part writes for the user
+goes to ``<report dir>/<chain>/``. ``get_variant`` makes any such pair; the sweep's
+default list adds the pairs in ``STACKED``.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -33,6 +45,10 @@ VARIANT_MODULES: tuple[str, ...] = ("baseline", "pruning", "onnx", "openvino", "
 
 BASELINE = "baseline"
 OPTION_FLAG = "--variant-options"
+CHAIN_SEPARATOR = "+"
+# The chains a default sweep measures after the registered variants (a deployer prunes,
+# then quantizes, then picks a runtime); any other pair is one --variants entry away.
+STACKED: tuple[str, ...] = ("pruned_structured+onnx_int8", "pruned_structured+openvino_int8")
 
 
 class Engine(Protocol):
@@ -87,10 +103,27 @@ class VariantOption:
 
 
 @dataclass(frozen=True)
+class Transformed:
+    """What a model transform returns: ``model``, an fp32 torch module on the CPU in eval
+    mode (taking and giving the reference model's shapes: [N,3,224,224] -> [N,1000]);
+    ``key``, a short text naming everything the module depends on besides the weights (it
+    becomes part of every cache key built on it); ``info``, engine_info entries (text)."""
+
+    model: torch.nn.Module
+    key: str
+    info: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Variant:
     """A registered technique: its name, what it is, how to build its engine, where it
     runs (``devices``: torch device types), the options it takes and, if any, a shared
-    prefix whose keys apply to it as well (``onnx`` for the ONNX Runtime variants)."""
+    prefix whose keys apply to it as well (``onnx`` for the ONNX Runtime variants).
+
+    ``transform``: for a model transform (pruning), the function giving the transformed
+    fp32 module, which lets the variant head a chain (module docstring). ``parts``: for a
+    chain, its transform and its deployment (whose options it reads); empty otherwise.
+    """
 
     name: str
     description: str
@@ -98,6 +131,8 @@ class Variant:
     devices: tuple[str, ...] = ("cpu", "cuda")
     options: tuple[VariantOption, ...] = ()
     shared_prefix: str | None = None
+    transform: Callable[[BuildContext], Transformed] | None = None
+    parts: tuple[Variant, ...] = ()
 
     def option(self, name: str) -> VariantOption:
         """The declaration of option ``name``; KeyError if this variant does not declare it."""
@@ -210,13 +245,58 @@ def registry() -> dict[str, Variant]:
 
 
 def get_variant(name: str) -> Variant:
-    """The registered variant ``name``; UserError listing the variants otherwise."""
+    """The registered variant ``name``, or the chain it names (``<transform>+<deployment>``);
+    UserError listing the variants (or the transforms) otherwise."""
     variants = registry()
+    if CHAIN_SEPARATOR in name:
+        return chain(name)
     if name not in variants:
         raise UserError(
             f"unknown variant {name!r}: choose from {', '.join(variants)}"
+            f" (or chain a transform before one: {' or '.join(transforms())}{CHAIN_SEPARATOR}<variant>)"
         )
     return variants[name]
+
+
+def transforms() -> list[str]:
+    """The registered variants that can head a chain (they declare a ``transform``)."""
+    return [variant.name for variant in registry().values() if variant.transform is not None]
+
+
+@cache
+def chain(name: str) -> Variant:
+    """The stacked variant ``<transform>+<deployment>`` (module docstring). UserError when
+    ``name`` has not exactly two registered parts, or its first part is no transform."""
+    parts = name.split(CHAIN_SEPARATOR)
+    if len(parts) != 2 or not all(parts):
+        raise UserError(f"variant {name!r}: a chain is <transform>{CHAIN_SEPARATOR}<variant>, two names, e.g. {STACKED[0]}")
+    first, then = (get_variant(part.strip()) for part in parts)
+    if first.transform is None:
+        raise UserError(
+            f"variant {name!r}: {first.name} is not a model transform and cannot head a chain; "
+            f"the transforms are {', '.join(transforms())}"
+        )
+    if then.transform is not None:
+        raise UserError(f"variant {name!r}: chain a transform before a deployment, not two transforms")
+    devices = tuple(device for device in then.devices if device in first.devices)
+    return Variant(
+        f"{first.name}{CHAIN_SEPARATOR}{then.name}", f"{first.name}, then {then.name}: {then.description}",
+        build=lambda ctx: _build_chain(ctx, first, then), devices=devices, parts=(first, then),
+    )
+
+
+def _build_chain(ctx: BuildContext, first: Variant, then: Variant) -> Engine:
+    """``then``'s engine built from ``first``'s transformed model (module docstring)."""
+    name = f"{first.name}{CHAIN_SEPARATOR}{then.name}"
+    report_dir = None if ctx.report_dir is None else Path(ctx.report_dir) / name
+    transformed = first.transform(dataclasses.replace(ctx, variant=first, report_dir=report_dir))
+    model = transformed.model
+    engine = then.build_engine(dataclasses.replace(
+        ctx, reference_model=lambda: copy.deepcopy(model), report_dir=report_dir,
+        weights_key=f"{ctx.weights_key}{CHAIN_SEPARATOR}{transformed.key}",
+    ))
+    engine.info = {"chain": name, **{f"{first.name}.{key}": value for key, value in transformed.info.items()}, **engine.info}
+    return engine
 
 
 def parse_variant_options(raw: Mapping[str, str], variants: Sequence[str] | None = None) -> VariantOptions:
@@ -230,7 +310,8 @@ def parse_variant_options(raw: Mapping[str, str], variants: Sequence[str] | None
     valid keys), or a value its parser refuses.
     """
     text = {str(key).strip(): str(value).strip() for key, value in raw.items()}
-    declared = list(registry().values()) if variants is None else [get_variant(name) for name in variants]
+    named = list(registry().values()) if variants is None else [get_variant(name) for name in variants]
+    declared = list(dict.fromkeys(part for variant in named for part in (variant.parts or (variant,))))
     takers: dict[str, list[Variant]] = {}
     for variant in declared:
         for prefix in dict.fromkeys(filter(None, (variant.name, variant.shared_prefix))):

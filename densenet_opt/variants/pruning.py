@@ -73,7 +73,7 @@ from densenet_opt import atomic, cache
 from densenet_opt.errors import UserError
 from densenet_opt.flops import count_flops, count_params, weight_sparsity
 from densenet_opt.values import fraction, whole_number
-from densenet_opt.variants import BuildContext, Engine, Variant, VariantOption, distillation
+from densenet_opt.variants import BuildContext, Engine, Transformed, Variant, VariantOption, distillation
 from densenet_opt.variants.torch_engine import TorchEngine, state_dict_bytes
 
 PRUNED = "pruned"
@@ -275,22 +275,14 @@ def cost_info(model: nn.Module) -> dict[str, str]:
     }
 
 
-@dataclass(frozen=True)
-class PrunedModel:
-    """A pruned model and its engine_info entries (amount, times in seconds, cost_info)."""
-
-    model: nn.Module  # on the CPU, eval mode; every engine gets its own copy
-    info: dict[str, str]
-
-
 # Pruned models by everything they depend on. The weights' and images' sources are part
 # of the key (as the context's own callables), so two sweeps never share an entry. It
 # spares rebuilding, and recalibrating, for each batch size of a session.
 _CACHE_ENTRIES = 4
-_cache: dict[tuple[object, ...], PrunedModel] = {}
+_cache: dict[tuple[object, ...], Transformed] = {}
 
 
-def _cached(key: tuple[object, ...], build: Callable[[], PrunedModel]) -> PrunedModel:
+def _cached(key: tuple[object, ...], build: Callable[[], Transformed]) -> Transformed:
     if key not in _cache:
         while len(_cache) >= _CACHE_ENTRIES:
             del _cache[next(iter(_cache))]
@@ -298,26 +290,37 @@ def _cached(key: tuple[object, ...], build: Callable[[], PrunedModel]) -> Pruned
     return _cache[key]
 
 
-def _engine(ctx: BuildContext, pruned: PrunedModel) -> Engine:
+def _engine(ctx: BuildContext, pruned: Transformed) -> Engine:
     model = copy.deepcopy(pruned.model).to(ctx.device).eval()
     return TorchEngine(model, ctx.device, model_size_bytes=state_dict_bytes(model), info=dict(pruned.info))
 
 
 def build_pruned(ctx: BuildContext) -> Engine:
-    """The reference model with ``pruned.amount`` of each conv's weights zeroed; kept in
-    memory for the other batch sizes of the session."""
-    amount = ctx.option(AMOUNT)
-
-    def build() -> PrunedModel:
-        started = time.perf_counter()
-        model = prune_unstructured(ctx.reference_model(), amount)
-        info = {"amount": str(amount), "prune_s": f"{time.perf_counter() - started:.2f}"}
-        return PrunedModel(model, {**info, **cost_info(model)})
-
-    return _engine(ctx, _cached((PRUNED, amount, ctx.weights_key, ctx.reference_model), build))
+    """Eager torch engine of ``transform_pruned``."""
+    return _engine(ctx, transform_pruned(ctx))
 
 
 def build_pruned_structured(ctx: BuildContext) -> Engine:
+    """Eager torch engine of ``transform_pruned_structured``."""
+    return _engine(ctx, transform_pruned_structured(ctx))
+
+
+def transform_pruned(ctx: BuildContext) -> Transformed:
+    """The reference model with ``pruned.amount`` of each conv's weights zeroed; kept in
+    memory for the other batch sizes of the session. The model is shared: copy it before
+    changing it."""
+    amount = ctx.option(AMOUNT)
+
+    def build() -> Transformed:
+        started = time.perf_counter()
+        model = prune_unstructured(ctx.reference_model(), amount)
+        info = {"amount": str(amount), "prune_s": f"{time.perf_counter() - started:.2f}"}
+        return Transformed(model, f"{PRUNED}-{amount}", {**info, **cost_info(model)})
+
+    return _cached((PRUNED, amount, ctx.weights_key, ctx.reference_model), build)
+
+
+def transform_pruned_structured(ctx: BuildContext) -> Transformed:
     """The reference model with ``pruned_structured.amount`` of each dense layer's
     bottleneck channels removed, then recovered: with ``distill=on`` (the default) by
     ``distillation.recover_densenet`` on ``distill_images`` calibration-pool images, else
@@ -325,11 +328,12 @@ def build_pruned_structured(ctx: BuildContext) -> Engine:
     everything it depends on (a process that finds it loads it and neither makes the
     images nor trains); the recovery curve is written to ``ctx.report_dir``, from the
     cache too. UserError when the cache's disk is full or read-only, or for distillation
-    settings that cannot work (diverged, time limit too short)."""
+    settings that cannot work (diverged, time limit too short). The model is shared: copy
+    it before changing it; its key is the cache file's name."""
     amount = ctx.option(AMOUNT)
     settings = distill_settings(ctx)
 
-    def build() -> PrunedModel:
+    def build() -> Transformed:
         path = pruned_model_path(ctx, amount, settings)
         meta, reason = cache.check_cached(path)
         started = time.perf_counter()
@@ -339,7 +343,7 @@ def build_pruned_structured(ctx: BuildContext) -> Engine:
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             info = {**meta["info"], "pruned_model_cache": "hit", "load_s": f"{time.perf_counter() - started:.2f}"}
             write_recovery_curve(ctx, meta.get("curve"))
-            return PrunedModel(model, info)
+            return Transformed(model, path.stem, info)
         if reason != cache.NOT_CACHED:
             ctx.progress(f"{PRUNED_STRUCTURED}: cached model {path} is unusable ({reason}); building it again")
         channels = channels_to_keep(reference, amount)
@@ -364,13 +368,13 @@ def build_pruned_structured(ctx: BuildContext) -> Engine:
         atomic.write_atomic(path, lambda tmp: cache.torch_save(model.state_dict(), tmp), option=cache.CACHE_OPTION)
         cache.write_sidecar(path, {"info": info, "curve": curve})
         write_recovery_curve(ctx, curve)
-        return PrunedModel(model, {**info, "pruned_model_cache": "miss"})
+        return Transformed(model, path.stem, {**info, "pruned_model_cache": "miss"})
 
     key = (
         PRUNED_STRUCTURED, amount, settings, ctx.weights_key, ctx.device, ctx.reference_model,
         ctx.calibration_images, ctx.calibration_samples,
     )
-    return _engine(ctx, _cached(key, build))
+    return _cached(key, build)
 
 
 # ---------------------------------------------------------------------------------------
@@ -556,8 +560,9 @@ STRUCTURED_OPTIONS = (
 
 VARIANTS = [
     Variant(PRUNED, "eager fp32, unstructured L1 pruning of conv weights (seed's ~1%; dense kernels, no speedup)",
-            build_pruned, options=(amount_option(DEFAULT_UNSTRUCTURED_AMOUNT, "each convolution's weights (smallest |w|)"),)),
+            build_pruned, options=(amount_option(DEFAULT_UNSTRUCTURED_AMOUNT, "each convolution's weights (smallest |w|)"),),
+            transform=transform_pruned),
     Variant(PRUNED_STRUCTURED,
             "eager fp32, structured pruning of dense-layer bottleneck channels, recovered by distillation toward fp32",
-            build_pruned_structured, options=STRUCTURED_OPTIONS),
+            build_pruned_structured, options=STRUCTURED_OPTIONS, transform=transform_pruned_structured),
 ]

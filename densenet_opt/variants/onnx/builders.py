@@ -9,6 +9,7 @@ says what runs where and why.
 from __future__ import annotations
 
 from densenet_opt.errors import UserError, VariantUnavailable
+from densenet_opt.values import percent, whole_number
 from densenet_opt.variants import BuildContext, Variant, VariantOption
 from densenet_opt.variants.onnx.engine import OrtEngine, open_engine
 from densenet_opt.variants.onnx.export import Artifact, fp16_artifact, fp32_artifact
@@ -80,18 +81,8 @@ def _float_nodes(text: str) -> int | None:
     return value
 
 
-def _percent(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value <= 100.0:
-        raise ValueError("wants a percentage in (0, 100]")
-    return value
-
-
 def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("wants a whole number >= 1")
-    return value
+    return whole_number(text, minimum=1)
 
 
 INT8_OPTIONS = (
@@ -100,7 +91,7 @@ INT8_OPTIONS = (
         "nodes kept in float, most harmful first (accuracy_aware.py): auto measures k = 0, 1, 2, 4, ... and takes "
         "the fewest that meet agreement_target, writing the Pareto table to the output directory; 0 is all-int8",
     ),
-    VariantOption("agreement_target", _percent, 99.0, "top-1 agreement with fp32 (%) that float_nodes=auto aims for"),
+    VariantOption("agreement_target", percent, 99.0, "top-1 agreement with fp32 (%) that float_nodes=auto aims for"),
     VariantOption("search_images", _positive, 256,
                   "held-out images of the calibration pool that float_nodes=auto measures agreement on"),
     VariantOption("max_float_nodes", _positive, 64, "the largest k float_nodes=auto tries"),
