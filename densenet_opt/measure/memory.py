@@ -7,6 +7,7 @@ import gc
 import os
 import resource
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -51,9 +52,14 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
-def nvml_process_used_bytes(device: torch.device) -> int | None:
-    """This process's used memory on the GPU as the driver sees it (ONNX Runtime and the
-    CUDA context included), or None when NVML cannot tell."""
+def nvml_processes(device: torch.device) -> list[tuple[int, int | None]] | None:
+    """Every compute process NVML lists on ``device``'s GPU, as (pid, used bytes or None
+    where the driver does not say), or None when NVML cannot tell (pynvml missing, no
+    driver, an NVML error). ``device.index`` None means the current CUDA device; the index
+    is mapped through CUDA_VISIBLE_DEVICES, since NVML numbers GPUs physically.
+
+    The pids are those of the driver's PID namespace: inside a container without the
+    host's PID namespace they may not match ``os.getpid()``."""
     try:
         import pynvml
     except ImportError:
@@ -63,14 +69,65 @@ def nvml_process_used_bytes(device: torch.device) -> int | None:
         try:
             index = device.index if device.index is not None else torch.cuda.current_device()
             handle = pynvml.nvmlDeviceGetHandleByIndex(_physical_index(index))
-            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
-                    return int(proc.usedGpuMemory)
-            return None
+            return [
+                (int(proc.pid), None if proc.usedGpuMemory is None else int(proc.usedGpuMemory))
+                for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+            ]
         finally:
             pynvml.nvmlShutdown()
     except pynvml.NVMLError:
         return None
+
+
+def nvml_process_used_bytes(device: torch.device) -> int | None:
+    """This process's used memory on the GPU as the driver sees it (ONNX Runtime and the
+    CUDA context included), or None when NVML cannot tell: no pynvml or driver, this pid
+    not listed (another PID namespace), or no figure for it."""
+    processes = nvml_processes(device)
+    if processes is None:
+        return None
+    return next((used for pid, used in processes if pid == os.getpid() and used is not None), None)
+
+
+@dataclass(frozen=True)
+class AllocationReadback:
+    """A deliberate device allocation of ``expected_bytes`` as each counter saw it: torch's
+    allocated-bytes growth and NVML's per-process growth (None: NVML cannot tell, see
+    nvml_process_used_bytes), in bytes."""
+
+    expected_bytes: int
+    torch_bytes: int
+    nvml_bytes: int | None
+
+    def error(self, measured: int | None) -> float | None:
+        """|measured - expected| / expected (dimensionless), None for no figure."""
+        return None if measured is None else abs(measured - self.expected_bytes) / self.expected_bytes
+
+
+def cuda_allocation_readback(device: torch.device, size_bytes: int = 1024 * MIB) -> AllocationReadback:
+    """Allocate ``size_bytes`` (> 0) on CUDA ``device`` and read the growth back from
+    torch's allocator statistics (torch.cuda.memory_allocated, what ``vram_torch_peak_mb``
+    counts) and from NVML's per-process figure (what ``vram_usage_mb`` counts); the block is
+    freed and the allocator's cache emptied before returning. The CUDA context is created
+    first, so it is in neither difference. Raises ValueError for size_bytes <= 0,
+    torch.cuda.OutOfMemoryError when the block does not fit."""
+    if size_bytes <= 0:
+        raise ValueError(f"size_bytes must be positive, got {size_bytes}")
+    torch.zeros(1, device=device)  # the CUDA context and the allocator exist before "before"
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    torch_before = torch.cuda.memory_allocated(device)
+    nvml_before = nvml_process_used_bytes(device)
+    block = torch.empty(size_bytes, dtype=torch.uint8, device=device)
+    torch.cuda.synchronize(device)
+    try:
+        torch_grown = torch.cuda.memory_allocated(device) - torch_before
+        nvml_after = nvml_process_used_bytes(device)
+    finally:
+        del block
+        torch.cuda.empty_cache()
+    nvml_grown = None if nvml_before is None or nvml_after is None else nvml_after - nvml_before
+    return AllocationReadback(size_bytes, torch_grown, nvml_grown)
 
 
 def _physical_index(index: int) -> int:
