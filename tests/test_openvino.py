@@ -19,8 +19,11 @@ from densenet_opt.variants.openvino import (
     OPENVINO,
     OPENVINO_BF16,
     OPENVINO_INT8,
+    AccuracyControl,
+    agreement_validation,
     cached_ir,
     compile_config,
+    int8_key,
 )
 
 BATCH = 4
@@ -56,14 +59,65 @@ def test_threads_option_is_checked() -> None:
     parse_variant_options({"openvino.threads": "2", "openvino_int8.threads": "1"})
 
 
-ov = pytest.importorskip("openvino", reason="OpenVINO is the openvino extra: pip install -e .[openvino]")
+@pytest.mark.parametrize(("key", "text", "message"), [
+    ("openvino_int8.accuracy_control", "maybe", "must be one of on, off"),
+    ("openvino_int8.agreement_target", "101", "must be a percentage in \\(0, 100\\]"),
+    ("openvino_int8.search_images", "0", "must be at least 1"),
+    ("openvino_int8.max_reverted", "-1", "must be at least 1"),
+])
+def test_accuracy_control_options_are_checked(key: str, text: str, message: str) -> None:
+    with pytest.raises(UserError, match=f"{key}={text}: {message}"):
+        parse_variant_options({key: text})
+
+
+class FakeCompiled:
+    """An ov.CompiledModel stand-in whose logits put each image's class at its first pixel's value."""
+
+    def create_infer_request(self):
+        return self
+
+    def infer(self, inputs: dict) -> dict:
+        batch = inputs[0]
+        logits = torch.zeros(len(batch), 10)
+        logits[torch.arange(len(batch)), torch.as_tensor(batch[:, 0, 0, 0]).long()] = 1.0
+        return {"logits": logits.numpy()}
+
+
+def test_the_validation_function_scores_agreement_per_item_by_index() -> None:
+    classes = [3, 1, 4, 1]
+    items = [(index, torch.full((1, 3, 2, 2), float(c)).numpy()) for index, c in enumerate(classes)]
+    validate = agreement_validation(torch.tensor([3, 1, 5, 1]).numpy())
+    assert validate(FakeCompiled(), items) == (0.75, [1.0, 1.0, 0.0, 1.0])
+    # NNCF ranks on subsets: an item is scored against its own reference class.
+    assert validate(FakeCompiled(), [items[2], items[3]]) == (0.5, [0.0, 1.0])
+
+
+def test_the_cache_key_names_the_accuracy_control_settings() -> None:
+    pytest.importorskip("openvino", reason="the key names the OpenVINO version: pip install -e .[openvino]")
+    pytest.importorskip("nncf", reason="the key names the NNCF version: pip install -e .[openvino]")
+    calibration, heldout = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)
+    plain = int8_key("sha", calibration)
+    controlled = int8_key("sha", calibration, AccuracyControl(99.0, 2, 32, 8), heldout)
+    assert "accuracy_control" not in plain and controlled["accuracy_control"]["target"] == 99.0
+    assert controlled != int8_key("sha", calibration, AccuracyControl(98.0, 2, 32, 8), heldout)
+    assert controlled != int8_key("sha", calibration, AccuracyControl(99.0, 2, 32, 8), heldout * 2)
+
+
+# The tests below build real engines; the ones above and the faked decision at the end run anywhere.
+NO_OPENVINO = "OpenVINO is the openvino extra: pip install -e .[openvino]"
 
 
 @pytest.fixture(scope="module")
-def ctx(sweep: Sweep) -> BuildContext:
+def ov():
+    return pytest.importorskip("openvino", reason=NO_OPENVINO)
+
+
+@pytest.fixture(scope="module")
+def ctx(sweep: Sweep, ov) -> BuildContext:
     context = sweep.build_context(BATCH)
     return dataclasses.replace(context, device=torch.device("cpu"), calibration_samples=CALIBRATION,
-                               progress=lambda message: None, options=parse_variant_options({}))
+                               progress=lambda message: None,
+                               options=parse_variant_options({"openvino_int8.accuracy_control": "off"}))
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +143,7 @@ def test_openvino_fp32_is_the_reference(ctx: BuildContext, images: torch.Tensor,
         engine.close()
 
 
-def test_openvino_bf16_runs_or_says_why(ctx: BuildContext, images: torch.Tensor, reference: torch.Tensor) -> None:
+def test_openvino_bf16_runs_or_says_why(ctx: BuildContext, images: torch.Tensor, reference: torch.Tensor, ov) -> None:
     if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         with pytest.raises(VariantUnavailable, match="needs a CPU with native bf16"):
             get_variant(OPENVINO_BF16).build_engine(ctx)
@@ -111,6 +165,7 @@ def test_openvino_int8_is_cached_and_close(ctx: BuildContext, images: torch.Tens
         assert again.info["int8_cache"] == "hit" and torch.equal(again(images), logits)
         assert engine.model_size_bytes < 16 * 2**20  # int8 weights: about a quarter of fp32's
         assert engine.info["calibration_images"] == str(CALIBRATION)
+        assert engine.info["accuracy_control"] == "off" and int(engine.info["fake_quantize_ops"]) > 100
     finally:
         engine.close()
         again.close()
@@ -135,3 +190,110 @@ def test_a_corrupt_cached_ir_is_built_again(tmp_path: Path) -> None:
     assert cached_ir(folder, key, build) is False and len(builds) == 2
     assert cached_ir(folder, {"k": 2}, build) is False and len(builds) == 3  # another key: stale
     assert (folder / IR_FILES[1]).read_bytes() == b"ir model.bin"
+
+
+# --- accuracy control's decision (module docstring), with NNCF and the models faked -----
+
+
+class FakeNncf:
+    """nncf with quantize and quantize_with_accuracy_control returning named models."""
+
+    class DropType:
+        ABSOLUTE = "absolute"
+
+    def __init__(self) -> None:
+        self.controlled_calls: list[dict] = []
+
+    @staticmethod
+    def Dataset(items, transform=None):  # noqa: N802 (NNCF's name)
+        return list(items)
+
+    @staticmethod
+    def quantize(model, dataset, subset_size):
+        return "all-int8"
+
+    def quantize_with_accuracy_control(self, model, calibration, validation, validate, **settings):
+        self.controlled_calls.append(settings)
+        return "controlled"
+
+
+@pytest.mark.parametrize(("figures", "chosen", "model", "nncf_control_called"), [
+    ({"all-int8": 99.5, "controlled": 99.9}, "all-int8 (meets the target)", "all-int8", False),
+    ({"all-int8": 93.0, "controlled": 99.2}, "accuracy control (meets the target)", "controlled", True),
+    ({"all-int8": 93.0, "controlled": 95.0}, "all-int8 (no model met the target)", "all-int8", True),
+])
+def test_accuracy_control_takes_the_fastest_model_meeting_the_target(monkeypatch, figures, chosen, model, nncf_control_called) -> None:
+    import densenet_opt.variants.openvino as openvino_module
+
+    fake = FakeNncf()
+    monkeypatch.setattr(openvino_module, "import_nncf", lambda: fake)
+    monkeypatch.setitem(sys.modules, "nncf.quantization.advanced_parameters",
+                        type(sys)("fake_advanced_parameters"))
+    sys.modules["nncf.quantization.advanced_parameters"].AdvancedAccuracyRestorerParameters = dict
+
+    class FakeAgreement:
+        def __init__(self, source, images) -> None:
+            self.items, self.validate = list(enumerate(images)), None
+
+        def __call__(self, quantized) -> float:
+            return figures[quantized]
+
+    monkeypatch.setattr(openvino_module, "Agreement", FakeAgreement)
+    monkeypatch.setattr(openvino_module, "fake_quantize_ops", lambda quantized: len(quantized))
+    control = AccuracyControl(99.0, 4, 3, 2)
+    result, measured = openvino_module.quantize_controlled(
+        "fp32", torch.zeros(2, 3, 4, 4), torch.zeros(4, 3, 4, 4), control, progress=lambda message: None)
+    assert (result, measured["chosen"]) == (model, chosen)
+    assert measured["all_int8_agreement_top_1"] == figures["all-int8"]
+    assert bool(fake.controlled_calls) == nncf_control_called
+    if nncf_control_called:
+        assert measured["controlled_agreement_top_1"] == figures["controlled"]
+        settings = fake.controlled_calls[0]
+        assert settings["max_drop"] == pytest.approx(0.01) and settings["drop_type"] == "absolute"
+        assert settings["advanced_accuracy_restorer_parameters"] == {"max_num_iterations": 3, "ranking_subset_size": 2}
+
+
+def test_accuracy_control_builds_caches_and_reports_on_a_small_cnn(ov, tmp_path: Path) -> None:
+    """The real NNCF path end to end on a small CNN (DenseNet-121's 187 operations take
+    minutes to rank on 2 cores; a small random-init DenseNet gives every image the same
+    class): a target of 100% on 32 held-out images, one calibration image (ranges too
+    narrow for the rest), so that int8 misses and NNCF ranks and reverts operations."""
+    pytest.importorskip("nncf", reason=NO_OPENVINO)
+    import copy
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, stride=4), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, stride=4), torch.nn.ReLU(),
+        torch.nn.Conv2d(32, 32, 3, stride=2), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10),
+    ).eval()
+    pool = torch.randn(33, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    messages: list[str] = []
+    ctx = BuildContext(
+        device=torch.device("cpu"), batch_size=2, reference_model=lambda: copy.deepcopy(model),
+        calibration_images=lambda count: pool[:count], calibration_samples=1, weights_key="tiny",
+        cache_dir=tmp_path, progress=messages.append,
+        options=parse_variant_options({"openvino_int8.agreement_target": "100", "openvino_int8.search_images": "32",
+                                       "openvino_int8.ranking_images": "4", "openvino_int8.max_reverted": "2"}),
+    )
+    engine = get_variant(OPENVINO_INT8).build_engine(ctx)
+    again = get_variant(OPENVINO_INT8).build_engine(ctx)
+    try:
+        info = engine.info
+        assert info["accuracy_control"] == "on" and info["heldout_images"] == "32" and info["agreement_target"] == "100"
+        all_int8 = float(info["all_int8_agreement_top_1"])
+        if all_int8 >= 100.0:
+            assert info["accuracy_control_chosen"] == "all-int8 (meets the target)"
+            assert info["controlled_agreement_top_1"] == "n/a"
+        else:  # NNCF ran: its model is kept only if it meets the target
+            controlled = float(info["controlled_agreement_top_1"])
+            expected = "accuracy control (meets the target)" if controlled >= 100.0 else "all-int8 (no model met the target)"
+            assert info["accuracy_control_chosen"] == expected
+        assert any("held-out images" in message for message in messages)
+        assert again.info["int8_cache"] == "hit"
+        assert {key: again.info[key] for key in ("all_int8_agreement_top_1", "accuracy_control_chosen")} == {
+            key: info[key] for key in ("all_int8_agreement_top_1", "accuracy_control_chosen")}
+        images = pool[1:3]
+        assert torch.equal(engine(images), again(images))
+    finally:
+        engine.close()
+        again.close()

@@ -12,6 +12,10 @@ the ratio suite / plain.
 
     python tools/openvino_side_by_side.py --batch-size 32 --rounds 8
     python tools/openvino_side_by_side.py --variants openvino_int8 --batch-size 1 --rounds 30
+    python tools/openvino_side_by_side.py --variants openvino_int8,pruned_structured+openvino_int8
+
+The last column is each suite engine's throughput over the first variant's, measured in
+the same round-robin (issue 14's stacking target: a chain against ``openvino_int8``).
 
 Uses the sweep's options (weights, cache dir, calibration images) with their defaults;
 synthetic weights when torchvision's are not cached. Needs the cpu extra (OpenVINO, NNCF).
@@ -36,21 +40,26 @@ from densenet_opt.variants.openvino import OPENVINO, OPENVINO_INT8, compile_conf
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default=f"{OPENVINO},{OPENVINO_INT8}", help="comma-separated OpenVINO variants")
+    parser.add_argument("--variants", default=f"{OPENVINO},{OPENVINO_INT8}",
+                        help="comma-separated OpenVINO variants, or chains ending in one (pruned_structured+openvino_int8)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=8, help="timed calls per engine, round-robin")
     parser.add_argument("--calibration-samples", default="128")
+    parser.add_argument("--variant-options", default="", help="as the sweep's, e.g. openvino_int8.accuracy_control=off")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.rounds < 1:
         parser.error("--batch-size and --rounds must be at least 1")
     ov = import_openvino()
     sweep = Sweep(options_from_mapping({"device": "cpu", "calibration_samples": args.calibration_samples,
-                                        "variants": args.variants, "batch_sizes": str(args.batch_size)}))
+                                        "variants": args.variants, "batch_sizes": str(args.batch_size),
+                                        "variant_options": args.variant_options}))
     batch = torch.randn(args.batch_size, *IMAGE_SHAPE, generator=torch.Generator().manual_seed(0))
     array = batch.numpy()
     callers: dict[str, object] = {}
     for variant in args.variants.split(","):
         engine = get_variant(variant).build_engine(sweep.build_context(args.batch_size))
+        if "model_file" not in engine.info:
+            raise UserError(f"{variant} is not an OpenVINO engine: pass OpenVINO variants (or chains ending in one)")
         precision = engine.info["precision"]
         threads = int(engine.info["inference_num_threads"])
         model = ov.Core().read_model(engine.info["model_file"])
@@ -67,14 +76,15 @@ def main(argv: list[str] | None = None) -> int:
             call()
             seconds[name].append(time.perf_counter() - started)
     print(f"batch {args.batch_size}, {args.rounds} rounds round-robin, median per engine")
-    print(f"{'engine':32s} {'ms':>9s} {'samples/s':>10s} {'suite/plain':>12s}")
+    first = statistics.median(next(iter(seconds.values())))
+    print(f"{'engine':48s} {'ms':>9s} {'samples/s':>10s} {'suite/plain':>12s} {'x first':>8s}")
     for name, times in seconds.items():
         median = statistics.median(times)
-        ratio = ""
+        ratio = versus_first = ""
         if name.endswith("(suite)"):
             plain = statistics.median(seconds[name.replace("(suite)", "(plain)")])
-            ratio = f"{plain / median:.3f}"
-        print(f"{name:32s} {median * 1e3:9.1f} {args.batch_size / median:10.2f} {ratio:>12s}")
+            ratio, versus_first = f"{plain / median:.3f}", f"{first / median:.3f}"
+        print(f"{name:48s} {median * 1e3:9.1f} {args.batch_size / median:10.2f} {ratio:>12s} {versus_first:>8s}")
     return 0
 
 

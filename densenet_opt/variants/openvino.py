@@ -14,10 +14,19 @@ change the answer:
 - ``PERFORMANCE_HINT = LATENCY`` and ``NUM_STREAMS = 1``: one inference request at a time on
   all the threads, the same call boundary as every other engine (batch in, logits out,
   synchronous); ``INFERENCE_NUM_THREADS`` = the physical cores (``openvino.threads=N``).
-- ``openvino_int8``: ``nncf.quantize`` with its default preset (symmetric int8 weights and
-  activations, mixed where NNCF chooses) on the same calibration images as every other int8
-  variant, never evaluated ones; the quantized IR is cached on disk keyed by the export's
-  sha256, the calibration images, and the OpenVINO and NNCF versions.
+- ``openvino_int8``: NNCF post-training quantization with its default preset (symmetric int8
+  weights and activations) on the same calibration images as every other int8 variant, never
+  evaluated ones. With ``accuracy_control=on`` (the default) it is
+  ``nncf.quantize_with_accuracy_control``: NNCF quantizes, ranks the quantized operations by
+  the agreement each costs and reverts the worst to float, one at a time, until top-1
+  agreement with the fp32 model on ``search_images`` held-out images of the calibration pool
+  (after the calibration images, never evaluated ones) is at least ``agreement_target``, or
+  ``max_reverted`` operations are reverted. The metric is ours (agreement with fp32 needs no
+  labels: NNCF takes any validation function); NNCF validates with inference precision f32.
+  With ``accuracy_control=off`` it is plain ``nncf.quantize``. The quantized IR is cached on
+  disk keyed by the export's sha256, the images, the settings, and the OpenVINO and NNCF
+  versions; engine_info gives the agreement measured on the held-out images afterwards and
+  the number of FakeQuantize operations left.
 
 OpenVINO and NNCF are the ``openvino`` extra; without them the variants are skipped with the
 install command. On a CUDA sweep they are skipped (CPU device only).
@@ -25,11 +34,13 @@ install command. On a CUDA sweep they are skipped (CPU device only).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +50,13 @@ from densenet_opt import atomic
 from densenet_opt.cache import CACHE_OPTION, file_problem, file_sha256, key_digest, tensor_digest
 from densenet_opt.errors import UserError, VariantUnavailable
 from densenet_opt.preprocessing import IMAGE_SHAPE
+from densenet_opt.values import percent, whole_number
 from densenet_opt.variants import BuildContext, Engine, Variant, VariantOption
 
 OPENVINO, OPENVINO_BF16, OPENVINO_INT8 = "openvino", "openvino_bf16", "openvino_int8"
 INSTALL_HINT = "pip install -e .[openvino] (or pip install openvino nncf)"
 MANIFEST = "manifest.json"
+CONTROL_FILE = "accuracy_control.json"  # beside the IR: what accuracy control measured
 IR_FILES = ("model.xml", "model.bin")
 # Images per nncf.Dataset item: NNCF feeds them one item at a time.
 CALIBRATION_BATCH = 1
@@ -77,6 +90,23 @@ def _threads(text: str) -> int | None:
 
 
 THREADS_OPTION = VariantOption("threads", _threads, None, "INFERENCE_NUM_THREADS of the CPU plugin (auto: physical cores)")
+ON, OFF = "on", "off"
+INT8_OPTIONS = (
+    THREADS_OPTION,
+    VariantOption.choice(
+        "accuracy_control", (ON, OFF), ON,
+        "nncf.quantize_with_accuracy_control: revert the quantized operations that cost most agreement to float "
+        "until agreement_target is met (on), or plain nncf.quantize (off)",
+    ),
+    VariantOption("agreement_target", percent, 99.0, "top-1 agreement with fp32 (%) that accuracy_control aims for"),
+    VariantOption("search_images", lambda text: whole_number(text, minimum=1), 256,
+                  "held-out calibration-pool images accuracy_control measures agreement on"),
+    VariantOption("max_reverted", lambda text: whole_number(text, minimum=1), 32,
+                  "most quantized operations accuracy_control reverts to float (NNCF's max_num_iterations)"),
+    VariantOption("ranking_images", lambda text: whole_number(text, minimum=1), 32,
+                  "held-out images NNCF ranks the quantized operations on (its ranking_subset_size: the images "
+                  "int8 gets most wrong); ranking compiles and runs the model once per operation, the slow step"),
+)
 
 
 class OpenVinoEngine:
@@ -173,20 +203,126 @@ def build_bf16(ctx: BuildContext) -> Engine:
                     {"model_file": str(source.path), "source": "onnx export", "convert_s": f"{convert_s:.2f}"})
 
 
-def int8_key(source_sha256: str, images: torch.Tensor) -> dict[str, object]:
+@dataclass(frozen=True)
+class AccuracyControl:
+    """openvino_int8's accuracy-control settings (its options); None in the build means off."""
+
+    target: float  # top-1 agreement with fp32, %
+    images: int  # held-out calibration-pool images validated on
+    max_reverted: int  # NNCF's max_num_iterations
+    ranking_images: int  # NNCF's ranking_subset_size
+
+
+def accuracy_control(ctx: BuildContext) -> AccuracyControl | None:
+    """The settings of ``ctx``'s options; None for ``accuracy_control=off``."""
+    if ctx.option("accuracy_control") == OFF:
+        return None
+    return AccuracyControl(ctx.option("agreement_target"), ctx.option("search_images"), ctx.option("max_reverted"),
+                           ctx.option("ranking_images"))
+
+
+def int8_key(source_sha256: str, images: torch.Tensor, control: AccuracyControl | None = None,
+             heldout: torch.Tensor | None = None) -> dict[str, object]:
     """What the NNCF int8 IR depends on."""
     ov, nncf = import_openvino(), import_nncf()
-    return {
+    key: dict[str, object] = {
         "artifact": "densenet121-openvino-int8", "source_sha256": source_sha256,
         "calibration": f"{len(images)}-{tensor_digest(images)}", "openvino": ov.__version__,
         "nncf": nncf.__version__, "preset": "default", "version": 1,
     }
+    if control is not None and heldout is not None:
+        key |= {"accuracy_control": dataclasses.asdict(control), "heldout": f"{len(heldout)}-{tensor_digest(heldout)}",
+                "metric": "agreement_top_1", "version": 2}
+    return key
+
+
+def _items(images: torch.Tensor) -> list[np.ndarray]:
+    return [images[i : i + CALIBRATION_BATCH].numpy() for i in range(0, len(images), CALIBRATION_BATCH)]
+
+
+def agreement_validation(reference: np.ndarray) -> Callable[[object, object], tuple[float, list[float]]]:
+    """The validation function NNCF's accuracy control takes: ``(compiled model, items)`` ->
+    (top-1 agreement with ``reference`` as a fraction in [0, 1], one 0/1 value per item).
+    Items are ``(index, image batch)`` pairs, so that any subset NNCF picks is scored
+    against the right reference classes; ``reference``: int64 [N] fp32 argmax classes."""
+
+    def validate(compiled, items) -> tuple[float, list[float]]:
+        request = compiled.create_infer_request()
+        values = []
+        for index, batch in items:
+            logits = np.asarray(next(iter(request.infer({0: batch}).values())))
+            values.append(float(int(logits.argmax(axis=1)[0]) == int(reference[index])))
+        return (sum(values) / len(values) if values else 0.0), values
+
+    return validate
+
+
+class Agreement:
+    """Top-1 agreement (%) of OpenVINO models with the fp32 ``source`` (an ov.Model) on
+    ``images`` (float32 [N,3,224,224]), every model compiled with inference precision f32,
+    one image per request as NNCF validates. ``items``/``validate`` are what NNCF's
+    accuracy control is given."""
+
+    def __init__(self, source, images: torch.Tensor) -> None:
+        self.items = list(enumerate(_items(images)))
+        request = self._compiled(source).create_infer_request()
+        reference = [int(np.asarray(next(iter(request.infer({0: item}).values()))).argmax()) for _, item in self.items]
+        self.validate = agreement_validation(np.array(reference, dtype=np.int64))
+
+    @staticmethod
+    def _compiled(model):
+        return import_openvino().Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+    def __call__(self, model) -> float:
+        return 100.0 * self.validate(self._compiled(model), self.items)[0]
+
+
+def fake_quantize_ops(model) -> int:
+    """FakeQuantize operations in an OpenVINO model: what NNCF inserted and did not revert."""
+    return sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+
+
+def quantize_controlled(source, calibration: torch.Tensor, heldout: torch.Tensor, control: AccuracyControl,
+                        progress: Callable[[str], None]) -> tuple[object, dict[str, object]]:
+    """The int8 model ``control`` chooses for the OpenVINO fp32 ``source`` (module docstring),
+    and what was measured: the all-int8 model (``nncf.quantize``) when it meets the target;
+    else ``nncf.quantize_with_accuracy_control``'s when that one does; else the all-int8 model
+    again (the fastest; reverting operations that still miss the target is the user's call),
+    as onnx_int8 decides. ``calibration``/``heldout``: float32 [N,3,224,224], disjoint."""
+    nncf = import_nncf()
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    agreement = Agreement(source, heldout)
+    all_int8 = nncf.quantize(source, nncf.Dataset(_items(calibration)), subset_size=len(calibration))
+    measured: dict[str, object] = {"all_int8_agreement_top_1": agreement(all_int8), "controlled_agreement_top_1": None,
+                                   "all_int8_fake_quantize_ops": fake_quantize_ops(all_int8)}
+    progress(f"{OPENVINO_INT8}: all-int8 {measured['all_int8_agreement_top_1']:.2f}% agreement on {len(heldout)} "
+             f"held-out images (target {control.target:g}%)")
+    if measured["all_int8_agreement_top_1"] >= control.target:
+        return all_int8, measured | {"chosen": "all-int8 (meets the target)"}
+    progress(f"{OPENVINO_INT8}: nncf.quantize_with_accuracy_control: ranking the quantized operations on "
+             f"{min(control.ranking_images, len(heldout))} images, then reverting at most {control.max_reverted} "
+             "(minutes on a few cores; cached after)")
+    controlled = nncf.quantize_with_accuracy_control(
+        source, nncf.Dataset(_items(calibration)), nncf.Dataset(agreement.items, lambda item: item[1]),
+        agreement.validate, max_drop=(100.0 - control.target) / 100.0, drop_type=nncf.DropType.ABSOLUTE,
+        subset_size=len(calibration),
+        advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+            max_num_iterations=control.max_reverted, ranking_subset_size=control.ranking_images),
+    )
+    measured["controlled_agreement_top_1"] = agreement(controlled)
+    measured["controlled_fake_quantize_ops"] = fake_quantize_ops(controlled)
+    if measured["controlled_agreement_top_1"] >= control.target:
+        return controlled, measured | {"chosen": "accuracy control (meets the target)"}
+    return all_int8, measured | {"chosen": "all-int8 (no model met the target)"}
 
 
 def build_int8(ctx: BuildContext) -> Engine:
     """NNCF post-training int8 of the OpenVINO model, calibrated on ``ctx.calibration_samples``
-    images, cached as IR. UserError for --calibration-samples 0 or a full cache disk;
-    VariantUnavailable without OpenVINO or NNCF."""
+    images, with accuracy control unless ``accuracy_control=off`` (module docstring), cached
+    as IR with what the control measured. UserError for --calibration-samples 0, too few
+    images for the held-out set, or a full cache disk; VariantUnavailable without OpenVINO
+    or NNCF."""
     ov, nncf = import_openvino(), import_nncf()
     if ctx.calibration_samples < 1:
         raise UserError(
@@ -195,18 +331,29 @@ def build_int8(ctx: BuildContext) -> Engine:
         )
     from densenet_opt.variants.onnx.builders import fp32_model
 
+    control = accuracy_control(ctx)
     source = fp32_model(ctx)
-    images = ctx.calibration_images(ctx.calibration_samples)
+    pool = ctx.calibration_images(ctx.calibration_samples + (control.images if control else 0))
+    images, heldout = pool[: ctx.calibration_samples], pool[ctx.calibration_samples :]
     if len(images) < 1:
         raise UserError("int8 quantization found no calibration images: give a data folder with more images")
-    key = int8_key(source.sha256, images)
+    if control is not None and len(heldout) < 1:
+        raise UserError(
+            f"{OPENVINO_INT8}.accuracy_control needs held-out calibration-pool images after the {len(images)} "
+            f"calibration images and found none: give a data folder with more images or pass "
+            f"{OPENVINO_INT8}.accuracy_control=off"
+        )
+    key = int8_key(source.sha256, images, control, heldout)
     folder = Path(ctx.cache_dir) / "openvino" / f"densenet121-int8-{key_digest(key)}"
 
     def quantize(staging: Path) -> None:
-        ctx.progress(f"{OPENVINO_INT8}: nncf.quantize on {len(images)} calibration images (cached in {folder})")
+        ctx.progress(f"{OPENVINO_INT8}: nncf quantization on {len(images)} calibration images (cached in {folder})")
         model = ov.convert_model(str(source.path))
-        dataset = nncf.Dataset([images[i : i + CALIBRATION_BATCH].numpy() for i in range(0, len(images), CALIBRATION_BATCH)])
-        quantized = nncf.quantize(model, dataset, subset_size=len(images))
+        if control is None:
+            quantized = nncf.quantize(model, nncf.Dataset(_items(images)), subset_size=len(images))
+        else:
+            quantized, measured = quantize_controlled(model, images, heldout, control, ctx.progress)
+            (staging / CONTROL_FILE).write_text(json.dumps(measured, indent=2) + "\n")
         ov.save_model(quantized, str(staging / IR_FILES[0]), compress_to_fp16=False)
 
     started = time.perf_counter()
@@ -214,11 +361,38 @@ def build_int8(ctx: BuildContext) -> Engine:
     quantize_s = time.perf_counter() - started
     model = ov.Core().read_model(str(folder / IR_FILES[0]))
     size = sum((folder / name).stat().st_size for name in IR_FILES)
-    return _compile(ctx, model, "int8", size, {
+    info = {
         "model_file": str(folder / IR_FILES[0]),
         "quantizer": f"nncf-{nncf.__version__} default preset", "calibration_images": str(len(images)),
         "int8_cache": "hit" if cached else "miss", "quantize_s": f"{0.0 if cached else quantize_s:.1f}",
-    })
+        "fake_quantize_ops": str(fake_quantize_ops(model)),
+        "accuracy_control": OFF if control is None else ON,
+    }
+    if control is not None:
+        info |= control_info(folder / CONTROL_FILE, control, len(heldout))
+        ctx.progress(f"{OPENVINO_INT8}: {info['accuracy_control_chosen']}: {info['fake_quantize_ops']} FakeQuantize "
+                     f"operations, all-int8 {info['all_int8_agreement_top_1']}%, with accuracy control "
+                     f"{info['controlled_agreement_top_1']}% on {len(heldout)} held-out images")
+    return _compile(ctx, model, "int8", size, info)
+
+
+def control_info(path: Path, control: AccuracyControl, heldout: int) -> dict[str, str]:
+    """engine_info entries of what accuracy control measured (the file it cached beside the IR)."""
+    try:
+        measured = json.loads(path.read_text())
+    except (OSError, ValueError):
+        measured = {}
+
+    def figure(name: str) -> str:
+        value = measured.get(name)
+        return "n/a" if value is None else f"{value:.2f}"
+
+    return {
+        "agreement_target": f"{control.target:g}", "heldout_images": str(heldout),
+        "all_int8_agreement_top_1": figure("all_int8_agreement_top_1"),
+        "controlled_agreement_top_1": figure("controlled_agreement_top_1"),
+        "accuracy_control_chosen": str(measured.get("chosen", "unknown (cache written by an older version)")),
+    }
 
 
 def cached_ir(folder: Path, key: Mapping[str, object], build: Callable[[Path], None]) -> bool:
@@ -271,6 +445,6 @@ VARIANTS = [
             build_fp32, devices=("cpu",), options=(THREADS_OPTION,)),
     Variant(OPENVINO_BF16, "OpenVINO with bf16 inference precision (CPUs with AVX-512 BF16 or AMX)",
             build_bf16, devices=("cpu",), options=(THREADS_OPTION,), shared_prefix=OPENVINO),
-    Variant(OPENVINO_INT8, "OpenVINO int8 by NNCF post-training quantization (default preset), CPU plugin",
-            build_int8, devices=("cpu",), options=(THREADS_OPTION,), shared_prefix=OPENVINO),
+    Variant(OPENVINO_INT8, "OpenVINO int8 by NNCF post-training quantization (default preset) with accuracy control, CPU plugin",
+            build_int8, devices=("cpu",), options=INT8_OPTIONS, shared_prefix=OPENVINO),
 ]
