@@ -124,7 +124,9 @@ docker build --tag "$image" "$SCRIPT_DIR"
 
 echo "$PROG: running the sweep in $image on every GPU into $output_dir" >&2
 status=0
-docker run --rm --gpus all \
+# The host's name, not the container's random one: every row names the machine that measured
+# it (the machine column), and a rerun into the same folder replaces that machine's rows.
+docker run --rm --gpus all --hostname "$HOSTNAME" \
   --user "$(id -u):$(id -g)" \
   --volume "$output_dir:/results" \
   --volume "$cache_dir:/cache" \

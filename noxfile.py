@@ -1,4 +1,4 @@
-"""nox sessions: `tests` (CPU test suite, what CI runs), `bench` (the full sweep), `gpu_bench` (the CUDA sweep)."""
+"""nox sessions: `tests` (CPU test suite, what CI runs), `bench` (the full sweep), `gpu_bench` (the CUDA sweep), `loadgen` (MLPerf LoadGen scenarios)."""
 
 from __future__ import annotations
 
@@ -64,3 +64,12 @@ def gpu_bench(session: nox.Session) -> None:
         session.error("gpu_bench needs a CUDA GPU and this torch sees none: run `nox -s bench` for the CPU sweep")
     args = ["--device=cuda", "--output-dir=results-gpu", *compare_args("cuda", session.posargs), *session.posargs]
     session.run("python", "-m", "densenet_opt", "sweep-gpus", *args)
+
+
+@nox.session(python=PYTHON)
+def loadgen(session: nox.Session) -> None:
+    """MLPerf LoadGen scenarios (SingleStream, Offline, Server search) on the CPU -> results-loadgen/;
+    arguments after -- go to `densenet-opt loadgen`, e.g. -- --variants onnx_int8,int8 --latency-bound-ms 100."""
+    session.install("-e", ".[cpu,loadgen]")
+    session.env["DENSENET_OPT_CACHE"] = os.environ.get("DENSENET_OPT_CACHE", str(Path.home() / ".cache" / "densenet_opt"))
+    session.run("python", "-m", "densenet_opt", "loadgen", "--device=cpu", *session.posargs)

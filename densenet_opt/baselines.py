@@ -35,7 +35,7 @@ def speedups(rows: Iterable[Row]) -> dict[str, dict[str, float]]:
     """{variant: {batch size as text: speedup_vs_baseline}} for one device's rows (the
     caller filters by device), every variant but the baseline; the speedups are those of
     report.with_speedups (baseline latency / variant latency, same batch size, device and
-    device_name, 3 digits). Configs without a baseline row are left out."""
+    device_name and machine, 3 digits). Configs without a baseline row are left out."""
     result: dict[str, dict[str, float]] = {}
     for row in with_speedups(rows):
         if row.variant != BASELINE and row.speedup_vs_baseline is not None:
@@ -46,7 +46,12 @@ def speedups(rows: Iterable[Row]) -> dict[str, dict[str, float]]:
 def save_speedups(rows: Sequence[Row], device: str, path: Path) -> dict[str, dict[str, float]]:
     """Store the speedups of ``device``'s rows in ``path``, atomically, with the device_name
     they were measured on; returns them. Raises UserError when no variant was measured
-    beside the baseline, or when ``path`` cannot be written (disk full, read-only)."""
+    beside the baseline, when the rows come from several machines (a baseline is one
+    machine's), or when ``path`` cannot be written (disk full, read-only)."""
+    named = sorted({r.machine for r in rows if r.device == device and r.machine})
+    if len(named) > 1:
+        raise UserError(f"the {device} rows come from several machines ({', '.join(named)}): "
+                        "store a baseline from one machine's sweep, not from a merged fleet sweep")
     measured = speedups(r for r in rows if r.device == device)
     if not measured:
         raise UserError(f"no variant was measured beside the baseline on {device}: nothing to store in {path}")

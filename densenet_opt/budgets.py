@@ -172,7 +172,8 @@ def budget_for(budgets: Mapping[str, Budget], variant: str) -> Budget:
     """``variant``'s budget; UserError naming the file to add its table to when it has none."""
     if variant not in budgets:
         path = next(iter(budgets.values())).source if budgets else BUDGETS_FILE
-        raise UserError(f"variant {variant} has no budget: add a [{variant}] table to {path} (an empty table means no limits)")
+        table = f'["{variant}"]' if CHAIN_SEPARATOR in variant else f"[{variant}]"  # TOML quotes a key with "+"
+        raise UserError(f"variant {variant} has no budget: add a {table} table to {path} (an empty table means no limits)")
     return budgets[variant]
 
 
@@ -221,13 +222,13 @@ def within_budget(row: Row, budgets: Mapping[str, Budget] | None, baseline_row: 
 
 def check_budgets(rows: Sequence[Row], budgets: Mapping[str, Budget] | None) -> dict[Row, BudgetCheck]:
     """Each measured row against its budget (check_row); accuracy drops are measured against
-    the first baseline row with accuracy columns on the same device, as the sweep measures
-    them against the fp32 model."""
-    baselines: dict[str, Row] = {}
+    the first baseline row with accuracy columns on the same device and machine, as the
+    sweep measures them against the fp32 model."""
+    baselines: dict[tuple[str, str | None], Row] = {}
     for row in rows:
         if row.variant == BASELINE and fidelity_of(row) is not None:
-            baselines.setdefault(row.device, row)
-    return {row: check_row(row, budgets, baselines.get(row.device)) for row in rows}
+            baselines.setdefault((row.device, row.machine), row)
+    return {row: check_row(row, budgets, baselines.get((row.device, row.machine))) for row in rows}
 
 
 def load_budgets_or_none(path: Path | None) -> tuple[dict[str, Budget] | None, str | None]:

@@ -12,14 +12,15 @@ import math
 import sys
 from pathlib import Path
 
-from densenet_opt import profiling, render, runner, shard
-from densenet_opt.recommend import recommend_from_results
+from densenet_opt import cluster, profiling, render, runner, shard
+from densenet_opt.serving import command as loadgen
+from densenet_opt.recommend import recommend_from_results, recommend_qps
 from densenet_opt.render import markdown, plots
 from densenet_opt.report import RESULTS_FILE
 from densenet_opt.config import add_sweep_options, options_from_mapping
 from densenet_opt.errors import UserError
 from densenet_opt.sweep import preflight
-from densenet_opt.variants import describe_options, registry
+from densenet_opt.variants import CHAIN_SEPARATOR, STACKED, describe_options, registry, transforms
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +47,9 @@ def add_tool_commands(commands: argparse._SubParsersAction) -> None:
     """Reports, profiling and several GPUs."""
     add_report_commands(commands)
     profiling.add_command(commands)
+    loadgen.add_command(commands)
     shard.add_command(commands)  # after "sweep": it takes the sweep's arguments
+    cluster.add_command(commands)  # after "sweep" too; Ray is imported only when it runs
 
 
 def add_report_commands(commands: argparse._SubParsersAction) -> None:
@@ -61,8 +64,12 @@ def add_report_commands(commands: argparse._SubParsersAction) -> None:
     recommend_parser.add_argument("--results", type=Path, default=Path("results") / RESULTS_FILE,
                                   help=f"a {RESULTS_FILE}, or the sweep's output directory (default: %(default)s)")
     recommend_parser.add_argument("--max-memory-mb", help="largest peak memory per process: RAM on CPU, VRAM on CUDA (MiB)")
-    recommend_parser.add_argument("--max-latency-ms", help="largest mean latency per batch (ms)")
+    recommend_parser.add_argument("--max-latency-ms", help="largest mean latency per batch (ms); with --loadgen-results, the p99 latency bound (ms)")
+    recommend_parser.add_argument("--loadgen-results", type=Path,
+                                  help="instead: the highest Server QPS whose p99 stays under --max-latency-ms, from a "
+                                  "loadgen_results.csv or `densenet-opt loadgen`'s output directory")
     recommend_parser.add_argument("--device", choices=("cpu", "cuda"), help="only rows measured on this device")
+    recommend_parser.add_argument("--machine", help="only rows measured by this machine (the machine column: a sweep-cluster label or host name)")
     recommend_parser.add_argument("--budgets", type=Path, help="budgets file (default: the repository's benchmarks_baseline/budgets.toml)")
     recommend_parser.add_argument("--ignore-budgets", action="store_true", help="consider configs outside their budget too")
     recommend_parser.set_defaults(handler=run_recommend)
@@ -94,10 +101,20 @@ def positive_limit(option: str, text: str | None) -> float | None:
 
 def run_recommend(args: argparse.Namespace) -> int:
     """The ``recommend`` subcommand: prints the recommendation; UserError for bad input."""
+    if args.loadgen_results is not None:
+        ignored = [flag for flag, given in (("--max-memory-mb", args.max_memory_mb), ("--budgets", args.budgets),
+                   ("--ignore-budgets", args.ignore_budgets), ("--machine", args.machine)) if given]
+        if ignored:
+            raise UserError(f"{', '.join(ignored)} apply to a sweep's results, not to --loadgen-results "
+                            "(which takes --max-latency-ms as the p99 bound and --device): drop them")
+        lines = recommend_qps(args.loadgen_results, max_p99_ms=positive_limit("--max-latency-ms", args.max_latency_ms),
+                              device=args.device)
+        print("\n".join(lines))
+        return 0
     lines = recommend_from_results(
         args.results, max_memory_mb=positive_limit("--max-memory-mb", args.max_memory_mb),
         max_latency_ms=positive_limit("--max-latency-ms", args.max_latency_ms), device=args.device,
-        budgets_path=args.budgets, ignore_budgets=args.ignore_budgets,
+        budgets_path=args.budgets, ignore_budgets=args.ignore_budgets, machine=args.machine,
     )
     print("\n".join(lines))
     return 0
@@ -111,11 +128,16 @@ def run_summary(args: argparse.Namespace) -> int:
 
 
 def list_variants() -> None:
-    """Print each registered variant, its devices and its options."""
+    """Print each registered variant, its devices and its options, then how to chain them."""
     for variant in registry().values():
         print(f"{variant.name:20} {variant.description} [{', '.join(variant.devices)}]")
         for line in describe_options(variant):
             print(f"{'':22}--variant-options {line}")
+    print(
+        f"\nchains: <transform>{CHAIN_SEPARATOR}<variant> deploys a transform's model with another variant "
+        f"(transforms: {', '.join(transforms())}); each part takes its own options; "
+        f"--variants all adds {', '.join(STACKED)}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--baseline-dir", "benchmarks_baseline", "where baselines are stored (the repository's benchmarks_baseline/ when run from its root)"),
     Option("--max-regression", "mean:25%", "largest allowed latency regression against the stored run, as pytest-benchmark's --benchmark-compare-fail expression"),
     Option("--max-speedup-drop", "0.25", "largest allowed fractional drop of a speedup over the baseline variant against the stored one"),
+    # Several machines in one results file (densenet_opt/cluster.py, README "Sweeps across a fleet").
+    Option("--machine-label", None, "the machine column of every row this sweep writes, e.g. a10-server (letters, digits, . _ -); default: this host's name"),
 )
 
 
@@ -85,6 +88,7 @@ class SweepOptions:
     max_regression: str = "mean:25%"
     max_speedup_drop: float = 0.25
     paired_speedup: bool = True
+    machine_label: str | None = None  # None: the host name (measure.env.machine_name)
 
     @property
     def gated(self) -> bool:
@@ -164,12 +168,14 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 def parse_variants(text: str) -> tuple[str, ...]:
     """Comma-separated variant names or chains (or "all": the registered variants, then the
     chains in variants.STACKED), in order, without repeats."""
-    if str(text).strip() in ("", "all"):
+    entries = [part.strip() for part in str(text).split(",") if part.strip()]
+    if str(text).strip() == "" or entries == ["all"]:
         return (*registry(), *STACKED)
-    names = tuple(dict.fromkeys(part.strip() for part in str(text).split(",") if part.strip()))
-    for name in names:
-        get_variant(name)
-    return names
+    if not entries:
+        raise UserError(f"--variants {text!r} names no variant: give names (see `densenet-opt list`) or all")
+    names = [name for entry in entries for name in ((*registry(), *STACKED) if entry == "all" else (entry,))]
+    # A chain's canonical name (no spaces around its parts) names its rows and folders.
+    return tuple(dict.fromkeys(get_variant(name).name for name in names))
 
 
 def parse_key_values(text: str) -> dict[str, str]:
@@ -241,6 +247,7 @@ def options_from_mapping(raw: Mapping[str, object]) -> SweepOptions:
         max_regression=parse_compare_expression(str(get("max_regression"))),
         max_speedup_drop=parse_fraction("--max-speedup-drop", str(get("max_speedup_drop"))),
         paired_speedup=parse_on_off("--speedup-pairing", str(get("speedup_pairing"))),
+        machine_label=parse_machine_label("--machine-label", get("machine_label")),
     )
 
 
@@ -268,3 +275,18 @@ def parse_fraction(name: str, text: str) -> float:
         return fraction(text)
     except ValueError as error:
         raise UserError(f"{name} {error}, got {text!r}") from None
+
+
+MACHINE_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def parse_machine_label(name: str, text: object) -> str | None:
+    """A machine label (the ``machine`` column): 1-63 letters, digits, ``.``, ``_`` or
+    ``-``, starting with a letter or digit (valid as a host name part, a Ray resource name
+    and a file name). None when not given; UserError naming the option otherwise."""
+    if text is None or str(text).strip() == "":
+        return None
+    label = str(text).strip()
+    if not MACHINE_LABEL.fullmatch(label):
+        raise UserError(f"{name} {label!r} is not a machine label: use 1-63 letters, digits, '.', '_' or '-', such as a10-server")
+    return label

@@ -55,26 +55,68 @@ def recommend(
 
 def recommend_from_results(
     results: Path, *, max_memory_mb: float | None, max_latency_ms: float | None, device: str | None = None,
-    budgets_path: Path | None = None, ignore_budgets: bool = False,
+    budgets_path: Path | None = None, ignore_budgets: bool = False, machine: str | None = None,
 ) -> list[str]:
     """``densenet-opt recommend``: the recommendation for the results file (or sweep
     directory) ``results``, as the lines to print. ``device`` keeps only that device's
-    rows; budgets come from ``budgets_path`` (default budgets.BUDGETS_FILE) unless
+    rows, ``machine`` only that machine's (the ``machine`` column: a sweep-cluster label
+    or host name); budgets come from ``budgets_path`` (default budgets.BUDGETS_FILE) unless
     ``ignore_budgets``. Raises UserError for an unreadable results or budgets file, no
-    row on ``device``, or no row that fits (see recommend)."""
+    row on ``device`` or ``machine``, or no row that fits (see recommend)."""
     source = results_path(results)
     rows = load_results(source)
+    if machine:
+        known = sorted({r.machine for r in rows if r.machine})
+        rows = [r for r in rows if r.machine == machine]
+        if not rows:
+            raise UserError(f"results file {source} has no rows of machine {machine}: its machines are {', '.join(known) or 'not named'}")
     if device:
         rows = [r for r in rows if r.device == device]
         if not rows:
             raise UserError(f"results file {source} has no {device} rows: drop --device or pass results measured on {device}")
     checks = None if ignore_budgets else budgets.check_budgets(rows, budgets.load_budgets(budgets_path or budgets.BUDGETS_FILE))
     best = recommend(rows, max_memory_mb=max_memory_mb, max_latency_ms=max_latency_ms, checks=checks, source=source)
+    where = f"{best.device} of {best.machine}" if best.machine and (machine or len({r.machine for r in rows}) > 1) else best.device
     lines = [
-        f"{best.variant} at batch size {best.batch_size} on {best.device}: {best.throughput_samples_per_sec:.1f} samples/s, "
+        f"{best.variant} at batch size {best.batch_size} on {where}: {best.throughput_samples_per_sec:.1f} samples/s, "
         f"{best.latency_ms_per_batch:.2f} ms per batch, {best.memory_kind} {best.memory_mb:.0f} MiB"
     ]
     left_out = sorted({r.variant for r in rows if checks is not None and not checks[r].within})
     if left_out:
         lines.append(f"not considered (outside or without a budget; --ignore-budgets includes them): {', '.join(left_out)}")
     return lines
+
+
+def recommend_qps(results: Path, *, max_p99_ms: float | None = None, device: str | None = None) -> list[str]:
+    """``densenet-opt recommend --loadgen-results``: the engine and batch policy with the
+    highest Server QPS whose p99 latency stays under ``max_p99_ms``, as lines to print.
+
+    Reads loadgen_results.csv (or the ``densenet-opt loadgen`` output directory holding
+    it). A Server row's ``best_qps`` was searched against its own ``latency_bound_ms``;
+    it answers a bound ``max_p99_ms`` when it was searched against that bound or a tighter
+    one (None: any row). ``device`` keeps only that device's rows. A run LoadGen judged
+    VALID is preferred; when none qualifies, the best INVALID one is given with LoadGen's
+    reason. Raises UserError when the file is missing or unreadable, or no Server row
+    qualifies.
+    """
+    from densenet_opt.serving.results import LOADGEN_RESULTS_FILE, read_loadgen_rows
+
+    source = Path(results)
+    source = source / LOADGEN_RESULTS_FILE if source.is_dir() else source
+    if not source.exists():
+        raise UserError(f"no LoadGen results at {source}: run `densenet-opt loadgen --scenario server` first")
+    servers = [r for r in read_loadgen_rows(source) if r.scenario == "Server" and r.best_qps is not None and r.latency_bound_ms
+               and (device is None or r.device == device)]
+    fitting = [r for r in servers if max_p99_ms is None or r.latency_bound_ms <= max_p99_ms]
+    if not fitting:
+        bounds = ", ".join(sorted({f"{r.latency_bound_ms:g} ms" for r in servers})) or "none"
+        wanted = f"a p99 bound of {max_p99_ms:g} ms or tighter" if max_p99_ms is not None else "a p99 bound"
+        raise UserError(f"no Server result in {source} was searched with {wanted} (bounds searched: {bounds}): "
+                        "rerun densenet-opt loadgen --scenario server --latency-bound-ms with your bound")
+    valid = [r for r in fitting if not r.mark]
+    best = max(valid or fitting, key=lambda r: r.best_qps)
+    verdict = best.mark or "VALID"
+    return [
+        f"{best.variant} {best.batch_policy} on {best.device}: {best.best_qps:.1f} QPS with p99 "
+        f"{best.latency_ms_p99:.1f} ms <= {best.latency_bound_ms:g} ms (LoadGen: {verdict})"
+    ]

@@ -44,7 +44,8 @@ def _number(digits: int | None = None, *, significant: int | None = None):
 class Row:
     """One line of the results CSV, typed; the fields are the columns, in the file's order.
 
-    Only the key (``optimization_technique``, ``batch_size``, ``device``) is required: a
+    Only ``optimization_technique``, ``batch_size`` and ``device`` are required (with
+    ``machine``, None for "the local or unknown machine", they are the row's key): a
     row that records a fault (``status`` out_of_memory, non_finite_logits) has the key,
     ``status``, ``device_name`` and ``measured_at``, every other field None. Units are in
     the names (ms, MiB as ``_mb``, samples/s, GFLOP); accuracies are percentages.
@@ -100,6 +101,9 @@ class Row:
     cudnn: str | None = None
     onnxruntime: str | None = None
     measured_at: str | None = None  # UTC, ISO 8601 to the second (utc_timestamp)
+    # The machine that measured the row: --machine-label, else the host name; None in files
+    # of older versions (the local / unknown machine). Part of the key: see Row.key.
+    machine: str | None = None
 
     def __post_init__(self) -> None:
         for column in dataclasses.fields(self):
@@ -140,14 +144,27 @@ class Row:
         return self.optimization_technique
 
     @property
-    def key(self) -> tuple[str, int, str]:
-        """(variant, batch size, device): a file holds one row per key; a new one replaces it."""
+    def key(self) -> tuple[str, int, str, str | None]:
+        """(variant, batch size, device, machine): a file holds one row per key; a new one
+        replaces it. Rows of two machines never replace each other."""
+        return self.optimization_technique, self.batch_size, self.device, self.machine
+
+    @property
+    def config(self) -> tuple[str, int, str]:
+        """(variant, batch size, device): the config, whichever machine measured it."""
         return self.optimization_technique, self.batch_size, self.device
 
     @property
-    def speedup_key(self) -> tuple[int, str, str | None]:
-        """(batch size, device, device_name): what the baseline row a speedup divides by shares."""
-        return self.batch_size, self.device, self.device_name
+    def speedup_key(self) -> tuple[int, str, str | None, str | None]:
+        """(batch size, device, device_name, machine): what the baseline row a speedup
+        divides by shares; a speedup never pairs rows of two machines or two devices."""
+        return self.batch_size, self.device, self.device_name, self.machine
+
+    def replaces(self, other: Row) -> bool:
+        """Whether this row, written to a file holding ``other``, takes its place: the same
+        key, or the same config in a row of an older version that names no machine (that
+        row was measured by the machine writing to the file: the local one)."""
+        return self.key == other.key or (other.machine is None and self.config == other.config)
 
     @property
     def measured(self) -> bool:
@@ -260,8 +277,8 @@ def with_speedups(rows: Iterable[Row]) -> list[Row]:
     """``rows`` (same order) with ``speedup_vs_baseline`` filled in. A row whose speedup was
     measured beside the baseline engine (paired, ``speedup_spread`` set: see
     measure.timing.PairedSpeedup) keeps it. Every other measured row gets the latency of the
-    baseline row of the same batch size, device and device_name / its own latency (1.0 for
-    the baseline row itself); a fault row, or one without a baseline row, gets None.
+    baseline row of the same batch size, device, device_name and machine / its own latency
+    (1.0 for the baseline row itself); a fault row, or one without a baseline row, gets None.
     Rounded to 3 digits (Row's rounding). The one place the column is computed: whatever
     order rows were measured or merged in, the same rows give the same speedups."""
     rows = list(rows)
@@ -402,12 +419,12 @@ def write_rows(path: Path, rows: Iterable[Row]) -> None:
 
 def upsert_row(path: Path, row: Row) -> None:
     """Add ``row`` to the CSV at ``path``, replacing an earlier one with the same ``key``
-    (variant, batch size, device), and recompute every row's speedup_vs_baseline. Raises
+    (variant, batch size, device, machine; see Row.replaces), and recompute every row's speedup_vs_baseline. Raises
     TypeError for anything but a Row, UserError when the file holds a bad line or cannot
     be written (disk full, read-only); the file is then left as it was."""
     if not isinstance(row, Row):
         raise TypeError(f"upsert_row takes a report.Row, got {type(row).__name__}")
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
-        rows = [r for r in read_rows(path) if r.key != row.key]
+        rows = [r for r in read_rows(path) if not row.replaces(r)]
         write_rows(path, with_speedups([*rows, row]))

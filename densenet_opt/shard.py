@@ -8,6 +8,10 @@ or on the CPU, it is a plain sweep.
 
 Configs of one variant stay together where the GPU count allows, because a process
 builds (exports, compiles, quantizes) a variant once and measures its accuracy once.
+
+``densenet-opt sweep-cluster`` (cluster.py) runs the same shard process as Ray tasks on
+several machines, planned by ``plan_shards`` and merged by ``merge_results``: rows are keyed
+by machine, so several machines' rows share one results file.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pytest_benchmark.utils import get_machine_id
 from densenet_opt import atomic, baselines, gate
 from densenet_opt.config import SweepOptions, options_from_mapping
 from densenet_opt.errors import UserError
+from densenet_opt.measure.env import machine_name
 from densenet_opt.runner import run_sweep
 from densenet_opt.sweep import Sweep, preflight
 from densenet_opt.report import OUTPUT_OPTION, RESULTS_FILE, Row, read_rows, with_speedups, write_rows
@@ -123,16 +128,17 @@ def plan_shards(variants: Sequence[str], batch_sizes: Sequence[int], gpus: Seque
 def merge_results(sources: Iterable[Path], target: Path) -> list[Row]:
     """Upsert every row of ``sources`` into ``target`` (rows of configs not measured now stay,
     as in a plain sweep); a later source wins for the same key (variant, batch size,
-    device) and moves to the end, as upsert_row does. Speedups are recomputed over the
-    merged rows (report.with_speedups): a shard without the baseline variant could not
-    compute its own. Returns the rows written; a missing source is skipped. Raises
-    UserError for a source with a bad line, or when ``target`` cannot be written."""
-    merged = {row.key: row for row in read_rows(target)}
+    device, machine: rows of two machines never replace each other; see Row.replaces) and
+    moves to the end, as upsert_row does. Speedups are recomputed over the merged rows
+    (report.with_speedups, per machine and device): a shard without the baseline variant
+    could not compute its own. Returns the rows written; a missing source is skipped.
+    Raises UserError for a source with a bad line, or when ``target`` cannot be written."""
+    merged = read_rows(target)
     for source in sources:
         for row in read_rows(source):
-            merged.pop(row.key, None)
-            merged[row.key] = row
-    rows = with_speedups(merged.values())
+            merged = [r for r in merged if not row.replaces(r)]
+            merged.append(row)
+    rows = with_speedups(merged)
     write_rows(target, rows)
     return rows
 
@@ -183,12 +189,14 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
 
 
-def seed_shard(results: Path, shard: Shard, device: str, directory: Path) -> None:
-    """Give a shard the rows already measured for its own configs, so --resume and
-    upserts behave as they do in one directory. Raises UserError when ``results`` holds a
-    bad line or the shard's CSV cannot be written."""
+def seed_shard(results: Path, shard: Shard, device: str, directory: Path, machine: str | None = None) -> None:
+    """Give a shard the rows already measured for its own configs (on ``machine``, or by
+    no named machine; any machine when None), so --resume and upserts behave as they do
+    in one directory. Raises UserError when ``results`` holds a bad line or the shard's
+    CSV cannot be written."""
     configs = {(variant, size, device) for variant, size in shard.configs}
-    rows = [row for row in read_rows(results) if row.key in configs]
+    rows = [row for row in read_rows(results)
+            if row.config in configs and (machine is None or row.machine in (None, machine))]
     directory.mkdir(parents=True, exist_ok=True)
     if rows:
         write_rows(directory / RESULTS_FILE, rows)
@@ -253,7 +261,7 @@ def sweep_on_gpus(
     directories = shard_dirs(output_dir, shards)
     commands = []
     for shard, directory in zip(shards, directories, strict=True):
-        seed_shard(results, shard, options.device, directory)
+        seed_shard(results, shard, options.device, directory, machine_name(options.machine_label))
         commands.append((shard, directory, shard_request(options, shard, directory, pytest_args)))
     used = ", ".join(dict.fromkeys(s.gpu for s in shards))
     print(f"sweeping {len(shards)} shards on GPUs {used}; logs in {output_dir / SHARDS_DIR}", flush=True)

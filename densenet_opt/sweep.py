@@ -22,7 +22,7 @@ from densenet_opt.accuracy import ACCURACY, SYNTHETIC_ACCURACY, Fidelity, NonFin
 from densenet_opt.config import SweepOptions
 from densenet_opt.flops import count_flops
 from densenet_opt.errors import UserError
-from densenet_opt.measure.env import environment_info
+from densenet_opt.measure.env import environment_info, machine_name
 from densenet_opt.measure.memory import MIB
 from densenet_opt.measure.probe import ProbeResult, run_probe
 from densenet_opt.measure.timing import LatencyStats, PairedSpeedup, benchmark_call
@@ -348,16 +348,23 @@ class Sweep:
             engine_info=";".join(f"{k}={v}" for k, v in engine.info.items()),
             **self.environment,
             measured_at=utc_timestamp(),
+            machine=self.machine,
         )
 
     def write_row(self, row: Row) -> None:
         """Upsert ``row`` into the output directory's CSV (speedups recomputed there)."""
         upsert_row(self.options.output_dir / RESULTS_FILE, row)
 
+    @property
+    def machine(self) -> str:
+        """The ``machine`` column of this sweep's rows: --machine-label, else the host name."""
+        return machine_name(self.options.machine_label)
+
     def completed_rows(self) -> list[Row]:
-        """Rows of this device already in the output directory that measured successfully."""
+        """Rows of this device and machine (or of no named machine: files of older versions)
+        already in the output directory that measured successfully."""
         rows = read_rows(self.options.output_dir / RESULTS_FILE)
-        return [r for r in rows if r.device == self.device.type and r.status == OK]
+        return [r for r in rows if r.device == self.device.type and r.status == OK and r.machine in (None, self.machine)]
 
     def completed_configs(self) -> set[tuple[str, int]]:
         return {(r.variant, r.batch_size) for r in self.completed_rows()}
@@ -374,7 +381,7 @@ class Sweep:
                 torch.cuda.empty_cache()
         self.write_row(Row(model_name=MODEL_NAME, batch_size=batch_size, optimization_technique=variant,
                            device=self.device.type, status=kind, device_name=self.environment["device_name"],
-                           measured_at=utc_timestamp()))
+                           measured_at=utc_timestamp(), machine=self.machine))
         return kind
 
 

@@ -36,9 +36,10 @@ def fraction(text: str) -> float:
 
 
 def percent(text: str) -> float:
-    """``text`` as a percentage in (0, 100]; ValueError otherwise (NaN and "99%" included)."""
+    """``text`` as a percentage in (0, 100], with or without a trailing "%"; ValueError
+    otherwise (NaN included)."""
     try:
-        value = float(str(text).strip())
+        value = float(str(text).strip().removesuffix("%"))
     except ValueError:
         value = math.nan
     if not 0.0 < value <= 100.0:  # NaN fails this too

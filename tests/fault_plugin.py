@@ -11,10 +11,15 @@ A fault is VARIANT@BATCH=KIND[:ARG] (BATCH may be ``*``):
   nan            the first logit of every call is NaN
   slowdown:X@N   from the N-th call of any engine in this process on, every call takes
                  X times as long (the machine getting slower partway through a sweep)
+  kill_worker:M  on a sweep whose --machine-label is M, the first call kills the parent
+                 process (the Ray worker running a sweep-cluster shard) with SIGKILL and
+                 ends this one: the shard's task dies mid-run, as on a lost node
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -40,6 +45,9 @@ class InjectedFault:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         _calls[0] += 1
+        if self.kind == "kill_worker":
+            os.kill(os.getppid(), signal.SIGKILL)
+            os._exit(1)
         if self.kind == "delay":
             time.sleep(float(self.argument) / 1e3)
         elif self.kind == "oom":
@@ -62,11 +70,19 @@ class InjectedFault:
 def pytest_densenet_opt_engine(config: pytest.Config, variant: str, batch_size: int, engine):
     """Every matching fault wraps the engine (in the order given); None when none matches."""
     wrapped = engine
+    machine = None
     for item in config.getoption("inject_fault"):
         for spec in filter(None, item.split(",")):
             target, _, fault = spec.partition("=")
             name, _, size = target.partition("@")
             kind, _, argument = fault.partition(":")
+            if kind == "kill_worker":
+                if machine is None:
+                    from densenet_opt.plugin import sweep_options
+
+                    machine = sweep_options(config).machine_label or ""
+                if argument != machine:
+                    continue
             if name in ("*", variant) and size in ("*", str(batch_size)):
                 wrapped = InjectedFault(wrapped, kind, argument)
     return None if wrapped is engine else wrapped

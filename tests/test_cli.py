@@ -63,6 +63,7 @@ def test_weights_of_another_model(tmp_path: Path) -> None:
 def test_list_shows_the_registry() -> None:
     result = run_cli("list")
     assert result.returncode == 0 and result.stdout.startswith("baseline")
+    assert "chains: <transform>+<variant>" in result.stdout and "transforms: pruned, pruned_structured" in result.stdout
 
 
 def test_help_names_every_option() -> None:

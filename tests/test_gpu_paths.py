@@ -691,10 +691,12 @@ def test_the_budget_skips_what_cannot_start_and_a_stop_at_its_end_is_no_failure(
 
 
 def test_gpu_check_bad_arguments_exit_2(tmp_path: Path) -> None:
-    done = subprocess.run([sys.executable, str(GPU_CHECK), str(tmp_path), "--budget-s", "0"], capture_output=True, text=True)
-    assert done.returncode == 2 and "--budget-s must be positive" in done.stderr
+    for budget in ("0", "nan", "inf"):
+        done = subprocess.run([sys.executable, str(GPU_CHECK), str(tmp_path), "--budget-s", budget], capture_output=True, text=True)
+        assert done.returncode == 2 and "--budget-s must be a positive number of seconds" in done.stderr, budget
+    # 2 for a typo, not 1 (which means a check failed): CI must tell the two apart.
     done = subprocess.run([sys.executable, str(GPU_CHECK), str(tmp_path), "--checks", "memroy"], capture_output=True, text=True)
-    assert done.returncode != 0 and "unknown check(s) memroy" in done.stderr
+    assert done.returncode == 2 and "unknown check(s) memroy (did you mean 'memory'?): choose from environment" in done.stderr
 
 
 def test_gpu_check_dry_run(tmp_path: Path) -> None:

@@ -146,7 +146,8 @@ def test_a_row_holds_what_the_csv_holds_and_reads_back_equal() -> None:
     assert report.Row.from_csv(text) == row
     assert json.loads(json.dumps(row.as_dict())) == row.as_dict()
     assert row.as_dict()["latency_ms_per_batch"] == 12.35 and row.as_dict()["cpu"] is None
-    assert row.key == ("onnx", 8, "cuda") and row.speedup_key == (8, "cuda", "NVIDIA H200")
+    assert row.key == ("onnx", 8, "cuda", None) and row.speedup_key == (8, "cuda", "NVIDIA H200", None)
+    assert row.config == ("onnx", 8, "cuda")
     assert (row.memory_mb, row.memory_kind, row.label) == (0.0, "VRAM", "onnx at batch 8 on cuda")
 
 

@@ -27,6 +27,7 @@ def test_a_chain_is_a_variant_of_its_own_reading_its_parts_options() -> None:
     assert [part.name for part in variant.parts] == ["pruned_structured", "onnx_int8"]
     assert variant.name not in registry()  # made on demand, any pair
     assert get_variant("pruned+compiled").parts[1].name == "compiled"
+    assert get_variant(" pruned + compiled ").name == "pruned+compiled"  # one canonical name
     # The openvino part runs on the CPU only, so the chain does too.
     assert get_variant("pruned_structured+openvino_int8").devices == ("cpu",)
     options = parse_variant_options(
@@ -40,10 +41,12 @@ def test_a_chain_is_a_variant_of_its_own_reading_its_parts_options() -> None:
 
 @pytest.mark.parametrize(("name", "message"), [
     ("baseline+onnx", "baseline is not a model transform and cannot head a chain; the transforms are pruned, pruned_structured"),
-    ("pruned+pruned_structured", "chain a transform before a deployment, not two transforms"),
+    ("pruned+pruned_structured", "the second part deploys the transformed model and two transforms do not stack; choose one of onnx,"),
+    ("pruned+baseline", "pruned alone is that; choose one of onnx, onnx_fp16"),
     ("pruned_structured+onnx+int8", "a chain is <transform>\\+<variant>, two names"),
     ("pruned_structured+", "a chain is <transform>\\+<variant>, two names"),
-    ("pruned_structured+onx", "unknown variant 'onx'"),
+    ("pruned_structured+onx", "unknown part 'onx'; did you mean 'onnx'\\?; write pruned\\+<variant> or pruned_structured\\+<variant>, where <variant> is one of onnx, "),
+    ("pruned+nosuch", "unknown part 'nosuch'; write pruned"),
 ])
 def test_a_malformed_chain_is_one_sentence(name: str, message: str) -> None:
     with pytest.raises(UserError, match=message):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -25,6 +26,12 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{cpu_name()} ({os.cpu_count()} cores)"
+
+
+def machine_name(label: str | None = None) -> str:
+    """The ``machine`` column of this process's rows: ``label`` (--machine-label) when
+    given, else the host name (``socket.gethostname()``, its first dot-separated part)."""
+    return label or socket.gethostname().split(".")[0] or "localhost"
 
 
 def _version(package: str) -> str:

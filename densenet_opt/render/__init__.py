@@ -12,7 +12,7 @@ from pathlib import Path
 
 from densenet_opt import atomic, budgets
 from densenet_opt.errors import UserError
-from densenet_opt.render import markdown, plots
+from densenet_opt.render import fleet, markdown, plots
 from densenet_opt.report import OUTPUT_OPTION, Row, load_table, results_path
 
 
@@ -27,12 +27,16 @@ def summarize(output_dir: Path, budgets_path: Path | None = None) -> list[Path]:
 
 
 def write_summary(source: Path, rows: Sequence[Row], faults: Sequence[Row], budgets_path: Path | None = None) -> list[Path]:
-    """summarize, for the measured ``rows`` and fault rows already read from ``source``."""
+    """summarize, for the measured ``rows`` and fault rows already read from ``source``.
+    When the rows come from several machines, the cross-device report (render.fleet:
+    fleet_throughput.png, fleet.md) is written too, before summary.md."""
     loaded, note = budgets.load_budgets_or_none(budgets_path)
     checks = budgets.check_budgets(rows, loaded)
     written = plots.write_plots(rows, source.parent)
+    if fleet.is_fleet(rows):
+        written += fleet.write_fleet_report(source, rows, faults, budgets_path)
     summary = source.parent / markdown.SUMMARY_FILE
-    atomic.write_text(summary, markdown.summary_markdown(rows, checks, written, source, note, faults), option=OUTPUT_OPTION)
+    atomic.write_text(summary, markdown.summary_markdown(rows, checks, [p for p in written if p.suffix == ".png"], source, note, faults), option=OUTPUT_OPTION)
     return [*written, summary]
 
 

@@ -30,14 +30,21 @@ def _speedup(row: Row) -> str:
     return "" if row.speedup_vs_baseline is None else f"{row.speedup_vs_baseline:.2f}x"
 
 
-def fastest_within_budget(rows: Sequence[Row], checks: Mapping[Row, BudgetCheck]) -> dict[tuple[str, int], Row]:
+def where(row: Row, by_machine: bool = False) -> str:
+    """The row's device as summary.md names it: "cpu", or "cpu of alpha" with ``by_machine``
+    (a results file holding several machines' rows; "local" for a row naming none)."""
+    return f"{row.device} of {row.machine or 'local'}" if by_machine else row.device
+
+
+def fastest_within_budget(rows: Sequence[Row], checks: Mapping[Row, BudgetCheck],
+                          by_machine: bool = False) -> dict[tuple[str, int], Row]:
     """Per (device, batch size), sorted: the highest-throughput row shown to be within its
-    budget (``checks[row].within`` True)."""
+    budget (``checks[row].within`` True); per (device of machine, batch size) with ``by_machine``."""
     best: dict[tuple[str, int], Row] = {}
     for row in rows:
         if not checks[row].within:
             continue
-        key = (row.device, row.batch_size)
+        key = (where(row, by_machine), row.batch_size)
         if key not in best or row.latency_ms_per_batch < best[key].latency_ms_per_batch:  # same batch: lower latency, higher throughput
             best[key] = row
     return dict(sorted(best.items()))
@@ -57,12 +64,12 @@ def throughput_matrix(rows: Sequence[Row], device: str) -> str:
     return markdown_table(list(cells.values()), ("variant", *(f"batch {size}" for size in sizes)))
 
 
-def _results_table(rows: Sequence[Row], checks: Mapping[Row, BudgetCheck]) -> str:
+def _results_table(rows: Sequence[Row], checks: Mapping[Row, BudgetCheck], by_machine: bool = False) -> str:
     has_flops = any(r.gflops is not None for r in rows)
     table = []
     for r in rows:
         cells = {
-            "variant": r.variant, "device": r.device, "batch": str(r.batch_size),
+            "variant": r.variant, "device": where(r, by_machine), "batch": str(r.batch_size),
             "latency ms": f"{r.latency_ms_per_batch:.2f}" + (f" ± {r.latency_ms_stddev:.2f}" if r.latency_ms_stddev is not None else ""),
             "samples/s": f"{r.throughput_samples_per_sec:.1f}",
             "top-1 %": _fmt(r.accuracy_top_1, 2), "top-5 %": _fmt(r.accuracy_top_5, 2),
@@ -115,10 +122,17 @@ def summary_markdown(
         "",
         f"Samples/s (mean over the timed rounds) and, in brackets, the speedup over `{BASELINE}` at the same batch size.",
     ]
+    # Several named machines (sweep-cluster): each its own matrix; fleet.md has them side by side.
+    by_machine = len({r.machine for r in rows if r.machine}) > 1
     for device in devices:
-        lines += ["", f"On {device}:", "", throughput_matrix(rows, device)]
-    lines += ["", "## Results", "", _results_table(rows, checks), "", FASTEST_HEADING, ""]
-    best = fastest_within_budget(rows, checks)
+        if not by_machine:
+            lines += ["", f"On {device}:", "", throughput_matrix(rows, device)]
+            continue
+        for machine in dict.fromkeys(r.machine for r in rows if r.device == device):
+            own = [r for r in rows if r.machine == machine]
+            lines += ["", f"On {where(own[0], True)}:", "", throughput_matrix(own, device)]
+    lines += ["", "## Results", "", _results_table(rows, checks, by_machine), "", FASTEST_HEADING, ""]
+    best = fastest_within_budget(rows, checks, by_machine)
     lines.append(_fastest_table(best) if best else "No config could be shown to be within its budget.")
     outside = [(r, c) for r, c in checks.items() if c.within is False]
     unchecked = sorted({reason for c in checks.values() if c.within is None for reason in c.reasons})

@@ -245,11 +245,12 @@ def registry() -> dict[str, Variant]:
 
 
 def get_variant(name: str) -> Variant:
-    """The registered variant ``name``, or the chain it names (``<transform>+<deployment>``);
-    UserError listing the variants (or the transforms) otherwise."""
+    """The registered variant ``name``, or the chain it names (``<transform>+<deployment>``,
+    spaces around the parts ignored: the Variant's name is the canonical one); UserError
+    listing the variants (or the transforms) otherwise."""
     variants = registry()
     if CHAIN_SEPARATOR in name:
-        return chain(name)
+        return chain(CHAIN_SEPARATOR.join(part.strip() for part in name.split(CHAIN_SEPARATOR)))
     if name not in variants:
         raise UserError(
             f"unknown variant {name!r}: choose from {', '.join(variants)}"
@@ -267,17 +268,31 @@ def transforms() -> list[str]:
 def chain(name: str) -> Variant:
     """The stacked variant ``<transform>+<deployment>`` (module docstring). UserError when
     ``name`` has not exactly two registered parts, or its first part is no transform."""
-    parts = name.split(CHAIN_SEPARATOR)
+    parts = [part.strip() for part in name.split(CHAIN_SEPARATOR)]
     if len(parts) != 2 or not all(parts):
         raise UserError(f"variant {name!r}: a chain is <transform>{CHAIN_SEPARATOR}<variant>, two names, e.g. {STACKED[0]}")
-    first, then = (get_variant(part.strip()) for part in parts)
+    variants = registry()
+    heads = " or ".join(f"{head}{CHAIN_SEPARATOR}<variant>" for head in transforms())
+    deployments = [variant.name for variant in variants.values() if variant.transform is None and variant.name != BASELINE]
+    for part in parts:
+        if part not in variants:
+            hint = did_you_mean(part, list(variants))
+            raise UserError(
+                f"variant {name!r}: unknown part {part!r}{';' + hint if hint else ''}; "
+                f"write {heads}, where <variant> is one of {', '.join(deployments)}"
+            )
+    first, then = (variants[part] for part in parts)
     if first.transform is None:
         raise UserError(
             f"variant {name!r}: {first.name} is not a model transform and cannot head a chain; "
             f"the transforms are {', '.join(transforms())}"
         )
-    if then.transform is not None:
-        raise UserError(f"variant {name!r}: chain a transform before a deployment, not two transforms")
+    if then.transform is not None or then.name == BASELINE:
+        what = "two transforms do not stack" if then.transform is not None else f"{first.name} alone is that"
+        raise UserError(
+            f"variant {name!r}: the second part deploys the transformed model and {what}; "
+            f"choose one of {', '.join(deployments)}"
+        )
     devices = tuple(device for device in then.devices if device in first.devices)
     return Variant(
         f"{first.name}{CHAIN_SEPARATOR}{then.name}", f"{first.name}, then {then.name}: {then.description}",

@@ -81,15 +81,17 @@ def import_nncf():
 
 
 def _threads(text: str) -> int | None:
+    """auto -> None (the physical cores), else a whole number >= 1; ValueError otherwise."""
     if text.strip().lower() == "auto":
         return None
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"must be at least 1, got {value}")
-    return value
+    try:
+        return whole_number(text, minimum=1)
+    except ValueError as error:
+        raise ValueError(f"{error} (or auto)") from None
 
 
-THREADS_OPTION = VariantOption("threads", _threads, None, "INFERENCE_NUM_THREADS of the CPU plugin (auto: physical cores)")
+THREADS_OPTION = VariantOption("threads", _threads, None,
+                               "INFERENCE_NUM_THREADS of the CPU plugin, a whole number >= 1 (auto: physical cores)")
 ON, OFF = "on", "off"
 INT8_OPTIONS = (
     THREADS_OPTION,
@@ -105,7 +107,8 @@ INT8_OPTIONS = (
                   "most quantized operations accuracy_control reverts to float (NNCF's max_num_iterations)"),
     VariantOption("ranking_images", lambda text: whole_number(text, minimum=1), 32,
                   "held-out images NNCF ranks the quantized operations on (its ranking_subset_size: the images "
-                  "int8 gets most wrong); ranking compiles and runs the model once per operation, the slow step"),
+                  "int8 gets most wrong; at most search_images); ranking compiles and runs the model once per "
+                  "operation, the slow step"),
 )
 
 

@@ -1,0 +1,162 @@
+"""The LoadGen scenarios' options: one dataclass, its defaults (shorter than MLPerf's), one validator.
+
+MLPerf Inference's rules ask for runs of at least 600 s (``min_duration``) and, per
+scenario, at least 1024 queries (SingleStream), 270,336 queries (Server, ResNet-50) or
+24,576 samples (Offline) (LoadGen's ``mlperf.conf`` and ``test_settings.h``). On a 2-core
+CPU that is hours per engine; the defaults here are 10 s and 256 / 400 / 1 queries, so a
+scenario takes tens of seconds and a Server search a few minutes. They are options, and
+a result measured with them is *not* an MLPerf-compliant result: LoadGen still judges
+each run VALID or INVALID against the settings it was given (duration, query count,
+early stopping, the latency bound), and every row says which.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from densenet_opt.errors import UserError
+
+SINGLE_STREAM = "SingleStream"
+OFFLINE = "Offline"
+SERVER = "Server"
+SCENARIOS = (SINGLE_STREAM, OFFLINE, SERVER)
+# What the command line accepts for each (any case).
+SCENARIO_NAMES = {"singlestream": SINGLE_STREAM, "single_stream": SINGLE_STREAM, "offline": OFFLINE, "server": SERVER}
+
+# MLPerf Inference's values (LoadGen mlperf.conf, test_settings.h), for the README and --help.
+MLPERF_MIN_DURATION_MS = 600_000
+MLPERF_MIN_QUERY_COUNT = {SINGLE_STREAM: 1024, SERVER: 270_336, OFFLINE: 1}
+# Ours: minutes on a 2-core CPU.
+DEFAULT_MIN_DURATION_MS = 10_000
+DEFAULT_MIN_QUERY_COUNT = {SINGLE_STREAM: 256, SERVER: 400, OFFLINE: 1}
+DEFAULT_LATENCY_BOUND_MS = 100.0
+DEFAULT_MAX_QUEUE_DELAY_MS = 5.0
+# The Server scenario's latency percentile: LoadGen's default server_target_latency_percentile.
+SERVER_LATENCY_PERCENTILE = 0.99
+# The peak search: LoadGen's FindPeakPerformance doubles the upper boundary (step 2) and
+# bisects; we stop when the bracket is within DEFAULT_QPS_RESOLUTION of its lower end.
+DEFAULT_SEARCH_STEP = 2.0
+DEFAULT_QPS_RESOLUTION = 0.05
+DEFAULT_MAX_SEARCH_POINTS = 12
+
+
+@dataclass(frozen=True)
+class LoadGenSettings:
+    """What the LoadGen runs do (the engines, images and output come from SweepOptions).
+
+    ``scenarios``: names from SCENARIOS, in run order. ``latency_bound_ms``: the Server
+    scenario's p99 bound (LoadGen ``server_target_latency_ns``). ``max_queue_delay_ms``:
+    how long the dynamic batcher holds the first query of a batch waiting for others.
+    ``min_duration_ms`` / ``min_query_count`` (per scenario): LoadGen's run length.
+    ``server_start_qps``: the search's first offered QPS (None: half the engine's measured
+    capacity). ``search_step``: factor between boundary probes (> 1). ``qps_resolution``:
+    the search stops when (upper - lower) / lower <= this. ``max_search_points``: most
+    LoadGen runs per search. ``keep_trace``: also keep LoadGen's mlperf_log_trace.json.
+    """
+
+    scenarios: tuple[str, ...] = SCENARIOS
+    latency_bound_ms: float = DEFAULT_LATENCY_BOUND_MS
+    max_queue_delay_ms: float = DEFAULT_MAX_QUEUE_DELAY_MS
+    min_duration_ms: int = DEFAULT_MIN_DURATION_MS
+    min_query_count: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_MIN_QUERY_COUNT))
+    server_start_qps: float | None = None
+    search_step: float = DEFAULT_SEARCH_STEP
+    qps_resolution: float = DEFAULT_QPS_RESOLUTION
+    max_search_points: int = DEFAULT_MAX_SEARCH_POINTS
+    keep_trace: bool = False
+
+    def __post_init__(self) -> None:
+        check_positive("--latency-bound-ms", self.latency_bound_ms)
+        if not math.isfinite(self.max_queue_delay_ms) or self.max_queue_delay_ms < 0:
+            raise UserError(f"--max-queue-delay-ms must be zero or a positive number of milliseconds, got {self.max_queue_delay_ms!r}")
+        if self.server_start_qps is not None:
+            check_positive("--server-start-qps (the target QPS)", self.server_start_qps)
+        if not math.isfinite(self.search_step) or self.search_step <= 1:
+            raise UserError(f"--search-step must be a number above 1, got {self.search_step!r}")
+        check_positive("--qps-resolution", self.qps_resolution)
+        if self.min_duration_ms < 0 or self.max_search_points < 2:
+            raise UserError("--min-duration-ms must be >= 0 and --max-search-points >= 2")
+        unknown = set(self.scenarios) - set(SCENARIOS)
+        if unknown or not self.scenarios:
+            raise UserError(f"unknown scenario {sorted(unknown) or '(none)'}: choose from singlestream, offline, server")
+
+    def query_count(self, scenario: str) -> int:
+        """The minimum query count LoadGen is given for ``scenario``."""
+        return int(self.min_query_count.get(scenario, DEFAULT_MIN_QUERY_COUNT[scenario]))
+
+
+def check_positive(option: str, value: float) -> float:
+    """``value`` when it is a positive finite number; UserError naming ``option`` otherwise."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise UserError(f"{option} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _number(option: str, text: object) -> float:
+    """``text`` as a finite float; UserError naming ``option`` otherwise (NaN and inf included)."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise UserError(f"{option} must be a finite number, got {text!r}")
+    return value
+
+
+def _whole(option: str, text: object, minimum: int) -> int:
+    """``text`` as a whole number >= ``minimum``; UserError naming ``option`` otherwise."""
+    value = _number(option, text)
+    if value < minimum or value != int(value):
+        raise UserError(f"{option} must be a whole number >= {minimum}, got {text!r}")
+    return int(value)
+
+
+def parse_scenarios(text: str) -> tuple[str, ...]:
+    """Comma-separated scenario names (any case) or "all", in run order; UserError otherwise."""
+    words = [w.strip().lower() for w in str(text).split(",") if w.strip()]
+    if not words or words == ["all"]:
+        return SCENARIOS
+    unknown = [w for w in words if w not in SCENARIO_NAMES]
+    if unknown:
+        raise UserError(f"unknown --scenario {unknown[0]!r}: choose from singlestream, offline, server (comma-separated) or all")
+    return tuple(dict.fromkeys(SCENARIO_NAMES[w] for w in words))
+
+
+def parse_query_counts(text: str | None) -> dict[str, int]:
+    """``auto`` -> the defaults; a number -> that count for SingleStream and Server (Offline
+    stays one query); UserError otherwise."""
+    counts = dict(DEFAULT_MIN_QUERY_COUNT)
+    if text is None or str(text).strip().lower() in ("", "auto"):
+        return counts
+    value = _number("--min-query-count", text)
+    if value < 1 or value != int(value):
+        raise UserError(f"--min-query-count must be a whole number >= 1, got {text!r}")
+    counts[SINGLE_STREAM] = counts[SERVER] = int(value)
+    return counts
+
+
+def settings_from_mapping(raw: Mapping[str, object]) -> LoadGenSettings:
+    """The LoadGen options as parsed text (argparse's namespace as a dict) -> LoadGenSettings;
+    UserError (one sentence) for a bad value."""
+
+    def get(name: str, default: object) -> object:
+        value = raw.get(name)
+        return default if value is None else value
+
+    start = get("server_start_qps", "auto")
+    duration = _whole("--min-duration-ms", get("min_duration_ms", DEFAULT_MIN_DURATION_MS), 0)
+    points = _whole("--max-search-points", get("max_search_points", DEFAULT_MAX_SEARCH_POINTS), 2)
+    return LoadGenSettings(
+        scenarios=parse_scenarios(str(get("scenario", "all"))),
+        latency_bound_ms=_number("--latency-bound-ms", get("latency_bound_ms", DEFAULT_LATENCY_BOUND_MS)),
+        max_queue_delay_ms=_number("--max-queue-delay-ms", get("max_queue_delay_ms", DEFAULT_MAX_QUEUE_DELAY_MS)),
+        min_duration_ms=duration,
+        min_query_count=parse_query_counts(raw.get("min_query_count")),  # type: ignore[arg-type]
+        server_start_qps=None if str(start).strip().lower() == "auto" else _number("--server-start-qps", start),
+        search_step=_number("--search-step", get("search_step", DEFAULT_SEARCH_STEP)),
+        qps_resolution=_number("--qps-resolution", get("qps_resolution", DEFAULT_QPS_RESOLUTION)),
+        max_search_points=points,
+        keep_trace=bool(raw.get("keep_trace")),
+    )
