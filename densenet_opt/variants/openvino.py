@@ -103,7 +103,7 @@ INT8_OPTIONS = (
     VariantOption("agreement_target", percent, 99.0, "top-1 agreement with fp32 (%) that accuracy_control aims for"),
     VariantOption("search_images", lambda text: whole_number(text, minimum=1), 256,
                   "held-out calibration-pool images accuracy_control measures agreement on"),
-    VariantOption("max_reverted", lambda text: whole_number(text, minimum=1), 32,
+    VariantOption("max_reverted", lambda text: whole_number(text, minimum=1), 16,
                   "most quantized operations accuracy_control reverts to float (NNCF's max_num_iterations)"),
     VariantOption("ranking_images", lambda text: whole_number(text, minimum=1), 32,
                   "held-out images NNCF ranks the quantized operations on (its ranking_subset_size: the images "
