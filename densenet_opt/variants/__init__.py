@@ -252,10 +252,8 @@ def get_variant(name: str) -> Variant:
     if CHAIN_SEPARATOR in name:
         return chain(CHAIN_SEPARATOR.join(part.strip() for part in name.split(CHAIN_SEPARATOR)))
     if name not in variants:
-        raise UserError(
-            f"unknown variant {name!r}: choose from {', '.join(variants)}"
-            f" (or chain a transform before one: {' or '.join(transforms())}{CHAIN_SEPARATOR}<variant>)"
-        )
+        heads = " or ".join(f"{head}{CHAIN_SEPARATOR}<variant>" for head in transforms())
+        raise UserError(f"unknown variant {name!r}: choose from {', '.join(variants)} (or a chain: {heads})")
     return variants[name]
 
 
@@ -266,8 +264,9 @@ def transforms() -> list[str]:
 
 @cache
 def chain(name: str) -> Variant:
-    """The stacked variant ``<transform>+<deployment>`` (module docstring). UserError when
-    ``name`` has not exactly two registered parts, or its first part is no transform."""
+    """The stacked variant ``<transform>+<deployment>`` (module docstring). UserError, naming
+    the valid parts, when ``name`` has not exactly two registered parts, its first part is
+    no transform, or its second is a transform or the baseline."""
     parts = [part.strip() for part in name.split(CHAIN_SEPARATOR)]
     if len(parts) != 2 or not all(parts):
         raise UserError(f"variant {name!r}: a chain is <transform>{CHAIN_SEPARATOR}<variant>, two names, e.g. {STACKED[0]}")
