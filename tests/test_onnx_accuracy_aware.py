@@ -66,7 +66,7 @@ def test_chosen_is_all_int8_when_no_point_meets_the_target() -> None:
         ("onnx_int8.float_nodes", "-1", "auto or a whole number >= 0"),
         ("onnx_int8.float_nodes", "some", "invalid literal"),
         ("onnx_int8.agreement_target", "150", "percentage in (0, 100]"),
-        ("onnx_int8.search_images", "0", "whole number >= 1"),
+        ("onnx_int8.search_images", "0", "must be at least 1, got 0"),
         ("onnx_int8.calibration", "kl", "percentile"),
     ],
 )
