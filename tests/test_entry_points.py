@@ -29,6 +29,18 @@ def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
+_NEVER_COPIED = shutil.ignore_patterns(".git", ".nox", "build", "*.egg-info", "__pycache__")
+
+
+def checkout_ignore(directory: str, names: list[str]) -> set[str]:
+    """What copying the checkout leaves out: version control, nox's venvs, build output, and
+    the sweeps' results folders at the top only (``densenet_opt/serving/results.py`` is code)."""
+    ignored = set(_NEVER_COPIED(directory, names))
+    if Path(directory) == REPO:
+        ignored |= {name for name in names if name.startswith("results")}
+    return ignored
+
+
 def test_an_installed_copy_sweeps_from_an_empty_directory(tmp_path: Path) -> None:
     # A fresh venv whose own site-packages gets the non-editable install; torch and the other
     # dependencies come from this environment's site-packages through a .pth line (a path line
@@ -39,7 +51,7 @@ def test_an_installed_copy_sweeps_from_an_empty_directory(tmp_path: Path) -> Non
     site = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
     (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     source = tmp_path / "source"  # building writes build/ and *.egg-info: not into the checkout
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".nox", "results*", "build", "*.egg-info", "__pycache__"))
+    shutil.copytree(REPO, source, ignore=checkout_ignore)
     run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", str(source)])
     shutil.rmtree(source)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
