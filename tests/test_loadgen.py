@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import math
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -49,9 +50,11 @@ class SleepEngine:
         self.seconds = seconds
         self.batch_sizes: list[int] = []
         self.call_seconds: list[float] = []  # what each call really took (perf_counter)
+        self.threads: set[int] = set()  # the threads it was called on
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         self.batch_sizes.append(len(batch))
+        self.threads.add(threading.get_ident())
         started = time.perf_counter()
         time.sleep(self.seconds)
         self.call_seconds.append(time.perf_counter() - started)
@@ -222,12 +225,17 @@ def test_batcher_pads_to_the_engine_batch_and_waits_at_most_the_delay() -> None:
             self.id, self.index = id, index
 
     engine = SleepEngine(0.0)
-    with SystemUnderTest(engine, library(), BatchPolicy(4, 30.0), FakeLoadGen) as sut:
+    sut = SystemUnderTest(engine, library(), BatchPolicy(4, 30.0), FakeLoadGen)
+
+    def test() -> float:  # as LoadGen's StartTest: issue, return when every sample is complete
         started = time.perf_counter()
         sut.issue_query([Sample(1, 0), Sample(2, 1), Sample(3, 2)])
         while not completed:
             time.sleep(0.001)
-        waited = time.perf_counter() - started
+        return time.perf_counter() - started
+
+    waited = sut.serve_during(test)
+    assert engine.threads == {threading.get_ident()}  # the engine ran on the caller's thread
     assert completed == [[1, 2, 3]] and engine.batch_sizes == [4]
     assert 0.025 <= waited < 0.5  # held for the 30 ms delay, no longer than a scheduler hiccup
     assert sut.stats.padded == 1 and sut.stats.padded_fraction == 0.25
@@ -240,7 +248,8 @@ def test_engine_failure_completes_the_test_then_raises(tmp_path: Path) -> None:
 
     lg = import_loadgen()
     settings = LoadGenSettings(scenarios=(SINGLE_STREAM,), min_duration_ms=100, min_query_count={SINGLE_STREAM: 5})
-    with SystemUnderTest(Broken(0), library(), BatchPolicy(1), lg) as sut, pytest.raises(RuntimeError, match="engine broke"):
+    sut = SystemUnderTest(Broken(0), library(), BatchPolicy(1), lg)
+    with pytest.raises(RuntimeError, match="engine broke"):
         run_test(lg, sut, library(), SINGLE_STREAM, settings, tmp_path / "logs", expected_latency_s=0.001, expected_qps=100)
 
 
@@ -248,8 +257,8 @@ def test_invalid_run_says_why_and_is_marked(tmp_path: Path) -> None:
     """A Server run of 30 queries: too few for LoadGen's early stopping, so INVALID."""
     lg = import_loadgen()
     settings = LoadGenSettings(scenarios=(SERVER,), latency_bound_ms=100, min_duration_ms=300, min_query_count={SERVER: 30})
-    with SystemUnderTest(SleepEngine(0.001), library(), BatchPolicy(1), lg) as sut:
-        result, _ = run_test(lg, sut, library(), SERVER, settings, tmp_path, expected_latency_s=0.001, expected_qps=100, target_qps=100)
+    sut = SystemUnderTest(SleepEngine(0.001), library(), BatchPolicy(1), lg)
+    result, _ = run_test(lg, sut, library(), SERVER, settings, tmp_path, expected_latency_s=0.001, expected_qps=100, target_qps=100)
     assert result.validity == "INVALID" and result.perf_constraints_met is True and result.early_stopping_met is False
     assert "early stopping" in result.invalid_reason and "more queries" in result.invalid_reason
     row = LoadGenRow(variant="x", batch_policy="batch1", scenario=SERVER, device="cpu", result_validity=result.validity,

@@ -19,12 +19,8 @@ from densenet_opt.variants.onnx import builders as ort_variants
 from densenet_opt.variants.onnx.builders import ONNX_INT8
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is an extra: pip install -e .[cpu]")
-from densenet_opt.variants.onnx.accuracy_aware import (  # noqa: E402 - needs onnxruntime
-    PARETO_COLUMNS,
-    ParetoPoint,
-    Search,
-    ladder,
-)
+from densenet_opt.pareto import ParetoPoint, Search, ladder  # noqa: E402
+from densenet_opt.variants.onnx.accuracy_aware import PARETO_COLUMNS  # noqa: E402 - needs onnxruntime
 from densenet_opt.variants.onnx.graph_ops import optimized_op_counts  # noqa: E402
 from densenet_opt.variants.onnx.quantize import CPU, RECIPES, int8_artifact  # noqa: E402
 
@@ -45,7 +41,7 @@ def test_ladder_doubles_up_to_the_bound() -> None:
 
 def test_chosen_is_the_fewest_float_nodes_meeting_the_target() -> None:
     search = Search((point(0, 95.0), point(1, 99.2, 9.0), point(2, 99.6, 8.0)), 99.0, 256, 32)
-    assert search.chosen.float_nodes == 1
+    assert search.chosen.kept_float == 1
     table = list(csv.DictReader(io.StringIO(search.table_csv())))
     assert tuple(table[0]) == PARETO_COLUMNS
     assert [row["chosen"] for row in table] == ["false", "true", "false"]
@@ -56,7 +52,7 @@ def test_chosen_is_the_fewest_float_nodes_meeting_the_target() -> None:
 
 def test_chosen_is_all_int8_when_no_point_meets_the_target() -> None:
     search = Search((point(0, 93.0), point(1, 96.0), point(2, 96.0), point(4, 95.5)), 99.0, 256, 32)
-    assert search.chosen.float_nodes == 0  # the fastest: buying agreement that still misses is the user's call
+    assert search.chosen.kept_float == 0  # the fastest: buying agreement that still misses is the user's call
     assert not search.chosen.meets(search.target)
 
 
@@ -64,7 +60,7 @@ def test_chosen_is_all_int8_when_no_point_meets_the_target() -> None:
     ("key", "value", "says"),
     [
         ("onnx_int8.float_nodes", "-1", "auto or a whole number >= 0"),
-        ("onnx_int8.float_nodes", "some", "invalid literal"),
+        ("onnx_int8.float_nodes", "some", "auto or a whole number >= 0, got 'some'"),
         ("onnx_int8.agreement_target", "150", "percentage in (0, 100]"),
         ("onnx_int8.search_images", "0", "must be at least 1, got 0"),
         ("onnx_int8.calibration", "kl", "percentile"),

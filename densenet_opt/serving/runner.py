@@ -168,7 +168,7 @@ def run_test(
     qsl_handle = lg.ConstructQSL(len(library), len(library), library.load_samples_to_ram, library.unload_samples_from_ram)
     try:
         # A path that does not exist: no audit.config from the working directory changes the test.
-        lg.StartTestWithLogSettings(sut_handle, qsl_handle, test, logs, str(log_dir / "no-audit.config"))
+        sut.serve_during(lambda: lg.StartTestWithLogSettings(sut_handle, qsl_handle, test, logs, str(log_dir / "no-audit.config")))
     finally:
         lg.DestroyQSL(qsl_handle)
         lg.DestroySUT(sut_handle)
@@ -397,32 +397,32 @@ def _run_unit(lg: ModuleType, unit: EngineUnderTest, context: _Context, clock: P
     rows: list[LoadGenRow] = []
     points: list[LoadGenRow] = []
     label = f"{unit.variant} {unit.policy.label}"
-    with SystemUnderTest(unit.engine, context.library, unit.policy, lg) as sut:
-        for scenario in settings.scenarios:
-            if scenario == SINGLE_STREAM and unit.policy.max_batch_size > 1:
-                continue  # one query in flight: nothing to batch (run_loadgen's doc)
-            if scenario in (SINGLE_STREAM, OFFLINE):
-                log_dir = _log_dir(context.output_dir, unit, scenario)
-                clock.run(f"{scenario} {label}")
-                result, stats = run_test(lg, sut, context.library, scenario, settings, log_dir,
-                                         expected_latency_s=unit.seconds_per_batch, expected_qps=OFFLINE_MARGIN * unit.capacity_qps)
+    sut = SystemUnderTest(unit.engine, context.library, unit.policy, lg)
+    for scenario in settings.scenarios:
+        if scenario == SINGLE_STREAM and unit.policy.max_batch_size > 1:
+            continue  # one query in flight: nothing to batch (run_loadgen's doc)
+        if scenario in (SINGLE_STREAM, OFFLINE):
+            log_dir = _log_dir(context.output_dir, unit, scenario)
+            clock.run(f"{scenario} {label}")
+            result, stats = run_test(lg, sut, context.library, scenario, settings, log_dir,
+                                     expected_latency_s=unit.seconds_per_batch, expected_qps=OFFLINE_MARGIN * unit.capacity_qps)
+            clock.done()
+            if scenario == OFFLINE and result.min_duration_met is False and result.samples_per_sec:
+                # LoadGen issues min_duration x expected QPS samples: the engine ran faster than
+                # estimated and finished early; once more, sized by the rate LoadGen just measured.
+                clock.emit(f"  Offline ended before its min duration (the engine ran faster than estimated): "
+                           f"rerunning sized for {result.samples_per_sec:.1f} samples/s")
+                clock.adjust(1)
+                clock.run(f"{scenario} {label} (rerun)")
+                result, stats = run_test(lg, sut, context.library, scenario, settings, log_dir, expected_latency_s=unit.seconds_per_batch,
+                                         expected_qps=OFFLINE_RERUN_MARGIN * result.samples_per_sec)
                 clock.done()
-                if scenario == OFFLINE and result.min_duration_met is False and result.samples_per_sec:
-                    # LoadGen issues min_duration x expected QPS samples: the engine ran faster than
-                    # estimated and finished early; once more, sized by the rate LoadGen just measured.
-                    clock.emit(f"  Offline ended before its min duration (the engine ran faster than estimated): "
-                               f"rerunning sized for {result.samples_per_sec:.1f} samples/s")
-                    clock.adjust(1)
-                    clock.run(f"{scenario} {label} (rerun)")
-                    result, stats = run_test(lg, sut, context.library, scenario, settings, log_dir, expected_latency_s=unit.seconds_per_batch,
-                                             expected_qps=OFFLINE_RERUN_MARGIN * result.samples_per_sec)
-                    clock.done()
-                rows.append(context.row(unit, scenario, result, stats, log_dir))
-                _say(clock, rows[-1])
-                continue
-            rows_and_points = _search(lg, sut, unit, context, clock)
-            rows.append(rows_and_points[0])
-            points += rows_and_points[1]
+            rows.append(context.row(unit, scenario, result, stats, log_dir))
+            _say(clock, rows[-1])
+            continue
+        rows_and_points = _search(lg, sut, unit, context, clock)
+        rows.append(rows_and_points[0])
+        points += rows_and_points[1]
     return rows, points
 
 

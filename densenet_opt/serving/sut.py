@@ -4,8 +4,17 @@ LoadGen calls ``issue_query`` with query samples (one per query in SingleStream 
 Server, every sample at once in Offline) from its own thread, and expects
 ``QuerySamplesComplete`` for each sample when its result is ready (LoadGen
 ``system_under_test.h``, ``loadgen.h``). Here ``issue_query`` only queues the samples with
-their arrival time; one worker thread forms batches and runs the engine, so the engine
-is a single server (the M/D/1 queue of the tests, when the batch size is 1).
+their arrival time; one thread forms batches and runs the engine, so the engine is a
+single server (the M/D/1 queue of the tests, when the batch size is 1).
+
+That thread is the caller's (``serve_during``), and LoadGen's blocking ``StartTest`` runs
+on a helper thread: the engine runs on the thread the sweep timed it on. Measured on the
+2-core VM (torch 2.14, GNU OpenMP): eager DenseNet-121 at batch 1 took 1.35-1.8x longer per
+call on a second Python thread than on the main thread (126 vs 229 ms; the same with
+MALLOC_ARENA_MAX=1, so not the allocator), about what the main thread takes with
+OMP_WAIT_POLICY=passive: with two OpenMP thread teams alive, more threads than cores,
+libgomp throttles its spin-waiting between parallel regions. ONNX Runtime's own pool was
+not affected (43 vs 47 ms).
 
 Batching: the worker takes the oldest waiting sample, then more, until the batch holds
 ``max_batch_size`` samples or the oldest has waited ``max_queue_delay_s`` (samples that
@@ -27,11 +36,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import TypeVar
 
 from densenet_opt.serving.qsl import QuerySampleLibrary
 from densenet_opt.variants import Engine
 
 _STOP = object()
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -84,9 +95,10 @@ class SystemUnderTest:
     """One engine behind a dynamic batcher, as LoadGen's SUT (``ConstructSUT`` callbacks).
 
     ``loadgen``: the ``mlperf_loadgen`` module (QuerySampleResponse, QuerySamplesComplete).
-    Use as a context manager around one or more tests: the worker thread starts on
-    entry and stops on exit. An exception from the engine completes the failed samples
-    (LoadGen would otherwise wait for them forever) and is raised by ``raise_failure``.
+    ``serve_during(test)`` runs one test (LoadGen's StartTest) on a helper thread and the
+    engine on the calling thread. An exception from the engine completes the failed
+    samples (LoadGen would otherwise wait for them forever) and is raised by
+    ``raise_failure``.
     """
 
     def __init__(self, engine: Engine | Callable, library: QuerySampleLibrary, policy: BatchPolicy, loadgen: ModuleType) -> None:
@@ -97,18 +109,29 @@ class SystemUnderTest:
         self.stats = BatcherStats()
         self.failure: BaseException | None = None
         self._queue: queue.Queue = queue.Queue()
-        self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> SystemUnderTest:
-        self._thread = threading.Thread(target=self._serve, name="densenet-opt-sut", daemon=True)
-        self._thread.start()
-        return self
+    def serve_during(self, test: Callable[[], T]) -> T:
+        """Run ``test`` (which issues queries and returns when they are all complete, as
+        LoadGen's StartTest does) on a helper thread while this thread serves the queue
+        (forms batches, runs the engine); return ``test``'s result or raise its exception
+        once it has returned. The module docstring says why the engine stays on this thread."""
+        outcome: dict[str, object] = {}
 
-    def __exit__(self, *exc) -> None:
-        self._queue.put(_STOP)
-        if self._thread is not None:
-            self._thread.join()
-        self._thread = None
+        def run() -> None:
+            try:
+                outcome["value"] = test()
+            except BaseException as error:  # noqa: BLE001 - raised on the calling thread below
+                outcome["error"] = error
+            finally:
+                self._queue.put(_STOP)
+
+        helper = threading.Thread(target=run, name="densenet-opt-loadgen", daemon=True)
+        helper.start()
+        self._serve()
+        helper.join()
+        if "error" in outcome:
+            raise outcome["error"]  # type: ignore[misc]
+        return outcome["value"]  # type: ignore[return-value]
 
     def reset_stats(self) -> None:
         self.stats = BatcherStats()

@@ -29,22 +29,19 @@ on, so a sweep pays for it once.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import onnx
 import torch
 
-from densenet_opt import atomic
-from densenet_opt.cache import CACHE_OPTION, key_digest, tensor_digest
+from densenet_opt.cache import key_digest, tensor_digest
 from densenet_opt.errors import UserError
+from densenet_opt.pareto import Search, columns, ladder, points_from, round_robin_throughput, top1_agreement
 from densenet_opt.variants.onnx.export import Artifact
 from densenet_opt.variants.onnx.quantize import (
     ImageBatchReader,
@@ -59,84 +56,8 @@ DEFAULT_MAX_FLOAT_NODES = 64
 # Calibration images the sensitivity pass runs (every activation of DenseNet-121 is kept:
 # about 120 MB an image).
 SENSITIVITY_IMAGES = 4
-SEARCH_VERSION = 1
-PARETO_COLUMNS = (
-    "float_nodes", "agreement_top_1", "throughput_samples_per_sec", "throughput_vs_all_int8",
-    "meets_target", "chosen", "excluded_nodes",
-)
-
-
-@dataclass(frozen=True)
-class ParetoPoint:
-    """One measured point: ``float_nodes`` nodes kept in float (``excluded``: their names,
-    most harmful first), top-1 agreement with fp32 in % of the held-out images, throughput
-    in samples/s at the search's batch size, and its ratio to the all-int8 point (k = 0)
-    timed in the same rounds."""
-
-    float_nodes: int
-    excluded: tuple[str, ...]
-    agreement_top_1: float
-    throughput_samples_per_sec: float
-    throughput_vs_all_int8: float
-
-    def meets(self, target: float) -> bool:
-        """Whether the agreement reaches ``target`` (%)."""
-        return self.agreement_top_1 >= target
-
-
-@dataclass(frozen=True)
-class Search:
-    """A finished search: every point, the agreement target (%) and the held-out image
-    count it was measured with, and the point chosen."""
-
-    points: tuple[ParetoPoint, ...]
-    target: float
-    heldout_images: int
-    batch_size: int
-
-    @property
-    def chosen(self) -> ParetoPoint:
-        """The fewest float nodes that meet the target, else the all-int8 point (k = 0)."""
-        meeting = [point for point in self.points if point.meets(self.target)]
-        return min(meeting or self.points, key=lambda point: point.float_nodes)
-
-    def to_json(self) -> dict:
-        return {
-            "points": [asdict(point) for point in self.points], "target": self.target,
-            "heldout_images": self.heldout_images, "batch_size": self.batch_size,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict) -> Search:
-        points = tuple(ParetoPoint(**{**point, "excluded": tuple(point["excluded"])}) for point in data["points"])
-        return cls(points, float(data["target"]), int(data["heldout_images"]), int(data["batch_size"]))
-
-    def table_csv(self) -> str:
-        """The Pareto table as CSV text (PARETO_COLUMNS; excluded_nodes joined by ';')."""
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(PARETO_COLUMNS)
-        chosen = self.chosen
-        for point in self.points:
-            writer.writerow([
-                point.float_nodes, f"{point.agreement_top_1:.2f}", f"{point.throughput_samples_per_sec:.2f}",
-                f"{point.throughput_vs_all_int8:.3f}", str(point.meets(self.target)).lower(),
-                str(point == chosen).lower(), ";".join(point.excluded),
-            ])
-        return out.getvalue()
-
-
-def ladder(max_nodes: int, available: int) -> list[int]:
-    """k = 0, 1, 2, 4, ... (powers of two) up to min(``max_nodes``, ``available``), that
-    bound included."""
-    top = min(max_nodes, available)
-    points, k = [0], 1
-    while k < top:
-        points.append(k)
-        k *= 2
-    if top > 0:
-        points.append(top)
-    return points
+SEARCH_VERSION = 2  # 2: the shared pareto.Search (kept_float)
+PARETO_COLUMNS = columns("nodes")
 
 
 def rank_nodes(fp32_model: onnx.ModelProto, int8_path: Path, images: np.ndarray, workdir: Path) -> list[str]:
@@ -177,11 +98,6 @@ def ranked_nodes(
     progress(f"onnx_int8: ranking nodes by the error each adds (qdq_loss_debug on {SENSITIVITY_IMAGES} calibration images)")
     with tempfile.TemporaryDirectory(prefix="densenet-opt-sensitivity-") as workdir:
         return rank_nodes(model, all_int8.path, calibration[:SENSITIVITY_IMAGES].numpy(), Path(workdir))
-
-
-def top1_agreement(logits: np.ndarray, reference_top1: np.ndarray) -> float:
-    """% of rows of ``logits`` [N,C] whose argmax equals ``reference_top1`` [N]."""
-    return float((logits.argmax(axis=1) == reference_top1).mean() * 100.0)
 
 
 def search(
@@ -238,18 +154,10 @@ def search(
         progress(f"onnx_int8: {k} float node(s): agreement {agreements[-1]:.2f}% on {len(heldout)} held-out images "
                  f"(point {index + 1}/{len(counts)}, about {left:.0f} s left)")
     batch = heldout_np[:batch_size]
-    seconds: list[list[float]] = [[] for _ in sessions]
-    for _ in range(rounds):  # round-robin: drift of the machine's speed lands on every point alike
-        for times, session in zip(seconds, sessions):
-            tick = time.perf_counter()
-            session.run(None, {name: batch})
-            times.append(time.perf_counter() - tick)
-    throughput = [len(batch) / float(np.median(times)) for times in seconds]
-    points = tuple(
-        ParetoPoint(k, tuple(ranked[:k]), round(agreement, 4), round(speed, 3), round(speed / throughput[0], 4))
-        for k, agreement, speed in zip(counts, agreements, throughput)
+    throughput = round_robin_throughput(
+        [lambda session=session: session.run(None, {name: batch}) for session in sessions], len(batch), rounds
     )
-    return Search(points, target, len(heldout), len(batch))
+    return Search(points_from(counts, ranked, agreements, throughput), target, len(heldout), len(batch))
 
 
 def search_cache_path(cache_dir: Path, key: dict) -> Path:
@@ -268,26 +176,3 @@ def search_key(source: Artifact, recipe: Recipe, calibration: torch.Tensor, held
         "target": target, "max_float_nodes": max_float_nodes, "batch_size": batch_size,
         "sensitivity_images": SENSITIVITY_IMAGES,
     }
-
-
-def cached_search(path: Path, run: Callable[[], Search], progress: Callable[[str], None]) -> tuple[Search, bool]:
-    """The search cached at ``path``, else ``run()``'s, saved there atomically; and whether
-    it came from the cache. A cache file that does not parse is run again."""
-    if path.is_file():
-        try:
-            return Search.from_json(json.loads(path.read_text())), True
-        except (ValueError, KeyError, TypeError) as error:
-            progress(f"onnx_int8: cached search {path} is unusable ({error}); searching again")
-    result = run()
-    atomic.write_text(path, json.dumps(result.to_json(), indent=1) + "\n", option=CACHE_OPTION)
-    return result, False
-
-
-def write_pareto_table(result: Search, report_dir: Path | None, name: str) -> Path | None:
-    """Write ``result``'s Pareto table to ``report_dir/<name>_pareto.csv`` (None: nothing
-    written). Returns the file."""
-    if report_dir is None:
-        return None
-    path = Path(report_dir) / f"{name}_pareto.csv"
-    atomic.write_text(path, result.table_csv(), option="--output-dir")
-    return path

@@ -8,8 +8,9 @@ says what runs where and why.
 
 from __future__ import annotations
 
+from densenet_opt import pareto
 from densenet_opt.errors import UserError, VariantUnavailable
-from densenet_opt.values import percent, whole_number
+from densenet_opt.values import auto_or_count, percent, whole_number
 from densenet_opt.variants import BuildContext, Variant, VariantOption
 from densenet_opt.variants.onnx.engine import OrtEngine, open_engine
 from densenet_opt.variants.onnx.export import Artifact, fp16_artifact, fp32_artifact
@@ -72,22 +73,13 @@ def build_fp16(ctx: BuildContext) -> OrtEngine:
     )
 
 
-def _float_nodes(text: str) -> int | None:
-    if text.strip().lower() == "auto":
-        return None
-    value = int(text)
-    if value < 0:
-        raise ValueError("wants auto or a whole number >= 0")
-    return value
-
-
 def _positive(text: str) -> int:
     return whole_number(text, minimum=1)
 
 
 INT8_OPTIONS = (
     VariantOption(
-        "float_nodes", _float_nodes, None,
+        "float_nodes", auto_or_count, None,
         "nodes kept in float, most harmful first (accuracy_aware.py): auto measures k = 0, 1, 2, 4, ... and takes "
         "the fewest that meet agreement_target, writing the Pareto table to the output directory; 0 is all-int8",
     ),
@@ -137,19 +129,12 @@ def build_int8(ctx: BuildContext) -> OrtEngine:
         result, cached = _search(ctx, source, recipe, calibration, heldout, ort)
         chosen = result.chosen
         exclude = chosen.excluded
-        table = accuracy_aware.write_pareto_table(result, ctx.report_dir, ONNX_INT8)
-        best = max(point.agreement_top_1 for point in result.points)
-        verdict = "meets" if chosen.meets(result.target) else f"no point meets (best {best:.2f}%), so all-int8 misses"
+        table = pareto.write_pareto_table(result, ctx.report_dir, ONNX_INT8)
         ctx.progress(
             f"onnx_int8: {len(exclude)} float node(s), {chosen.agreement_top_1:.2f}% agreement on "
-            f"{result.heldout_images} held-out images: {verdict} the {result.target:g}% target"
-            + (f"; Pareto table {table}" if table else "")
+            f"{result.heldout_images} held-out images: {result.verdict()}" + (f"; Pareto table {table}" if table else "")
         )
-        search_info = {
-            "float_nodes_search": "cached" if cached else "measured",
-            "search_agreement_top_1": f"{chosen.agreement_top_1:.2f}",
-            "search_target_met": str(chosen.meets(result.target)).lower(),
-        }
+        search_info = pareto.search_info(result, cached, "nodes")
     elif float_nodes:
         if target != CPU:
             raise UserError(f"onnx_int8.float_nodes={float_nodes} is for the CPU provider's QDQ model; "
@@ -189,14 +174,14 @@ def _search(ctx: BuildContext, source: Artifact, recipe, calibration, heldout, o
     target, max_nodes = ctx.option("agreement_target"), ctx.option("max_float_nodes")
     batch = min(SEARCH_BATCH, len(heldout)) or 1
     key = accuracy_aware.search_key(source, recipe, calibration, heldout, target, max_nodes, batch)
-    return accuracy_aware.cached_search(
+    return pareto.cached_search(
         accuracy_aware.search_cache_path(ctx.cache_dir, key),
         lambda: accuracy_aware.search(
             source, recipe=recipe, calibration=calibration, heldout=heldout, target=target,
             max_float_nodes=max_nodes, batch_size=batch, rounds=SEARCH_ROUNDS,
             open_session=_cpu_session(ort, Settings.of(ctx).threads), cache_dir=ctx.cache_dir, progress=ctx.progress,
         ),
-        ctx.progress,
+        ctx.progress, ONNX_INT8,
     )
 
 
