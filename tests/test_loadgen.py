@@ -32,7 +32,7 @@ from densenet_opt.serving.results import (  # noqa: E402
 )
 from densenet_opt.serving.runner import Point, import_loadgen, run_loadgen, run_test, search_peak_qps, summary_line  # noqa: E402
 from densenet_opt.serving.settings import (  # noqa: E402
-    OFFLINE, SERVER, SINGLE_STREAM, LoadGenSettings, settings_from_mapping,
+    MULTI_STREAM, OFFLINE, SERVER, SINGLE_STREAM, LoadGenSettings, settings_from_mapping,
 )
 from densenet_opt.serving.sut import BatchPolicy, SystemUnderTest  # noqa: E402
 
@@ -155,6 +155,31 @@ def test_single_stream_percentiles_match_a_known_service_time(tmp_path: Path, be
     with (tmp_path / LOADGEN_RESULTS_FILE).open(newline="") as handle:
         assert list(csv.DictReader(handle))[0]["result_validity"] == "VALID"
     assert any("elapsed" in line and "left" in line for line in lines)
+
+
+def test_multi_stream_query_latency_is_the_calls_its_samples_need(tmp_path: Path) -> None:
+    """A MultiStream query's 4 samples arrive together: with no batching the engine serves
+    them one by one (4 x 10 ms per query), with a batcher of 4 in one call (10 ms). LoadGen's
+    per-query p50 within 10% of that (the SingleStream test bounds the harness at 5%).
+    30 queries: INVALID for early stopping alone (its p99 estimate needs 662), and said so."""
+    service = 0.010
+    settings = LoadGenSettings(scenarios=(MULTI_STREAM,), min_duration_ms=600, min_query_count={MULTI_STREAM: 30},
+                               samples_per_query=4)
+    lines: list[str] = []
+    report = run(tmp_path, settings, SleepEngine(service), batch_sizes=(1, 4), lines=lines)
+    unbatched, batched = report.rows
+    assert (unbatched.scenario, unbatched.batch_policy, batched.batch_policy) == (MULTI_STREAM, "batch1", "dynamic_max4_delay5ms_padded")
+    for row in (unbatched, batched):
+        assert row.result_validity == "INVALID" and row.min_duration_met and row.min_queries_met
+        assert row.invalid_reason == "early stopping not satisfied (LoadGen: need to process at least 662 queries)"
+    assert unbatched.samples_per_query == batched.samples_per_query == 4 and unbatched.query_count >= 30
+    assert unbatched.latency_ms_p50 == pytest.approx(4 * service * 1000, rel=0.10)
+    assert batched.latency_ms_p50 == pytest.approx(service * 1000, rel=0.10)
+    assert batched.mean_batch_size == 4 and batched.padded_fraction == 0
+    assert unbatched.latency_ms_p50 <= unbatched.latency_ms_p90 <= unbatched.latency_ms_p99
+    assert any("4 samples per query: query latency p50" in line and "INVALID (early stopping" in line for line in lines)
+    assert [(r.scenario, r.batch_policy, r.samples_per_query, r.result_validity) for r in read_loadgen_rows(
+        tmp_path / LOADGEN_RESULTS_FILE)] == [(MULTI_STREAM, r.batch_policy, 4, "INVALID") for r in report.rows]
 
 
 def test_csv_opens_in_pandas(tmp_path: Path) -> None:
@@ -304,7 +329,8 @@ def test_a_bound_no_engine_meets_is_an_error_and_writes_nothing(tmp_path: Path) 
     ({"server_start_qps": "-3"}, "--server-start-qps"),
     ({"max_queue_delay_ms": "-1"}, "--max-queue-delay-ms"),
     ({"latency_bound_ms": "0"}, "--latency-bound-ms"),
-    ({"scenario": "multistream"}, "--scenario"),
+    ({"scenario": "multistreams"}, "--scenario"),
+    ({"samples_per_query": "0"}, "--samples-per-query"),
     ({"search_step": "1"}, "--search-step"),
 ])
 def test_bad_settings_are_one_sentence(raw: dict, message: str) -> None:

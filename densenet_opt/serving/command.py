@@ -42,7 +42,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     s = lg_settings
     parser = commands.add_parser(
         "loadgen",
-        help="latency under load: MLPerf LoadGen SingleStream, Offline and Server scenarios for each engine",
+        help="latency under load: MLPerf LoadGen SingleStream, MultiStream, Offline and Server scenarios for each engine",
         description="Runs MLPerf LoadGen (pip install -e .[loadgen]) with each variant's engine as the system under test "
         "behind a dynamic batcher: SingleStream (per-query latency percentiles and LoadGen's early-stopping estimate), "
         "Offline (samples/s) and Server (Poisson arrivals; the highest offered QPS whose p99 stays under "
@@ -61,7 +61,10 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         parser.add_argument(name, **kwargs)
 
     add_sweep_options(add)
-    parser.add_argument("--scenario", default="all", help="singlestream, offline, server (comma-separated) or all (default: %(default)s)")
+    parser.add_argument("--scenario", default="all",
+                        help=f"{s.SCENARIO_CHOICES} (comma-separated) or all (default: %(default)s)")
+    parser.add_argument("--samples-per-query", default=str(s.MLPERF_SAMPLES_PER_QUERY),
+                        help="MultiStream: samples in each query, issued together (default: %(default)s, MLPerf's)")
     parser.add_argument("--latency-bound-ms", default=str(s.DEFAULT_LATENCY_BOUND_MS),
                         help="Server: the p99 latency bound the QPS search keeps to (default: %(default)s)")
     parser.add_argument("--max-queue-delay-ms", default=str(s.DEFAULT_MAX_QUEUE_DELAY_MS),
@@ -69,9 +72,10 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-duration-ms", default=str(s.DEFAULT_MIN_DURATION_MS),
                         help=f"LoadGen min_duration_ms of every run (default: %(default)s; MLPerf: {s.MLPERF_MIN_DURATION_MS})")
     parser.add_argument("--min-query-count", default="auto",
-                        help="LoadGen min_query_count for SingleStream and Server (auto: "
-                        f"{s.DEFAULT_MIN_QUERY_COUNT[s.SINGLE_STREAM]} and {s.DEFAULT_MIN_QUERY_COUNT[s.SERVER]}; MLPerf: "
-                        f"{s.MLPERF_MIN_QUERY_COUNT[s.SINGLE_STREAM]} and {s.MLPERF_MIN_QUERY_COUNT[s.SERVER]})")
+                        help="LoadGen min_query_count for SingleStream, MultiStream and Server (auto: "
+                        f"{s.DEFAULT_MIN_QUERY_COUNT[s.SINGLE_STREAM]}, {s.DEFAULT_MIN_QUERY_COUNT[s.MULTI_STREAM]} and "
+                        f"{s.DEFAULT_MIN_QUERY_COUNT[s.SERVER]}; MLPerf: {s.MLPERF_MIN_QUERY_COUNT[s.SINGLE_STREAM]}, "
+                        f"{s.MLPERF_MIN_QUERY_COUNT[s.MULTI_STREAM]} and {s.MLPERF_MIN_QUERY_COUNT[s.SERVER]})")
     parser.add_argument("--server-start-qps", default="auto",
                         help="Server: the first offered QPS of the search (auto: half the engine's measured capacity)")
     parser.add_argument("--search-step", default=str(s.DEFAULT_SEARCH_STEP),

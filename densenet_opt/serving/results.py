@@ -8,7 +8,9 @@ within the bound), ``result_min_duration_met``, ``result_min_queries_met``,
 for P in 50, 90, 95, 97, 99, 99.9, ``result_samples_per_second`` (Offline),
 ``result_completed_samples_per_sec`` (Server), ``result_qps_with_loadgen_overhead`` and
 ``early_stopping_latency_ss`` / ``early_stopping_latency_ms`` (SingleStream: the early
-stopping estimates of the p90 and the p99). The human-readable ``mlperf_log_summary.txt``
+stopping estimates of the p90 and the p99; MultiStream: ``early_stopping_latency_ms``, the
+p99 per-query estimate, and ``result_<P>_percentile_per_query_latency_ns`` /
+``result_{min,max,mean}_query_latency_ns``, the latency of whole queries). The human-readable ``mlperf_log_summary.txt``
 beside it says the same; both stay in the row's ``log_dir``.
 
 Files (written atomically, atomic.write_atomic; a rerun replaces rows with the same key):
@@ -43,6 +45,8 @@ OK = "ok"
 BOUND_NOT_MET = "bound_not_met"  # Server: no offered QPS kept the p99 under the bound
 PERCENTILES = {"50.00": "p50", "90.00": "p90", "95.00": "p95", "97.00": "p97", "99.00": "p99", "99.90": "p99_9"}
 _PERCENTILE_KEY = re.compile(r"result_(\d+\.\d+)_percentile_latency_ns")
+# MultiStream's figure is the latency of a whole query (all its samples), LoadGen's per-query keys.
+_PER_QUERY_KEY = re.compile(r"result_(\d+\.\d+)_percentile_per_query_latency_ns")
 # What LoadGen's early_stopping_result says is missing (Server / SingleStream wording, results.cc).
 _EARLY_STOPPING_NEED = re.compile(r"(would need to run at least \d+ more queries|need to process at least \d+ queries)", re.IGNORECASE)
 
@@ -108,12 +112,14 @@ def parse_detail_log(log_dir: Path) -> LogResult:
     log = read_detail_log(log_dir)
     if "result_validity" not in log:
         raise UserError(f"{Path(log_dir) / DETAIL_LOG} holds no result_validity: the LoadGen test did not finish")
+    scenario = str(log.get("effective_scenario", ""))
+    per_query = scenario == "MultiStream"
     latency = {}
     for key, value in log.items():
-        match = _PERCENTILE_KEY.fullmatch(key)
+        match = (_PER_QUERY_KEY if per_query else _PERCENTILE_KEY).fullmatch(key)
         if match and match.group(1) in PERCENTILES and _ms(value) is not None:
             latency[PERCENTILES[match.group(1)]] = _ms(value)
-    scenario = str(log.get("effective_scenario", ""))
+    stat = (lambda name: f"result_{name}_query_latency_ns") if per_query else (lambda name: f"result_{name}_latency_ns")
     target_latency_ms = _ms(log.get("effective_target_latency_ns"))
     samples_per_sec = log.get("result_samples_per_second", log.get("result_completed_samples_per_sec",
                                                                     log.get("result_qps_with_loadgen_overhead")))
@@ -140,11 +146,11 @@ def parse_detail_log(log_dir: Path) -> LogResult:
         overlatency_query_count=log.get("result_overlatency_query_count"),  # type: ignore[arg-type]
         samples_per_sec=float(samples_per_sec) if isinstance(samples_per_sec, (int, float)) else None,
         latency_ms=latency,
-        latency_ms_mean=_ms(log.get("result_mean_latency_ns")),
-        latency_ms_min=_ms(log.get("result_min_latency_ns")),
-        latency_ms_max=_ms(log.get("result_max_latency_ns")),
+        latency_ms_mean=_ms(log.get(stat("mean"))),
+        latency_ms_min=_ms(log.get(stat("min"))),
+        latency_ms_max=_ms(log.get(stat("max"))),
         early_stopping_p90_ms=_ms(log.get("early_stopping_latency_ss")) if scenario == "SingleStream" else None,
-        early_stopping_p99_ms=_ms(log.get("early_stopping_latency_ms")) if scenario == "SingleStream" else None,
+        early_stopping_p99_ms=_ms(log.get("early_stopping_latency_ms")) if scenario in ("SingleStream", "MultiStream") else None,
         target_qps=float(log["effective_target_qps"]) if isinstance(log.get("effective_target_qps"), (int, float)) else None,
         target_latency_ms=target_latency_ms,
         invalid_reason="; ".join(reasons) if log["result_validity"] != VALID else "",
@@ -165,6 +171,7 @@ class LoadGenRow:
     offered QPS met it (figures empty). Offline / Server: ``samples_per_sec`` LoadGen's
     samples per second (Server: completed). SingleStream: queries per second with LoadGen's
     overhead; ``early_stopping_p90_ms`` / ``_p99_ms`` its early-stopping estimates.
+    MultiStream: the latencies are per query (all ``samples_per_query`` samples done).
     Latencies in ms; ``padded_fraction``: padded rows / rows the engine computed.
     """
 
@@ -204,6 +211,7 @@ class LoadGenRow:
     padded_fraction: float | None = None
     engine_ms_per_batch: float | None = None
     search_points: int | None = None
+    samples_per_query: int | None = None
     min_duration_ms: int | None = None
     min_query_count: int | None = None
     num_samples: int | None = None

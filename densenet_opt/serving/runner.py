@@ -45,7 +45,9 @@ from densenet_opt.serving.results import (
     BOUND_NOT_MET, INVALID, LOADGEN_RESULTS_FILE, SERVER_POINTS_FILE, LoadGenRow, LogResult,
     parse_detail_log, read_loadgen_rows, write_loadgen_rows,
 )
-from densenet_opt.serving.settings import OFFLINE, SERVER, SERVER_LATENCY_PERCENTILE, SINGLE_STREAM, LoadGenSettings
+from densenet_opt.serving.settings import (
+    MULTI_STREAM, OFFLINE, SERVER, SERVER_LATENCY_PERCENTILE, SINGLE_STREAM, LoadGenSettings,
+)
 from densenet_opt.serving.sut import BatcherStats, BatchPolicy, SystemUnderTest, measure_service_time
 from densenet_opt.variants import Engine
 
@@ -138,7 +140,9 @@ def run_test(
 
     TestSettings (LoadGen ``test_settings.h``): ``min_duration_ms``, ``min_query_count``;
     SingleStream ``single_stream_expected_latency_ns`` = ``expected_latency_s`` (sizes the
-    pre-generated queries); Offline ``offline_expected_qps`` = ``expected_qps`` (the one
+    pre-generated queries); MultiStream ``multi_stream_samples_per_query`` =
+    ``settings.samples_per_query`` and ``multi_stream_expected_latency_ns`` = ``expected_latency_s``
+    (one query's); Offline ``offline_expected_qps`` = ``expected_qps`` (the one
     query's sample count: LoadGen issues min_duration x expected QPS x 1.1 samples);
     Server ``server_target_qps`` = ``target_qps`` (Poisson arrivals), with
     ``server_target_latency_ns`` the latency bound at percentile SERVER_LATENCY_PERCENTILE.
@@ -153,6 +157,9 @@ def run_test(
     test.min_query_count = settings.query_count(scenario)
     if scenario == SINGLE_STREAM:
         test.single_stream_expected_latency_ns = max(1, int(expected_latency_s * 1e9))
+    elif scenario == MULTI_STREAM:
+        test.multi_stream_samples_per_query = settings.samples_per_query
+        test.multi_stream_expected_latency_ns = max(1, int(expected_latency_s * 1e9))
     elif scenario == OFFLINE:
         test.offline_expected_qps = float(expected_qps)
     elif scenario == SERVER:
@@ -288,6 +295,8 @@ class _Context:
             )
         if scenario == SERVER:
             values["latency_bound_ms"] = self.settings.latency_bound_ms
+        if scenario == MULTI_STREAM:
+            values["samples_per_query"] = self.settings.samples_per_query
         if stats is not None:
             values.update(
                 mean_batch_size=stats.mean_batch_size, padded_fraction=stats.padded_fraction,
@@ -401,11 +410,12 @@ def _run_unit(lg: ModuleType, unit: EngineUnderTest, context: _Context, clock: P
     for scenario in settings.scenarios:
         if scenario == SINGLE_STREAM and unit.policy.max_batch_size > 1:
             continue  # one query in flight: nothing to batch (run_loadgen's doc)
-        if scenario in (SINGLE_STREAM, OFFLINE):
+        if scenario in (SINGLE_STREAM, MULTI_STREAM, OFFLINE):
             log_dir = _log_dir(context.output_dir, unit, scenario)
             clock.run(f"{scenario} {label}")
             result, stats = run_test(lg, sut, context.library, scenario, settings, log_dir,
-                                     expected_latency_s=unit.seconds_per_batch, expected_qps=OFFLINE_MARGIN * unit.capacity_qps)
+                                     expected_latency_s=unit.seconds_per_batch * _calls_per_query(unit, scenario, settings),
+                                     expected_qps=OFFLINE_MARGIN * unit.capacity_qps)
             clock.done()
             if scenario == OFFLINE and result.min_duration_met is False and result.samples_per_sec:
                 # LoadGen issues min_duration x expected QPS samples: the engine ran faster than
@@ -424,6 +434,14 @@ def _run_unit(lg: ModuleType, unit: EngineUnderTest, context: _Context, clock: P
         rows.append(rows_and_points[0])
         points += rows_and_points[1]
     return rows, points
+
+
+def _calls_per_query(unit: EngineUnderTest, scenario: str, settings: LoadGenSettings) -> int:
+    """Engine calls one query takes when nothing else waits: a MultiStream query's samples
+    arrive together, so the batcher serves them in ceil(samples / max batch) calls."""
+    if scenario != MULTI_STREAM:
+        return 1
+    return -(-settings.samples_per_query // unit.policy.max_batch_size)
 
 
 def _search(lg: ModuleType, sut: SystemUnderTest, unit: EngineUnderTest, context: _Context, clock: Progress) -> tuple[LoadGenRow, list[LoadGenRow]]:
@@ -481,6 +499,9 @@ def summary_line(row: LoadGenRow) -> str:
     if row.scenario == SINGLE_STREAM:
         body = (f"p50 {_fmt(row.latency_ms_p50)} ms, p90 {_fmt(row.latency_ms_p90)} ms, p99 {_fmt(row.latency_ms_p99)} ms, "
                 f"early-stopping p90 estimate {_fmt(row.early_stopping_p90_ms)} ms")
+    elif row.scenario == MULTI_STREAM:
+        body = (f"{row.samples_per_query} samples per query: query latency p50 {_fmt(row.latency_ms_p50)} ms, "
+                f"p99 {_fmt(row.latency_ms_p99)} ms")
     elif row.scenario == OFFLINE:
         body = f"{_fmt(row.samples_per_sec)} samples/s"
     else:

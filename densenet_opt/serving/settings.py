@@ -3,7 +3,7 @@
 MLPerf Inference's rules ask for runs of at least 600 s (``min_duration``) and, per
 scenario, at least 1024 queries (SingleStream), 270,336 queries (Server, ResNet-50) or
 24,576 samples (Offline) (LoadGen's ``mlperf.conf`` and ``test_settings.h``). On a 2-core
-CPU that is hours per engine; the defaults here are 10 s and 256 / 400 / 1 queries, so a
+CPU that is hours per engine; the defaults here are 10 s and 256 / 400 / 1 queries (MultiStream: MLPerf's 662), so a
 scenario takes tens of seconds and a Server search a few minutes. They are options, and
 a result measured with them is *not* an MLPerf-compliant result: LoadGen still judges
 each run VALID or INVALID against the settings it was given (duration, query count,
@@ -19,18 +19,25 @@ from dataclasses import dataclass, field
 from densenet_opt.errors import UserError
 
 SINGLE_STREAM = "SingleStream"
+MULTI_STREAM = "MultiStream"
 OFFLINE = "Offline"
 SERVER = "Server"
-SCENARIOS = (SINGLE_STREAM, OFFLINE, SERVER)
+SCENARIOS = (SINGLE_STREAM, MULTI_STREAM, OFFLINE, SERVER)
 # What the command line accepts for each (any case).
-SCENARIO_NAMES = {"singlestream": SINGLE_STREAM, "single_stream": SINGLE_STREAM, "offline": OFFLINE, "server": SERVER}
+SCENARIO_NAMES = {"singlestream": SINGLE_STREAM, "single_stream": SINGLE_STREAM, "multistream": MULTI_STREAM,
+                  "multi_stream": MULTI_STREAM, "offline": OFFLINE, "server": SERVER}
+SCENARIO_CHOICES = "singlestream, multistream, offline, server"
 
 # MLPerf Inference's values (LoadGen mlperf.conf, test_settings.h), for the README and --help.
 MLPERF_MIN_DURATION_MS = 600_000
-MLPERF_MIN_QUERY_COUNT = {SINGLE_STREAM: 1024, SERVER: 270_336, OFFLINE: 1}
+MLPERF_MIN_QUERY_COUNT = {SINGLE_STREAM: 1024, MULTI_STREAM: 662, SERVER: 270_336, OFFLINE: 1}
+# MultiStream's samples per query in MLPerf Inference (ResNet-50, RetinaNet: 8).
+MLPERF_SAMPLES_PER_QUERY = 8
 # Ours: minutes on a 2-core CPU.
 DEFAULT_MIN_DURATION_MS = 10_000
-DEFAULT_MIN_QUERY_COUNT = {SINGLE_STREAM: 256, SERVER: 400, OFFLINE: 1}
+# MultiStream keeps MLPerf's 662: LoadGen's early stopping needs that many queries for its p99
+# estimate, and without it every MultiStream run is INVALID.
+DEFAULT_MIN_QUERY_COUNT = {SINGLE_STREAM: 256, MULTI_STREAM: 662, SERVER: 400, OFFLINE: 1}
 DEFAULT_LATENCY_BOUND_MS = 100.0
 DEFAULT_MAX_QUEUE_DELAY_MS = 5.0
 # The Server scenario's latency percentile: LoadGen's default server_target_latency_percentile.
@@ -54,6 +61,8 @@ class LoadGenSettings:
     capacity). ``search_step``: factor between boundary probes (> 1). ``qps_resolution``:
     the search stops when (upper - lower) / lower <= this. ``max_search_points``: most
     LoadGen runs per search. ``keep_trace``: also keep LoadGen's mlperf_log_trace.json.
+    ``samples_per_query``: MultiStream's samples in each query (LoadGen
+    ``multi_stream_samples_per_query``; MLPerf: 8).
     """
 
     scenarios: tuple[str, ...] = SCENARIOS
@@ -66,6 +75,7 @@ class LoadGenSettings:
     qps_resolution: float = DEFAULT_QPS_RESOLUTION
     max_search_points: int = DEFAULT_MAX_SEARCH_POINTS
     keep_trace: bool = False
+    samples_per_query: int = MLPERF_SAMPLES_PER_QUERY
 
     def __post_init__(self) -> None:
         check_positive("--latency-bound-ms", self.latency_bound_ms)
@@ -76,11 +86,13 @@ class LoadGenSettings:
         if not math.isfinite(self.search_step) or self.search_step <= 1:
             raise UserError(f"--search-step must be a number above 1, got {self.search_step!r}")
         check_positive("--qps-resolution", self.qps_resolution)
+        if not isinstance(self.samples_per_query, int) or self.samples_per_query < 1:
+            raise UserError(f"--samples-per-query must be a whole number >= 1, got {self.samples_per_query!r}")
         if self.min_duration_ms < 0 or self.max_search_points < 2:
             raise UserError("--min-duration-ms must be >= 0 and --max-search-points >= 2")
         unknown = set(self.scenarios) - set(SCENARIOS)
         if unknown or not self.scenarios:
-            raise UserError(f"unknown scenario {sorted(unknown) or '(none)'}: choose from singlestream, offline, server")
+            raise UserError(f"unknown scenario {sorted(unknown) or '(none)'}: choose from {SCENARIO_CHOICES}")
 
     def query_count(self, scenario: str) -> int:
         """The minimum query count LoadGen is given for ``scenario``."""
@@ -120,20 +132,20 @@ def parse_scenarios(text: str) -> tuple[str, ...]:
         return SCENARIOS
     unknown = [w for w in words if w not in SCENARIO_NAMES]
     if unknown:
-        raise UserError(f"unknown --scenario {unknown[0]!r}: choose from singlestream, offline, server (comma-separated) or all")
+        raise UserError(f"unknown --scenario {unknown[0]!r}: choose from {SCENARIO_CHOICES} (comma-separated) or all")
     return tuple(dict.fromkeys(SCENARIO_NAMES[w] for w in words))
 
 
 def parse_query_counts(text: str | None) -> dict[str, int]:
-    """``auto`` -> the defaults; a number -> that count for SingleStream and Server (Offline
-    stays one query); UserError otherwise."""
+    """``auto`` -> the defaults; a number -> that count for SingleStream, MultiStream and
+    Server (Offline stays one query); UserError otherwise."""
     counts = dict(DEFAULT_MIN_QUERY_COUNT)
     if text is None or str(text).strip().lower() in ("", "auto"):
         return counts
     value = _number("--min-query-count", text)
     if value < 1 or value != int(value):
         raise UserError(f"--min-query-count must be a whole number >= 1, got {text!r}")
-    counts[SINGLE_STREAM] = counts[SERVER] = int(value)
+    counts[SINGLE_STREAM] = counts[MULTI_STREAM] = counts[SERVER] = int(value)
     return counts
 
 
@@ -159,4 +171,5 @@ def settings_from_mapping(raw: Mapping[str, object]) -> LoadGenSettings:
         qps_resolution=_number("--qps-resolution", get("qps_resolution", DEFAULT_QPS_RESOLUTION)),
         max_search_points=points,
         keep_trace=bool(raw.get("keep_trace")),
+        samples_per_query=_whole("--samples-per-query", get("samples_per_query", MLPERF_SAMPLES_PER_QUERY), 1),
     )

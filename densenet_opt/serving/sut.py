@@ -30,9 +30,9 @@ performance runs, LoadGen's PerformanceOnly mode); the logits are computed and d
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -41,7 +41,6 @@ from typing import TypeVar
 from densenet_opt.serving.qsl import QuerySampleLibrary
 from densenet_opt.variants import Engine
 
-_STOP = object()
 T = TypeVar("T")
 
 
@@ -108,7 +107,11 @@ class SystemUnderTest:
         self.loadgen = loadgen
         self.stats = BatcherStats()
         self.failure: BaseException | None = None
-        self._queue: queue.Queue = queue.Queue()
+        # Waiting samples (id, index, arrival time); a query's samples enter together, under
+        # the condition's lock, so a batcher never sees part of a MultiStream query.
+        self._pending: deque[tuple] = deque()
+        self._ready = threading.Condition()
+        self._stopped = False
 
     def serve_during(self, test: Callable[[], T]) -> T:
         """Run ``test`` (which issues queries and returns when they are all complete, as
@@ -123,8 +126,12 @@ class SystemUnderTest:
             except BaseException as error:  # noqa: BLE001 - raised on the calling thread below
                 outcome["error"] = error
             finally:
-                self._queue.put(_STOP)
+                with self._ready:
+                    self._stopped = True
+                    self._ready.notify()
 
+        with self._ready:
+            self._stopped = False
         helper = threading.Thread(target=run, name="densenet-opt-loadgen", daemon=True)
         helper.start()
         self._serve()
@@ -137,10 +144,12 @@ class SystemUnderTest:
         self.stats = BatcherStats()
 
     def issue_query(self, samples: list) -> None:
-        """LoadGen's IssueQuery callback: queue each sample (id, index) with its arrival time."""
+        """LoadGen's IssueQuery callback: queue each sample (id, index) with its arrival time,
+        all of them at once."""
         now = time.perf_counter()
-        for sample in samples:
-            self._queue.put((sample.id, sample.index, now))
+        with self._ready:
+            self._pending.extend((sample.id, sample.index, now) for sample in samples)
+            self._ready.notify()
 
     def flush_queries(self) -> None:
         """LoadGen's FlushQueries callback: every queued sample is served anyway."""
@@ -151,28 +160,26 @@ class SystemUnderTest:
             failure, self.failure = self.failure, None
             raise failure
 
-    def _next_batch(self, first: tuple) -> list[tuple]:
-        batch = [first]
-        deadline = first[2] + self.policy.delay_s
-        while len(batch) < self.policy.max_batch_size:
-            wait = deadline - time.perf_counter()
-            try:
-                item = self._queue.get_nowait() if wait <= 0 else self._queue.get(timeout=wait)
-            except queue.Empty:
-                break
-            if item is _STOP:
-                self._queue.put(_STOP)  # seen again by the loop, after this batch
-                break
-            batch.append(item)
-        return batch
+    def _next_batch(self) -> list[tuple] | None:
+        """The next batch: the oldest waiting sample and those behind it, up to the max
+        batch size, waiting at most until the oldest has waited the policy's delay; None
+        once the test has ended and nothing waits."""
+        with self._ready:
+            while not self._pending and not self._stopped:
+                self._ready.wait()
+            if not self._pending:
+                return None
+            deadline = self._pending[0][2] + self.policy.delay_s
+            while len(self._pending) < self.policy.max_batch_size and not self._stopped:
+                wait = deadline - time.perf_counter()
+                if wait <= 0:
+                    break
+                self._ready.wait(wait)
+            return [self._pending.popleft() for _ in range(min(len(self._pending), self.policy.max_batch_size))]
 
     def _serve(self) -> None:
         lg = self.loadgen
-        while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            batch = self._next_batch(first)
+        while (batch := self._next_batch()) is not None:
             if self.failure is None:
                 try:
                     images, padded = self.library.batch([item[1] for item in batch], self.policy.engine_batch_size)
