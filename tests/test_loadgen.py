@@ -309,6 +309,9 @@ def test_search_finds_a_known_threshold_as_loadgen_s_peak_search_would() -> None
     assert best is None and len(points) == 5  # down to start / step**4, then gives up
     best, points = search_peak_qps(threshold_run(1e9), start=10, step=2, resolution=0.05, max_points=20, ceiling=30)
     assert best.qps == 30 and len(points) == 3  # capped at the ceiling
+    best, points = search_peak_qps(threshold_run(0.01), start=10, step=2, resolution=0.05, max_points=20, ceiling=1000,
+                                   hopeless=lambda point: point.qps < 4)
+    assert best is None and [p.qps for p in points] == [10, 5, 2.5]  # stops going down at a hopeless miss
 
 
 def test_loadgen_not_installed_is_one_sentence_with_the_install_command(monkeypatch) -> None:
