@@ -14,10 +14,11 @@ PYTHON = "3.11"
 # Small enough for a 2-core CI machine, large enough that every path runs:
 # two batch sizes (one that does not divide the sample count), 3 timed rounds,
 # onnx_int8's accuracy-aware search cut to 3 points on 16 held-out images (the search of
-# tests/test_onnx_accuracy_aware.py: one search, cached, serves both), int8 all-int8
-# (its search compiles a DenseNet package per point, minutes each: tests/test_int8_search.py
-# runs it on a small CNN), and pruned_structured without its recovery (minutes of teacher passes and training on 2
-# cores; tests/test_distillation.py runs it on a small DenseNet).
+# tests/test_onnx_accuracy_aware.py: one search, cached, serves both), int8 all-int8 (its
+# search compiles a DenseNet package per point, minutes each: tests/test_int8_search.py
+# runs a real one on a small CNN), and pruned_structured without its recovery (minutes of
+# teacher passes and training on 2 cores; tests/test_distillation.py runs it on a small
+# DenseNet).
 TEST_SWEEP = [
     "--batch-sizes=1,3", "--num-samples=64", "--calibration-samples=16", "--rounds=3", "--warmup-rounds=1",
     "--variant-options=onnx_int8.search_images=16,onnx_int8.max_float_nodes=2,int8.float_modules=0,"
