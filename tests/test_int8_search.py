@@ -126,12 +126,38 @@ def test_search_measures_each_point_and_chooses_the_fewest_float_modules_that_me
         ("int8.agreement_target", "0", "percentage in (0, 100]"),
         ("int8.search_images", "0", "must be at least 1, got 0"),
         ("int8.max_float_modules", "0", "must be at least 1, got 0"),
+        ("int8.observer", "kl", "must be one of histogram, minmax"),
+        ("int8.reduce_range", "yes", "must be one of off, on"),
     ],
 )
 def test_bad_option_values_are_one_sentence(key: str, value: str, says: str) -> None:
     with pytest.raises(UserError, match=key) as error:
         parse_variant_options({key: value})
     assert says in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_recipe_changes_the_observer_and_range_and_keeps_the_default_key() -> None:
+    from torchao.quantization.pt2e.observer import HistogramObserver, MinMaxObserver
+
+    default = quantization.Recipe()
+    assert default.name == "x86-inductor-default" and default.key == {}  # earlier packages and searches stay valid
+    config = default.config()
+    assert config.input_activation.quant_max == 255
+    assert config.input_activation.observer_or_fake_quant_ctr.p.func is HistogramObserver
+    recipe = quantization.Recipe(quantization.MINMAX, reduce_range=True)
+    assert recipe.name == "x86-inductor-minmax-reduce-range" and recipe.key == {"quantizer": recipe.name}
+    config = recipe.config()
+    assert config.input_activation.quant_max == config.output_activation.quant_max == 127
+    assert config.input_activation.observer_or_fake_quant_ctr.p.func is MinMaxObserver
+    assert "u7 (reduce_range)" in recipe.describe() and "minmax" in recipe.describe()
+    images = torch.randn(8, 3, SIZE, SIZE)
+    model = Net().eval()
+    with torch.no_grad():
+        converted = quantization.quantize(exported(model), images, (), recipe)
+        scales = [node.args for node in converted.graph.nodes
+                  if node.target == torch.ops.quantized_decomposed.quantize_per_tensor.default]
+        assert scales and all(args[4] == 127 for args in scales)  # activations quantized to [0, 127]
+        assert converted(images).shape == (8, 10)
 
 
 class Classifier(torch.nn.Module):

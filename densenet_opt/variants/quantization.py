@@ -26,9 +26,11 @@ no int8 convolution for CUDA GPUs.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -80,12 +82,62 @@ def calibrate(model: torch.nn.Module, images: torch.Tensor) -> None:
             model(images[start : start + CALIBRATION_BATCH].contiguous(memory_format=torch.channels_last))
 
 
-def quantizer(excluded: Sequence[str] = ()):
-    """torchao's X86InductorQuantizer with its default config (u8 per-tensor activations
-    from histogram observers, s8 per-channel symmetric weights), the modules named in
-    ``excluded`` (``named_modules`` names) given none: they stay in float."""
+HISTOGRAM, MINMAX = "histogram", "minmax"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How activations are calibrated: torchao's observer (``histogram``, its default, or
+    ``minmax``) and ``reduce_range`` (7-bit activations, u8 in [0, 127]: what torchao's
+    get_default_x86_inductor_quantization_config advises on CPUs without VNNI, whose u8 x s8
+    kernels can saturate 16-bit intermediate sums)."""
+
+    observer: str = HISTOGRAM
+    reduce_range: bool = False
+
+    @property
+    def name(self) -> str:
+        """The package key's quantizer entry: "x86-inductor-default" for torchao's default
+        (the key every all-int8 package had before these options), else what differs."""
+        if self == Recipe():
+            return "x86-inductor-default"
+        return "x86-inductor-" + "-".join([self.observer] + (["reduce-range"] if self.reduce_range else []))
+
+    @property
+    def key(self) -> dict[str, str]:
+        """What a ranking's or search's cache key adds for this recipe: nothing for the
+        default (so that earlier results stay valid), else its name."""
+        return {} if self == Recipe() else {"quantizer": self.name}
+
+    def describe(self) -> str:
+        """engine_info's quantizer text."""
+        activations = "u7 (reduce_range)" if self.reduce_range else "u8"
+        return f"X86InductorQuantizer({activations} per-tensor act from {self.observer} observers, s8 per-channel weight)"
+
+    def config(self):
+        """torchao's QuantizationConfig for this recipe."""
+        _, xiq = import_pt2e()
+        config = xiq.get_default_x86_inductor_quantization_config(reduce_range=self.reduce_range)
+        if self.observer == MINMAX:
+            from torchao.quantization.pt2e.observer import MinMaxObserver
+
+            spec = dataclasses.replace(config.input_activation,
+                                       observer_or_fake_quant_ctr=MinMaxObserver.with_args(eps=2**-12))
+            config = dataclasses.replace(config, input_activation=spec, output_activation=spec)
+        return config
+
+    @classmethod
+    def of(cls, ctx: BuildContext) -> Recipe:
+        """The recipe ``ctx``'s options ask for."""
+        return cls(ctx.option("observer"), ctx.option("reduce_range") == "on")
+
+
+def quantizer(excluded: Sequence[str] = (), recipe: Recipe = Recipe()):
+    """torchao's X86InductorQuantizer with ``recipe``'s config (u8 per-tensor activations,
+    s8 per-channel symmetric weights), the modules named in ``excluded`` (``named_modules``
+    names) given none: they stay in float."""
     _, xiq = import_pt2e()
-    chosen = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+    chosen = xiq.X86InductorQuantizer().set_global(recipe.config())
     for name in excluded:
         chosen.set_module_name_qconfig(name, None)
     return chosen
@@ -98,18 +150,19 @@ def float_graph(ctx: BuildContext) -> torch.fx.GraphModule:
     return BatchShape(None).export(model).module()
 
 
-def quantize(graph: torch.fx.GraphModule, calibration: torch.Tensor, excluded: Sequence[str] = ()) -> torch.fx.GraphModule:
+def quantize(graph: torch.fx.GraphModule, calibration: torch.Tensor, excluded: Sequence[str] = (),
+             recipe: Recipe = Recipe()) -> torch.fx.GraphModule:
     """prepare_pt2e (which changes ``graph``), calibration on ``calibration`` (float32
     [N,3,224,224]), convert_pt2e: the converted int8 graph, ``excluded`` modules in float."""
     quantize_pt2e, _ = import_pt2e()
-    prepared = quantize_pt2e.prepare_pt2e(graph, quantizer(excluded))
+    prepared = quantize_pt2e.prepare_pt2e(graph, quantizer(excluded, recipe))
     calibrate(prepared, calibration)
     return quantize_pt2e.convert_pt2e(prepared)
 
 
 # Calibrated, converted models by (weights, calibration data, modules in float): a run
 # that builds one static package per batch size quantizes once. One entry: a run has one model.
-_quantized: dict[tuple[str, str, tuple[str, ...]], torch.fx.GraphModule] = {}
+_quantized: dict[tuple[str, str, tuple[str, ...], Recipe], torch.fx.GraphModule] = {}
 
 
 def quantized_model(ctx: BuildContext, calibration: torch.Tensor, calibration_key: str,
@@ -117,12 +170,13 @@ def quantized_model(ctx: BuildContext, calibration: torch.Tensor, calibration_ke
     """The converted int8 graph (dynamic batch) of the reference model calibrated on
     ``calibration``, the ``excluded`` modules in float; kept for the process by (weights,
     ``calibration_key``, ``excluded``). VariantUnavailable without torchao."""
-    key = (ctx.weights_key, calibration_key, tuple(excluded))
+    recipe = Recipe.of(ctx)
+    key = (ctx.weights_key, calibration_key, tuple(excluded), recipe)
     if key not in _quantized:
         import_pt2e()
         kept = f", {len(excluded)} module(s) in float" if excluded else ""
         ctx.progress(f"{NAME}: exporting, inserting observers, calibrating on {len(calibration)} images{kept}")
-        converted = quantize(float_graph(ctx), calibration, excluded)
+        converted = quantize(float_graph(ctx), calibration, excluded, recipe)
         _quantized.clear()
         _quantized[key] = converted
     return _quantized[key]
@@ -136,7 +190,7 @@ def package(ctx: BuildContext, shape: BatchShape, calibration: torch.Tensor, cal
     key = {
         "torchao": importlib.metadata.version("torchao"),
         "calibration": calibration_key,
-        "quantizer": "x86-inductor-default",
+        "quantizer": Recipe.of(ctx).name,
         **({"float_modules": ";".join(excluded)} if excluded else {}),
     }
     return load_or_compile(
@@ -165,13 +219,16 @@ def ranking(ctx: BuildContext, calibration: torch.Tensor, calibration_key: str) 
     key = {
         "version": SEARCH_VERSION, "weights": ctx.weights_key, "torchao": importlib.metadata.version("torchao"),
         "calibration": calibration_key, "sensitivity_images": quantization_search.SENSITIVITY_IMAGES,
+        **Recipe.of(ctx).key,
     }
 
     def compute() -> list[str]:
         images = calibration[: quantization_search.SENSITIVITY_IMAGES].contiguous(memory_format=torch.channels_last)
         ctx.progress(f"{NAME}: ranking modules by the error each adds (torchao numeric debugger on {len(images)} "
                      "calibration images)")
-        return quantization_search.rank_modules(float_graph(ctx), lambda graph: quantize(graph, calibration), images)
+        return quantization_search.rank_modules(
+            float_graph(ctx), lambda graph: quantize(graph, calibration, (), Recipe.of(ctx)), images
+        )
 
     path = ctx.cache_dir / CACHE_SUBDIR / f"{NAME}-ranking-{key_digest(key)}.json"
     return list(_cached_json(path, compute, ctx.progress, "ranking"))
@@ -190,7 +247,7 @@ def _search(ctx: BuildContext, calibration: torch.Tensor, calibration_key: str, 
         "version": SEARCH_VERSION, "weights": ctx.weights_key, "torchao": importlib.metadata.version("torchao"),
         **machine_key(), "calibration": calibration_key, "heldout": f"{len(heldout)}-{tensor_digest(heldout)}",
         "target": target, "max_float_modules": most, "batch_size": batch,
-        "sensitivity_images": quantization_search.SENSITIVITY_IMAGES,
+        "sensitivity_images": quantization_search.SENSITIVITY_IMAGES, **Recipe.of(ctx).key,
     }
 
     def run() -> pareto.Search:
@@ -246,7 +303,7 @@ def build(ctx: BuildContext) -> Engine:
         excluded = tuple(ranking(ctx, calibration, calibration_key)[:float_modules])
     runner, built = package(ctx, shape, calibration, calibration_key, excluded)
     info = {
-        "quantizer": "X86InductorQuantizer(u8 per-tensor act, s8 per-channel weight)",
+        "quantizer": Recipe.of(ctx).describe(),
         "calibration_images": str(len(calibration)),
         "float_modules": str(len(excluded)),
         **info,
@@ -268,6 +325,10 @@ OPTIONS = (
                   "held-out images of the calibration pool that float_modules=auto measures agreement on"),
     VariantOption("max_float_modules", lambda text: whole_number(text, minimum=1), 16,
                   "the largest k float_modules=auto tries (each point is an AOTInductor compile: minutes on 2 cores)"),
+    VariantOption.choice("observer", (HISTOGRAM, MINMAX), HISTOGRAM,
+                         "activation calibration: torchao's HistogramObserver (its default) or MinMaxObserver"),
+    VariantOption.choice("reduce_range", ("off", "on"), "off",
+                         "7-bit activations, as torchao advises on CPUs without VNNI (u8 x s8 sums can saturate)"),
 )
 
 VARIANTS = [
