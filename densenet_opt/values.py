@@ -26,15 +26,15 @@ def whole_number(text: str, *, minimum: int = 1) -> int:
 
 def auto_or_count(text: str) -> int | None:
     """``text`` as None for "auto" (any case), else an int >= 0; ValueError otherwise
-    (the phrase says "auto or a whole number >= 0")."""
+    (the phrase says "must be auto or a whole number >= 0")."""
     if str(text).strip().lower() == "auto":
         return None
     try:
         value = int(str(text).strip())
     except ValueError:
-        raise ValueError(f"wants auto or a whole number >= 0, got {text!r}") from None
+        raise ValueError(f"must be auto or a whole number >= 0, got {text!r}") from None
     if value < 0:
-        raise ValueError(f"wants auto or a whole number >= 0, got {value}")
+        raise ValueError(f"must be auto or a whole number >= 0, got {value}")
     return value
 
 

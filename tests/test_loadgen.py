@@ -266,6 +266,51 @@ def test_batcher_pads_to_the_engine_batch_and_waits_at_most_the_delay() -> None:
     assert sut.stats.padded == 1 and sut.stats.padded_fraction == 0.25
 
 
+def test_an_interrupt_while_serving_returns_only_after_the_test_has_ended() -> None:
+    """Ctrl-C (here: the first QuerySamplesComplete raising KeyboardInterrupt) on the serving
+    thread must not return while LoadGen's test still runs on the helper: run_test destroys
+    the SUT and QSL once serve_during returns. What the test still issues is answered without
+    the engine; the interrupt is raised by raise_failure afterwards."""
+    completed: list[int] = []
+    calls = [0]
+
+    class FakeLoadGen:
+        @staticmethod
+        def QuerySampleResponse(id, data, size):
+            return id
+
+        @staticmethod
+        def QuerySamplesComplete(ids):
+            calls[0] += 1
+            if calls[0] == 1:
+                raise KeyboardInterrupt
+            completed.extend(ids)
+
+    class Sample:
+        def __init__(self, id, index):
+            self.id, self.index = id, index
+
+    engine = SleepEngine(0.0)
+    sut = SystemUnderTest(engine, library(), BatchPolicy(1), FakeLoadGen)
+    ended: list[bool] = []
+
+    def test() -> None:
+        sut.issue_query([Sample(1, 0)])
+        while calls[0] == 0:
+            time.sleep(0.001)
+        sut.issue_query([Sample(2, 1)])
+        while 2 not in completed:
+            time.sleep(0.001)
+        time.sleep(0.05)
+        ended.append(True)
+
+    sut.serve_during(test)
+    assert ended == [True] and completed == [2]
+    assert engine.batch_sizes == [1]  # after the interrupt the engine is not called again
+    with pytest.raises(KeyboardInterrupt):
+        sut.raise_failure()
+
+
 def test_engine_failure_completes_the_test_then_raises(tmp_path: Path) -> None:
     class Broken(SleepEngine):
         def __call__(self, batch):

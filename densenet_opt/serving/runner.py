@@ -476,8 +476,10 @@ def _search(lg: ModuleType, sut: SystemUnderTest, unit: EngineUnderTest, context
     def hopeless(point: Point) -> bool:
         """A missed point whose queue was nearly empty: the engine's own latency misses the
         bound. The load is the offered QPS times the engine's median call in that run (the
-        utilisation of the one server): at most LIGHT_LOAD, or at most MODERATE_LOAD with the
-        p50 itself over the bound (M/D/1 at 0.25 waits 0.17 calls on average)."""
+        one server's utilisation with one query per call; with batches forming it overstates
+        the load, so the rule stops later, never earlier): at most LIGHT_LOAD, or at most
+        MODERATE_LOAD with the p50 itself over the bound (M/D/1 at 0.25 waits 0.17 calls on
+        average)."""
         calls = sorted(point.stats.engine_seconds) if point.stats is not None else []
         load = point.qps * (calls[len(calls) // 2] if calls else unit.seconds_per_batch)
         p50 = point.result.latency_ms.get("p50")

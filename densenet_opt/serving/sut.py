@@ -3,7 +3,8 @@
 LoadGen calls ``issue_query`` with query samples (one per query in SingleStream and
 Server, every sample at once in Offline) from its own thread, and expects
 ``QuerySamplesComplete`` for each sample when its result is ready (LoadGen
-``system_under_test.h``, ``loadgen.h``). Here ``issue_query`` only queues the samples with
+``system_under_test.h``, ``loadgen.h``); a MultiStream query holds several samples, which
+reach the batcher together. Here ``issue_query`` only queues the samples with
 their arrival time; one thread forms batches and runs the engine, so the engine is a
 single server (the M/D/1 queue of the tests, when the batch size is 1).
 
@@ -134,7 +135,14 @@ class SystemUnderTest:
             self._stopped = False
         helper = threading.Thread(target=run, name="densenet-opt-loadgen", daemon=True)
         helper.start()
-        self._serve()
+        try:
+            self._serve()
+        except BaseException as error:  # noqa: BLE001 - Ctrl-C while waiting: raised by raise_failure
+            # LoadGen's test still runs on the helper, using the SUT and QSL that run_test
+            # destroys once this returns: answer what it still issues, without the engine,
+            # until it ends, and only then return.
+            self.failure = self.failure or error
+            self._serve()
         helper.join()
         if "error" in outcome:
             raise outcome["error"]  # type: ignore[misc]

@@ -134,8 +134,8 @@ class Recipe:
 
 def quantizer(excluded: Sequence[str] = (), recipe: Recipe = Recipe()):
     """torchao's X86InductorQuantizer with ``recipe``'s config (u8 per-tensor activations,
-    s8 per-channel symmetric weights), the modules named in ``excluded`` (``named_modules``
-    names) given none: they stay in float."""
+    [0, 127] with reduce_range; s8 per-channel symmetric weights), the modules named in
+    ``excluded`` (``named_modules`` names) given none: they stay in float."""
     _, xiq = import_pt2e()
     chosen = xiq.X86InductorQuantizer().set_global(recipe.config())
     for name in excluded:

@@ -17,8 +17,9 @@ The method, with the tools torchao ships for it:
    prepare_pt2e annotates nothing inside them, so they run in float and the quantized
    tensors around them are dequantized), then the variant's own flow: prepare_pt2e,
    calibration on the same calibration images, convert_pt2e, an AOTInductor package at
-   the search's batch size (the very package the variant loads when that point is chosen,
-   cached by the same key). Each point's top-1 agreement with the fp32 reference is
+   the search's batch size (the very package the variant loads when that point is chosen
+   and the sweep's batch size is the search's, cached by the same key; another batch size
+   compiles its own). Each point's top-1 agreement with the fp32 reference is
    measured with its package, i.e. with the oneDNN int8 kernels the variant runs, on
    held-out images of the calibration pool (neither calibration nor evaluated images),
    and its throughput is timed at that batch, the points round-robin.
@@ -41,7 +42,7 @@ from densenet_opt import pareto
 # Calibration images the numeric debugger runs (every node output of both graphs is
 # logged: about 250 MB an image for DenseNet-121).
 SENSITIVITY_IMAGES = 4
-# Ops whose module can be kept in float, and the module types that own them.
+# The ops whose owning module can be kept in float (convolutions, the classifier).
 RANKED_OPS = (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)
 UNIT = "modules"
 
