@@ -136,6 +136,32 @@ def round_robin_throughput(calls: Sequence[Callable[[], object]], batch_size: in
     return [batch_size / float(np.median(times)) for times in seconds]
 
 
+def measure_ladder(
+    ranked: Sequence[str], max_parts: int, *, build: Callable[[tuple[str, ...]], object],
+    agreement: Callable[[object], float], run_batch: Callable[[object], object], batch_size: int, rounds: int,
+    heldout_images: int, progress: Callable[[str], None], name: str, unit: str,
+) -> tuple[ParetoPoint, ...]:
+    """The Pareto points of a search: for k on ``ladder(max_parts, len(ranked))``,
+    ``build(the k most harmful of ranked)`` makes an engine and ``agreement(engine)`` gives
+    its top-1 agreement (%) on the ``heldout_images`` held-out images (a progress line per
+    point, with the time left); then every engine is timed round-robin, ``run_batch(engine)``
+    running one batch of ``batch_size``, ``rounds`` times. ``name``: the variant, ``unit``:
+    what a part is ("node", "module"), for the progress lines."""
+    started = time.perf_counter()
+    counts = ladder(max_parts, len(ranked))
+    engines, agreements = [], []
+    for index, k in enumerate(counts):
+        engine = build(tuple(ranked[:k]))
+        agreements.append(agreement(engine))
+        engines.append(engine)
+        elapsed = time.perf_counter() - started
+        left = elapsed / (index + 1) * (len(counts) - index - 1)
+        progress(f"{name}: {k} float {unit}(s): agreement {agreements[-1]:.2f}% on {heldout_images} held-out images "
+                 f"(point {index + 1}/{len(counts)}, about {left:.0f} s left)")
+    throughput = round_robin_throughput([lambda engine=engine: run_batch(engine) for engine in engines], batch_size, rounds)
+    return points_from(counts, ranked, agreements, throughput)
+
+
 def points_from(counts: Sequence[int], ranked: Sequence[str], agreements: Sequence[float],
                 throughput: Sequence[float]) -> tuple[ParetoPoint, ...]:
     """The Pareto points of a ladder: k = ``counts[i]`` most harmful of ``ranked`` in float,

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -233,24 +234,24 @@ def test_offline_batches_fully_and_server_pads_partial_batches(tmp_path: Path) -
     assert server.padded_fraction > 0  # at 20-40 QPS most batches are partial, padded to 4
 
 
+class Sample:
+    """A LoadGen QuerySample: ``id`` and the sample's ``index`` in the library."""
+
+    def __init__(self, id: int, index: int) -> None:
+        self.id, self.index = id, index
+
+
+def fake_loadgen(complete):
+    """A stand-in for the ``mlperf_loadgen`` module as the SUT uses it: a response is its
+    sample id, and QuerySamplesComplete hands the ids to ``complete``."""
+    return SimpleNamespace(QuerySampleResponse=lambda id, data, size: id,
+                           QuerySamplesComplete=lambda ids: complete(list(ids)))
+
+
 def test_batcher_pads_to_the_engine_batch_and_waits_at_most_the_delay() -> None:
     completed: list[list[int]] = []
-
-    class FakeLoadGen:
-        @staticmethod
-        def QuerySampleResponse(id, data, size):
-            return id
-
-        @staticmethod
-        def QuerySamplesComplete(ids):
-            completed.append(list(ids))
-
-    class Sample:
-        def __init__(self, id, index):
-            self.id, self.index = id, index
-
     engine = SleepEngine(0.0)
-    sut = SystemUnderTest(engine, library(), BatchPolicy(4, 30.0), FakeLoadGen)
+    sut = SystemUnderTest(engine, library(), BatchPolicy(4, 30.0), fake_loadgen(lambda ids: completed.append(list(ids))))
 
     def test() -> float:  # as LoadGen's StartTest: issue, return when every sample is complete
         started = time.perf_counter()
@@ -274,24 +275,14 @@ def test_an_interrupt_while_serving_returns_only_after_the_test_has_ended() -> N
     completed: list[int] = []
     calls = [0]
 
-    class FakeLoadGen:
-        @staticmethod
-        def QuerySampleResponse(id, data, size):
-            return id
-
-        @staticmethod
-        def QuerySamplesComplete(ids):
-            calls[0] += 1
-            if calls[0] == 1:
-                raise KeyboardInterrupt
-            completed.extend(ids)
-
-    class Sample:
-        def __init__(self, id, index):
-            self.id, self.index = id, index
+    def complete(ids: list[int]) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise KeyboardInterrupt
+        completed.extend(ids)
 
     engine = SleepEngine(0.0)
-    sut = SystemUnderTest(engine, library(), BatchPolicy(1), FakeLoadGen)
+    sut = SystemUnderTest(engine, library(), BatchPolicy(1), fake_loadgen(complete))
     ended: list[bool] = []
 
     def test() -> None:

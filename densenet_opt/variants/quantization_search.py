@@ -31,7 +31,6 @@ cached by everything it depends on, so a sweep pays for it once.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -119,21 +118,13 @@ def search(
     kept in float, taking batches of exactly ``batch_size`` float32 images.
     ``reference_top1``: the fp32 model's argmax class for each of ``heldout`` (float32
     [N,3,224,224]). ``target``: agreement in %. ``rounds``: timed calls per point."""
-    started = time.perf_counter()
-    counts = pareto.ladder(max_float_modules, len(ranked))
-    engines, agreements = [], []
-    for index, k in enumerate(counts):
-        engine = build_point(tuple(ranked[:k]))
-        agreements.append(pareto.top1_agreement(batched_logits(engine, heldout, batch_size), reference_top1))
-        engines.append(engine)
-        elapsed = time.perf_counter() - started
-        left = elapsed / (index + 1) * (len(counts) - index - 1)
-        progress(f"int8: {k} float module(s): agreement {agreements[-1]:.2f}% on {len(heldout)} held-out images "
-                 f"(point {index + 1}/{len(counts)}, about {left:.0f} s left)")
     batch = heldout[:batch_size]
     if len(batch) < batch_size:
         batch = torch.cat([batch, batch[-1:].expand(batch_size - len(batch), *batch.shape[1:])])
-    throughput = pareto.round_robin_throughput([lambda engine=engine: engine(batch) for engine in engines],
-                                               batch_size, rounds)
-    return pareto.Search(pareto.points_from(counts, ranked, agreements, throughput), target, len(heldout),
-                         batch_size, UNIT)
+    points = pareto.measure_ladder(
+        ranked, max_float_modules, build=build_point,
+        agreement=lambda engine: pareto.top1_agreement(batched_logits(engine, heldout, batch_size), reference_top1),
+        run_batch=lambda engine: engine(batch), batch_size=batch_size, rounds=rounds, heldout_images=len(heldout),
+        progress=progress, name="int8", unit="module",
+    )
+    return pareto.Search(points, target, len(heldout), batch_size, UNIT)

@@ -30,7 +30,6 @@ on, so a sweep pays for it once.
 from __future__ import annotations
 
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -41,7 +40,7 @@ import torch
 
 from densenet_opt.cache import key_digest, tensor_digest
 from densenet_opt.errors import UserError
-from densenet_opt.pareto import Search, columns, ladder, points_from, round_robin_throughput, top1_agreement
+from densenet_opt.pareto import Search, columns, measure_ladder, top1_agreement
 from densenet_opt.variants.onnx.export import Artifact
 from densenet_opt.variants.onnx.quantize import (
     ImageBatchReader,
@@ -126,7 +125,6 @@ def search(
             f"the accuracy-aware int8 search found no held-out images after the {len(calibration)} calibration images: "
             "give a data folder with more images, or pass --variant-options onnx_int8.float_nodes=0 (all-int8)"
         )
-    started = time.perf_counter()
     fp32 = open_session(source.path)
     name = fp32.get_inputs()[0].name
     heldout_np = np.ascontiguousarray(heldout.numpy(), dtype=np.float32)
@@ -143,21 +141,14 @@ def search(
         source, recipe=recipe, images=calibration, cache_dir=cache_dir, progress=progress, exclude=exclude
     )
     ranked = ranked_nodes(source, recipe=recipe, calibration=calibration, cache_dir=cache_dir, progress=progress)
-    counts = ladder(max_float_nodes, len(ranked))
-    sessions, agreements = [], []
-    for index, k in enumerate(counts):
-        session = open_session(build(tuple(ranked[:k])).path)
-        agreements.append(top1_agreement(logits(session), reference))
-        sessions.append(session)
-        elapsed = time.perf_counter() - started
-        left = elapsed / (index + 1) * (len(counts) - index - 1)
-        progress(f"onnx_int8: {k} float node(s): agreement {agreements[-1]:.2f}% on {len(heldout)} held-out images "
-                 f"(point {index + 1}/{len(counts)}, about {left:.0f} s left)")
     batch = heldout_np[:batch_size]
-    throughput = round_robin_throughput(
-        [lambda session=session: session.run(None, {name: batch}) for session in sessions], len(batch), rounds
+    points = measure_ladder(
+        ranked, max_float_nodes, build=lambda exclude: open_session(build(exclude).path),
+        agreement=lambda session: top1_agreement(logits(session), reference),
+        run_batch=lambda session: session.run(None, {name: batch}), batch_size=len(batch), rounds=rounds,
+        heldout_images=len(heldout), progress=progress, name="onnx_int8", unit="node",
     )
-    return Search(points_from(counts, ranked, agreements, throughput), target, len(heldout), len(batch))
+    return Search(points, target, len(heldout), len(batch))
 
 
 def search_cache_path(cache_dir: Path, key: dict) -> Path:
