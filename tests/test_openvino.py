@@ -23,6 +23,7 @@ from densenet_opt.variants.openvino import (
     agreement_validation,
     cached_ir,
     compile_config,
+    core,
     int8_key,
 )
 
@@ -93,8 +94,8 @@ def test_the_validation_function_scores_agreement_per_item_by_index() -> None:
 
 
 def test_the_cache_key_names_the_accuracy_control_settings() -> None:
-    pytest.importorskip("openvino", reason="the key names the OpenVINO version: pip install -e .[openvino]")
-    pytest.importorskip("nncf", reason="the key names the NNCF version: pip install -e .[openvino]")
+    pytest.importorskip("openvino", reason="the key names the OpenVINO version: pip install -e .[cpu]")
+    pytest.importorskip("nncf", reason="the key names the NNCF version: pip install -e .[cpu]")
     calibration, heldout = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)
     plain = int8_key("sha", calibration)
     controlled = int8_key("sha", calibration, AccuracyControl(99.0, 2, 32, 8), heldout)
@@ -104,7 +105,7 @@ def test_the_cache_key_names_the_accuracy_control_settings() -> None:
 
 
 # The tests below build real engines; the ones above and the faked decision at the end run anywhere.
-NO_OPENVINO = "OpenVINO is the openvino extra: pip install -e .[openvino]"
+NO_OPENVINO = "OpenVINO is in the cpu extra: pip install -e .[cpu]"
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +145,7 @@ def test_openvino_fp32_is_the_reference(ctx: BuildContext, images: torch.Tensor,
 
 
 def test_openvino_bf16_runs_or_says_why(ctx: BuildContext, images: torch.Tensor, reference: torch.Tensor, ov) -> None:
-    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+    if "BF16" not in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         with pytest.raises(VariantUnavailable, match="needs a CPU with native bf16"):
             get_variant(OPENVINO_BF16).build_engine(ctx)
         return
@@ -169,6 +170,19 @@ def test_openvino_int8_is_cached_and_close(ctx: BuildContext, images: torch.Tens
     finally:
         engine.close()
         again.close()
+
+
+def test_every_build_uses_the_one_shared_core(ctx: BuildContext, ov, monkeypatch) -> None:
+    # A second openvino.Core in one process has crashed OpenVINO (variants/openvino.py: core()).
+    shared = core()
+
+    def no_second_core(*args, **kwargs):
+        raise AssertionError("a second openvino.Core was created")
+
+    monkeypatch.setattr(ov, "Core", no_second_core)
+    for name in (OPENVINO, OPENVINO_INT8):
+        get_variant(name).build_engine(ctx).close()
+    assert core() is shared
 
 
 def test_zero_calibration_images_is_one_sentence(ctx: BuildContext) -> None:

@@ -35,7 +35,7 @@ from densenet_opt.errors import UserError
 from densenet_opt.preprocessing import IMAGE_SHAPE
 from densenet_opt.sweep import Sweep
 from densenet_opt.variants import get_variant
-from densenet_opt.variants.openvino import OPENVINO, OPENVINO_INT8, compile_config, import_openvino
+from densenet_opt.variants.openvino import OPENVINO, OPENVINO_INT8, compile_config, core
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.rounds < 1:
         parser.error("--batch-size and --rounds must be at least 1")
-    ov = import_openvino()
     sweep = Sweep(options_from_mapping({"device": "cpu", "calibration_samples": args.calibration_samples,
                                         "variants": args.variants, "batch_sizes": str(args.batch_size),
                                         "variant_options": args.variant_options}))
@@ -62,9 +61,9 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{variant} is not an OpenVINO engine: pass OpenVINO variants (or chains ending in one)")
         precision = engine.info["precision"]
         threads = int(engine.info["inference_num_threads"])
-        model = ov.Core().read_model(engine.info["model_file"])
+        model = core().read_model(engine.info["model_file"])
         model.reshape([args.batch_size, *IMAGE_SHAPE])
-        compiled = ov.Core().compile_model(model, "CPU", compile_config(precision, threads))
+        compiled = core().compile_model(model, "CPU", compile_config(precision, threads))
         request = compiled.create_infer_request()
         request.infer({0: array})
         callers[f"{variant} (suite)"] = lambda engine=engine: engine(batch)

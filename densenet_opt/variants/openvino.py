@@ -28,13 +28,14 @@ change the answer:
   versions; engine_info gives the agreement measured on the held-out images afterwards and
   the number of FakeQuantize operations left.
 
-OpenVINO and NNCF are the ``openvino`` extra; without them the variants are skipped with the
+OpenVINO and NNCF are in the ``cpu`` extra; without them the variants are skipped with the
 install command. On a CUDA sweep they are skipped (CPU device only).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -54,7 +55,7 @@ from densenet_opt.values import percent, whole_number
 from densenet_opt.variants import BuildContext, Engine, Variant, VariantOption
 
 OPENVINO, OPENVINO_BF16, OPENVINO_INT8 = "openvino", "openvino_bf16", "openvino_int8"
-INSTALL_HINT = "pip install -e .[openvino] (or pip install openvino nncf)"
+INSTALL_HINT = "pip install -e .[cpu] (or pip install openvino nncf)"
 MANIFEST = "manifest.json"
 CONTROL_FILE = "accuracy_control.json"  # beside the IR: what accuracy control measured
 IR_FILES = ("model.xml", "model.bin")
@@ -78,6 +79,22 @@ def import_nncf():
     except ImportError:
         raise VariantUnavailable(f"NNCF is not installed (openvino_int8 quantizes with it): {INSTALL_HINT}") from None
     return nncf
+
+
+def core():
+    """The process's one ``openvino.Core``, shared by every read and compile here.
+
+    OpenVINO's own advice is one Core per application; more than one in a process has crashed
+    it (segmentation faults on the second Core or after many model loads: openvino issue
+    #35338, ultralytics PR #25864), and a CI run of this suite died with SIGSEGV after its
+    OpenVINO tests while every compile still made its own Core. VariantUnavailable without
+    OpenVINO (checked on every call, so that a test hiding the package sees the skip)."""
+    return _shared_core(import_openvino())
+
+
+@functools.cache
+def _shared_core(ov):
+    return ov.Core()
 
 
 def _threads(text: str) -> int | None:
@@ -167,7 +184,7 @@ def _compile(ctx: BuildContext, model, precision: str, size_bytes: int, info: di
     config = compile_config(precision, threads)
     model.reshape([ctx.batch_size, *IMAGE_SHAPE])  # a static shape, as the other CPU packages
     started = time.perf_counter()
-    compiled = ov.Core().compile_model(model, "CPU", config)
+    compiled = core().compile_model(model, "CPU", config)
     engine = OpenVinoEngine(
         compiled, model_size_bytes=size_bytes,
         info={
@@ -195,11 +212,10 @@ def build_fp32(ctx: BuildContext) -> Engine:
 def build_bf16(ctx: BuildContext) -> Engine:
     """OpenVINO with bf16 inference precision. VariantUnavailable where the CPU plugin has
     no BF16 capability (no AVX-512 BF16 or AMX) or without OpenVINO."""
-    ov = import_openvino()
-    if not cpu_supports_bf16(ov.Core()):
+    if not cpu_supports_bf16(core()):
         raise VariantUnavailable(
             "openvino_bf16 needs a CPU with native bf16 (AVX-512 BF16 or AMX): OpenVINO's CPU plugin lists "
-            f"only {', '.join(ov.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))} here"
+            f"only {', '.join(core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))} here"
         )
     source, model, convert_s = _source_model(ctx)
     return _compile(ctx, model, "bf16", source.size_bytes,
@@ -274,7 +290,7 @@ class Agreement:
 
     @staticmethod
     def _compiled(model):
-        return import_openvino().Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        return core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
     def __call__(self, model) -> float:
         return 100.0 * self.validate(self._compiled(model), self.items)[0]
@@ -362,7 +378,7 @@ def build_int8(ctx: BuildContext) -> Engine:
     started = time.perf_counter()
     cached = cached_ir(folder, key, quantize)
     quantize_s = time.perf_counter() - started
-    model = ov.Core().read_model(str(folder / IR_FILES[0]))
+    model = core().read_model(str(folder / IR_FILES[0]))
     size = sum((folder / name).stat().st_size for name in IR_FILES)
     info = {
         "model_file": str(folder / IR_FILES[0]),
