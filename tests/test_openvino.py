@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,11 +22,13 @@ from densenet_opt.variants.openvino import (
     OPENVINO_BF16,
     OPENVINO_INT8,
     AccuracyControl,
+    OpenVinoEngine,
     agreement_validation,
     cached_ir,
     compile_config,
     core,
     int8_key,
+    part_size,
 )
 
 BATCH = 4
@@ -52,6 +56,68 @@ def test_a_cuda_sweep_skips_them_with_the_reason(tmp_path: Path) -> None:
                        calibration_images=torch.zeros, calibration_samples=1, weights_key="none", cache_dir=tmp_path)
     with pytest.raises(VariantUnavailable, match="runs on cpu only, not cuda"):
         get_variant(OPENVINO_INT8).build_engine(ctx)
+
+
+def test_streams_pick_the_throughput_hint_and_split_batches_into_at_most_that_many_parts() -> None:
+    assert compile_config("int8", 2)["PERFORMANCE_HINT"] == "LATENCY" and compile_config("int8", 2)["NUM_STREAMS"] == "1"
+    assert compile_config("int8", 2, 2)["PERFORMANCE_HINT"] == "THROUGHPUT" and compile_config("int8", 2, 2)["NUM_STREAMS"] == "2"
+    assert [part_size(batch, 2) for batch in (1, 3, 4, 32)] == [1, 2, 2, 16]
+    assert part_size(32, 3) == 11 and part_size(2, 4) == 1
+    with pytest.raises(UserError, match="openvino.streams=0: must be at least 1"):
+        parse_variant_options({"openvino.streams": "0"})
+
+
+class _FakeRequest:
+    """An inference request whose logits are each image's sum times [1..1000]: rows can be
+    checked for order; ``events`` records starts and waits across requests."""
+
+    def __init__(self, events: list[str], index: int) -> None:
+        self.events, self.index, self.output = events, index, None
+
+    def _logits(self, part: np.ndarray) -> np.ndarray:
+        return part.reshape(len(part), -1).sum(axis=1, keepdims=True) * np.arange(1, 1001, dtype=np.float32)
+
+    def infer(self, inputs):
+        self.events.append(f"infer {self.index}")
+        return {"logits": self._logits(inputs[0])}
+
+    def start_async(self, inputs) -> None:
+        self.events.append(f"start {self.index} {len(inputs[0])}")
+        self.output = self._logits(inputs[0])
+
+    def wait(self) -> None:
+        self.events.append(f"wait {self.index}")
+
+    def get_output_tensor(self, index: int):
+        return SimpleNamespace(data=self.output)
+
+
+class _FakeCompiled:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.requests = 0
+
+    def create_infer_request(self) -> _FakeRequest:
+        self.requests += 1
+        return _FakeRequest(self.events, self.requests - 1)
+
+
+@pytest.mark.parametrize(("batch", "streams"), [(4, 1), (4, 2), (3, 2), (32, 3), (1, 2)])
+def test_the_engine_splits_a_batch_over_requests_all_in_flight_and_keeps_the_order(batch: int, streams: int) -> None:
+    compiled = _FakeCompiled()
+    engine = OpenVinoEngine(compiled, part_size=part_size(batch, streams), model_size_bytes=0, info={})
+    images = torch.rand(batch, 3, 224, 224)
+    for _ in range(2):  # the requests are made once and reused
+        logits = engine(images)
+    assert logits.shape == (batch, 1000) and logits.dtype == torch.float32
+    expected = images.reshape(batch, -1).sum(dim=1, keepdim=True) * torch.arange(1, 1001, dtype=torch.float32)
+    torch.testing.assert_close(logits, expected)
+    parts = -(-batch // part_size(batch, streams))
+    assert compiled.requests == parts
+    if parts > 1:
+        call = compiled.events[-2 * parts:]
+        assert [event.split()[0] for event in call] == ["start"] * parts + ["wait"] * parts
+        assert all(event.endswith(f" {part_size(batch, streams)}") for event in call[:parts])  # the last part padded
 
 
 def test_threads_option_is_checked() -> None:
@@ -170,6 +236,19 @@ def test_openvino_int8_is_cached_and_close(ctx: BuildContext, images: torch.Tens
     finally:
         engine.close()
         again.close()
+
+
+def test_two_streams_give_the_logits_of_one(ctx: BuildContext, images: torch.Tensor) -> None:
+    one = get_variant(OPENVINO_INT8).build_engine(ctx)
+    two = get_variant(OPENVINO_INT8).build_engine(
+        dataclasses.replace(ctx, options=parse_variant_options(dict(ctx.options) | {"openvino.streams": "2"})))
+    try:
+        assert (two.info["performance_hint"], two.info["num_streams"], two.info["requests_per_call"]) == ("THROUGHPUT", "2", "2")
+        assert one.info["requests_per_call"] == "1"
+        torch.testing.assert_close(two(images), one(images), rtol=1e-3, atol=1e-3)
+    finally:
+        one.close()
+        two.close()
 
 
 def test_every_build_uses_the_one_shared_core(ctx: BuildContext, ov, monkeypatch) -> None:

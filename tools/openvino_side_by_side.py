@@ -13,9 +13,13 @@ the ratio suite / plain.
     python tools/openvino_side_by_side.py --batch-size 32 --rounds 8
     python tools/openvino_side_by_side.py --variants openvino_int8 --batch-size 1 --rounds 30
     python tools/openvino_side_by_side.py --variants openvino_int8,pruned_structured+openvino_int8
+    python tools/openvino_side_by_side.py --variants openvino_int8,pruned_structured+openvino_int8 --streams 1,2
 
-The last column is each suite engine's throughput over the first variant's, measured in
-the same round-robin (issue 14's stacking target: a chain against ``openvino_int8``).
+The last column is each suite engine's throughput over the first one's, measured in the
+same round-robin (issue 14's stacking target: a chain against ``openvino_int8``).
+``--streams 1,2`` builds every variant once per stream count (``openvino.streams``); the
+plain script then runs the same parts through an ``AsyncInferQueue``, as OpenVINO's
+benchmark_app does.
 
 Uses the sweep's options (weights, cache dir, calibration images) with their defaults;
 synthetic weights when torchvision's are not cached. Needs the cpu extra (OpenVINO, NNCF).
@@ -24,18 +28,47 @@ synthetic weights when torchvision's are not cached. Needs the cpu extra (OpenVI
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
 
+import numpy as np
 import torch
 
 from densenet_opt.config import options_from_mapping
 from densenet_opt.errors import UserError
 from densenet_opt.preprocessing import IMAGE_SHAPE
 from densenet_opt.sweep import Sweep
-from densenet_opt.variants import get_variant
-from densenet_opt.variants.openvino import OPENVINO, OPENVINO_INT8, compile_config, core
+from densenet_opt.values import whole_number
+from densenet_opt.variants import get_variant, parse_variant_options
+from densenet_opt.variants.openvino import OPENVINO, OPENVINO_INT8, compile_config, core, import_openvino, part_size
+
+
+def plain_caller(info: dict[str, str], array, streams: int):
+    """A plain OpenVINO call of the model file in ``info`` (an engine's), compiled with the
+    engine's precision and threads and ``streams``: one synchronous request, or the batch's
+    parts through an AsyncInferQueue."""
+    model = core().read_model(info["model_file"])
+    size = part_size(len(array), streams)
+    model.reshape([size, *IMAGE_SHAPE])
+    compiled = core().compile_model(model, "CPU", compile_config(info["precision"], int(info["inference_num_threads"]), streams))
+    if size == len(array):
+        request = compiled.create_infer_request()
+        request.infer({0: array})
+        return lambda: request.infer({0: array})
+    parts = [array[start : start + size] for start in range(0, len(array), size)]
+    if len(parts[-1]) < size:  # padded with zeros, as the suite's engine does
+        parts[-1] = np.concatenate([parts[-1], np.zeros((size - len(parts[-1]), *array.shape[1:]), np.float32)])
+    queue = import_openvino().AsyncInferQueue(compiled, len(parts))
+
+    def call() -> None:
+        for index, part in enumerate(parts):
+            queue.start_async({0: part}, index)
+        queue.wait_all()
+
+    call()
+    return call
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,9 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=8, help="timed calls per engine, round-robin")
     parser.add_argument("--calibration-samples", default="128")
     parser.add_argument("--variant-options", default="", help="as the sweep's, e.g. openvino_int8.accuracy_control=off")
+    parser.add_argument("--streams", default="1", help="comma-separated openvino.streams values, each variant built with each")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.rounds < 1:
         parser.error("--batch-size and --rounds must be at least 1")
+    try:
+        streams_values = [whole_number(text, minimum=1) for text in args.streams.split(",")]
+    except ValueError as error:
+        parser.error(f"--streams: {error}")
     sweep = Sweep(options_from_mapping({"device": "cpu", "calibration_samples": args.calibration_samples,
                                         "variants": args.variants, "batch_sizes": str(args.batch_size),
                                         "variant_options": args.variant_options}))
@@ -56,18 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     array = batch.numpy()
     callers: dict[str, object] = {}
     for variant in args.variants.split(","):
-        engine = get_variant(variant).build_engine(sweep.build_context(args.batch_size))
-        if "model_file" not in engine.info:
-            raise UserError(f"{variant} is not an OpenVINO engine: pass OpenVINO variants (or chains ending in one)")
-        precision = engine.info["precision"]
-        threads = int(engine.info["inference_num_threads"])
-        model = core().read_model(engine.info["model_file"])
-        model.reshape([args.batch_size, *IMAGE_SHAPE])
-        compiled = core().compile_model(model, "CPU", compile_config(precision, threads))
-        request = compiled.create_infer_request()
-        request.infer({0: array})
-        callers[f"{variant} (suite)"] = lambda engine=engine: engine(batch)
-        callers[f"{variant} (plain)"] = lambda request=request: request.infer({0: array})
+        for streams in streams_values:
+            ctx = sweep.build_context(args.batch_size)
+            ctx = dataclasses.replace(ctx, options=parse_variant_options(dict(ctx.options) | {"openvino.streams": str(streams)}))
+            engine = get_variant(variant).build_engine(ctx)
+            if "model_file" not in engine.info:
+                raise UserError(f"{variant} is not an OpenVINO engine: pass OpenVINO variants (or chains ending in one)")
+            name = variant if len(streams_values) == 1 else f"{variant} streams={streams}"
+            callers[f"{name} (suite)"] = lambda engine=engine: engine(batch)
+            callers[f"{name} (plain)"] = plain_caller(engine.info, array, streams)
     seconds: dict[str, list[float]] = {name: [] for name in callers}
     for _ in range(args.rounds):
         for name, call in callers.items():

@@ -11,9 +11,15 @@ change the answer:
   ``openvino_bf16``, which is unavailable where the CPU plugin does not list BF16 among its
   OPTIMIZATION_CAPABILITIES (AVX-512 BF16 or AMX); ``openvino_int8`` leaves the non-int8
   layers at f32.
-- ``PERFORMANCE_HINT = LATENCY`` and ``NUM_STREAMS = 1``: one inference request at a time on
-  all the threads, the same call boundary as every other engine (batch in, logits out,
-  synchronous); ``INFERENCE_NUM_THREADS`` = the physical cores (``openvino.threads=N``).
+- ``PERFORMANCE_HINT = LATENCY`` and ``NUM_STREAMS = 1`` by default: one inference request
+  at a time on all the threads, the same call boundary as every other engine (batch in,
+  logits out, synchronous); ``INFERENCE_NUM_THREADS`` = the physical cores
+  (``openvino.threads=N``). ``openvino.streams=N`` (N > 1) is OpenVINO's throughput mode
+  behind the same boundary: ``PERFORMANCE_HINT = THROUGHPUT``, ``NUM_STREAMS = N``, the model
+  compiled for ceil(batch / N) images and each batch split into that many parts, one
+  inference request per part, all in flight at once (what ``benchmark_app`` does with
+  several requests); the threads are shared among the streams, so on few cores it trades
+  the synchronisation of many threads on one small layer for parallel independent work.
 - ``openvino_int8``: NNCF post-training quantization with its default preset (symmetric int8
   weights and activations) on the same calibration images as every other int8 variant, never
   evaluated ones. With ``accuracy_control=on`` (the default) it is
@@ -109,9 +115,16 @@ def _threads(text: str) -> int | None:
 
 THREADS_OPTION = VariantOption("threads", _threads, None,
                                "INFERENCE_NUM_THREADS of the CPU plugin, a whole number >= 1 (auto: physical cores)")
+STREAMS_OPTION = VariantOption(
+    "streams", lambda text: whole_number(text, minimum=1), 1,
+    "NUM_STREAMS of the CPU plugin: 1 is one inference request on all the threads (PERFORMANCE_HINT=LATENCY); "
+    "N > 1 splits each batch into N equal parts run at once, one request per stream, the threads shared among "
+    "them (OpenVINO's throughput mode)",
+)
 ON, OFF = "on", "off"
 INT8_OPTIONS = (
     THREADS_OPTION,
+    STREAMS_OPTION,
     VariantOption.choice(
         "accuracy_control", (ON, OFF), ON,
         "nncf.quantize_with_accuracy_control: revert the quantized operations that cost most agreement to float "
@@ -131,20 +144,46 @@ INT8_OPTIONS = (
 
 class OpenVinoEngine:
     """A compiled OpenVINO model behind the engine contract: float32 [N,3,224,224] host
-    batch in, float32 [N,1000] host logits out, one synchronous inference request."""
+    batch in, float32 [N,1000] host logits out, synchronous.
 
-    def __init__(self, compiled, *, model_size_bytes: int, info: dict[str, str]) -> None:
+    ``compiled`` takes parts of ``part_size`` images (its static input shape): with one
+    part, one inference request per call; with ``ceil(N / part_size)`` > 1 parts, one
+    request per part, all started before any is waited for, so that the plugin's streams
+    run them at once (the last part, when N is not a multiple of ``part_size``, is padded
+    with zeros and its padding dropped from the logits)."""
+
+    def __init__(self, compiled, *, part_size: int, model_size_bytes: int, info: dict[str, str]) -> None:
         self._compiled = compiled
-        self._request = compiled.create_infer_request()
+        self._part_size = part_size
+        self._requests: list = []
         self.model_size_bytes = model_size_bytes
         self.info = info
 
+    def _request(self, index: int):
+        while len(self._requests) <= index:
+            self._requests.append(self._compiled.create_infer_request())
+        return self._requests[index]
+
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        outputs = self._request.infer({0: np.ascontiguousarray(batch.numpy(), dtype=np.float32)})
-        return torch.from_numpy(np.array(next(iter(outputs.values())), dtype=np.float32, copy=True))
+        array = np.ascontiguousarray(batch.numpy(), dtype=np.float32)
+        size = self._part_size
+        if len(array) == size:
+            outputs = self._request(0).infer({0: array})
+            return torch.from_numpy(np.array(next(iter(outputs.values())), dtype=np.float32, copy=True))
+        parts = [array[start : start + size] for start in range(0, len(array), size)]
+        if len(parts[-1]) < size:
+            parts[-1] = np.concatenate([parts[-1], np.zeros((size - len(parts[-1]), *array.shape[1:]), np.float32)])
+        requests = [self._request(index) for index in range(len(parts))]
+        for request, part in zip(requests, parts):
+            request.start_async({0: part})
+        logits = []
+        for request in requests:
+            request.wait()
+            logits.append(np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True))
+        return torch.from_numpy(np.concatenate(logits)[: len(array)])
 
     def close(self) -> None:
-        self._request = None
+        self._requests = []
         self._compiled = None
 
 
@@ -153,14 +192,22 @@ def cpu_supports_bf16(core) -> bool:
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def compile_config(precision: str, threads: int) -> dict[str, str]:
-    """The CPU plugin properties for ``precision`` (fp32, bf16 or int8): module docstring."""
+def compile_config(precision: str, threads: int, streams: int = 1) -> dict[str, str]:
+    """The CPU plugin properties for ``precision`` (fp32, bf16 or int8) and ``streams``
+    (module docstring): LATENCY with one stream, THROUGHPUT with more."""
     return {
-        "PERFORMANCE_HINT": "LATENCY",
-        "NUM_STREAMS": "1",
+        "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
+        "NUM_STREAMS": str(streams),
         "INFERENCE_NUM_THREADS": str(threads),
         "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
     }
+
+
+def part_size(batch_size: int, streams: int) -> int:
+    """Images per inference request when a batch of ``batch_size`` is split over
+    ``streams`` streams: ceil(batch_size / streams), so that no more parts than streams
+    run (1 image per request at batch 1, whatever ``streams``)."""
+    return -(-batch_size // streams)
 
 
 def _source_model(ctx: BuildContext):
@@ -175,23 +222,28 @@ def _source_model(ctx: BuildContext):
 
 
 def _compile(ctx: BuildContext, model, precision: str, size_bytes: int, info: dict[str, str]) -> OpenVinoEngine:
-    """Compile ``model`` (an ov.Model) for the CPU at ``ctx.batch_size`` with compile_config;
+    """Compile ``model`` (an ov.Model) for the CPU at ``ctx.batch_size`` with compile_config
+    (parts of part_size images when ``streams`` > 1);
     ``info`` must name the ``model_file`` it came from (tools/openvino_side_by_side.py reads it)."""
     from densenet_opt.variants.onnx.providers import default_threads
 
     ov = import_openvino()
     threads = ctx.option("threads") or default_threads()
-    config = compile_config(precision, threads)
-    model.reshape([ctx.batch_size, *IMAGE_SHAPE])  # a static shape, as the other CPU packages
+    streams = ctx.option("streams")
+    config = compile_config(precision, threads, streams)
+    part = part_size(ctx.batch_size, streams)
+    model.reshape([part, *IMAGE_SHAPE])  # a static shape, as the other CPU packages
     started = time.perf_counter()
     compiled = core().compile_model(model, "CPU", config)
     engine = OpenVinoEngine(
-        compiled, model_size_bytes=size_bytes,
+        compiled, part_size=part, model_size_bytes=size_bytes,
         info={
             "runtime": f"openvino-{ov.__version__.split('-')[0]}",
             "precision": precision,
             **info,
             **{key.lower(): value for key, value in config.items()},
+            "requests_per_call": str(-(-ctx.batch_size // part)),
+            "streams_compiled": str(compiled.get_property("NUM_STREAMS")),  # what the plugin made of NUM_STREAMS
             "compile_s": f"{time.perf_counter() - started:.2f}",
         },
     )
@@ -461,9 +513,9 @@ def _cached_problem(folder: Path, key: Mapping[str, object]) -> str | None:
 
 VARIANTS = [
     Variant(OPENVINO, "OpenVINO fp32 (inference precision pinned to f32) of the ONNX export, CPU plugin",
-            build_fp32, devices=("cpu",), options=(THREADS_OPTION,)),
+            build_fp32, devices=("cpu",), options=(THREADS_OPTION, STREAMS_OPTION)),
     Variant(OPENVINO_BF16, "OpenVINO with bf16 inference precision (CPUs with AVX-512 BF16 or AMX)",
-            build_bf16, devices=("cpu",), options=(THREADS_OPTION,), shared_prefix=OPENVINO),
+            build_bf16, devices=("cpu",), options=(THREADS_OPTION, STREAMS_OPTION), shared_prefix=OPENVINO),
     Variant(OPENVINO_INT8, "OpenVINO int8 by NNCF post-training quantization (default preset) with accuracy control, CPU plugin",
             build_int8, devices=("cpu",), options=INT8_OPTIONS, shared_prefix=OPENVINO),
 ]
