@@ -33,7 +33,7 @@ def tests(session: nox.Session) -> None:
     session.install("-e", ".[cpu,test]")
     # One cache for the tests and the sweeps they start: the synthetic weights take minutes to build.
     session.env["DENSENET_OPT_CACHE"] = os.environ.get("DENSENET_OPT_CACHE", str(Path.home() / ".cache" / "densenet_opt"))
-    session.run("pytest", *TEST_SWEEP, "--output-dir=.nox/test-results", *session.posargs)
+    session.run("pytest", *TEST_SWEEP, "--output-dir=.nox/test-results", "--durations=15", *session.posargs)
 
 
 def compare_args(device: str, posargs: list[str]) -> list[str]:

@@ -29,6 +29,7 @@ from densenet_opt.variants.openvino import (
     core,
     int8_key,
     part_size,
+    quantize_in_fresh_process,
 )
 
 BATCH = 4
@@ -344,6 +345,14 @@ def test_accuracy_control_takes_the_fastest_model_meeting_the_target(monkeypatch
         settings = fake.controlled_calls[0]
         assert settings["max_drop"] == pytest.approx(0.01) and settings["drop_type"] == "absolute"
         assert settings["advanced_accuracy_restorer_parameters"] == {"max_num_iterations": 3, "ranking_subset_size": 2}
+
+
+def test_the_quantization_process_raises_its_error_here_and_leaves_no_ir(ov, tmp_path: Path) -> None:
+    pytest.importorskip("nncf", reason=NO_OPENVINO)
+    messages: list[str] = []
+    with pytest.raises(Exception, match="nosuch.onnx"):
+        quantize_in_fresh_process(tmp_path / "nosuch.onnx", torch.zeros(1, 3, 224, 224), None, None, tmp_path, messages.append)
+    assert not (tmp_path / IR_FILES[0]).exists()
 
 
 def test_accuracy_control_builds_caches_and_reports_on_a_small_cnn(ov, tmp_path: Path) -> None:

@@ -29,7 +29,8 @@ change the answer:
   (after the calibration images, never evaluated ones) is at least ``agreement_target``, or
   ``max_reverted`` operations are reverted. The metric is ours (agreement with fp32 needs no
   labels: NNCF takes any validation function); NNCF validates with inference precision f32.
-  With ``accuracy_control=off`` it is plain ``nncf.quantize``. The quantized IR is cached on
+  With ``accuracy_control=off`` it is plain ``nncf.quantize``. NNCF runs in a spawned process
+  (quantize_in_fresh_process says why). The quantized IR is cached on
   disk keyed by the export's sha256, the images, the settings, and the OpenVINO and NNCF
   versions; engine_info gives the agreement measured on the held-out images afterwards and
   the number of FakeQuantize operations left.
@@ -43,7 +44,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import multiprocessing
 import os
+import pickle
+import queue
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -388,13 +392,91 @@ def quantize_controlled(source, calibration: torch.Tensor, heldout: torch.Tensor
     return all_int8, measured | {"chosen": "all-int8 (no model met the target)"}
 
 
+def _quantize(source_path: str, images: np.ndarray, heldout: np.ndarray | None, control: AccuracyControl | None,
+              staging: str, progress: Callable[[str], None]) -> None:
+    """NNCF int8 of the ONNX file at ``source_path`` into ``staging`` (IR_FILES, and
+    CONTROL_FILE with what accuracy control measured): the body of the fresh process."""
+    ov, nncf = import_openvino(), import_nncf()
+    model = ov.convert_model(source_path)
+    calibration = torch.from_numpy(images)
+    if control is None:
+        quantized = nncf.quantize(model, nncf.Dataset(_items(calibration)), subset_size=len(calibration))
+    else:
+        quantized, measured = quantize_controlled(model, calibration, torch.from_numpy(heldout), control, progress)
+        (Path(staging) / CONTROL_FILE).write_text(json.dumps(measured, indent=2) + "\n")
+    ov.save_model(quantized, str(Path(staging) / IR_FILES[0]), compress_to_fp16=False)
+
+
+def _quantize_child(messages, *args) -> None:
+    """multiprocessing target: _quantize(*args) with progress, the end and any error sent
+    through ``messages`` as (kind, value) pairs."""
+    try:
+        _quantize(*args, lambda message: messages.put(("progress", message)))
+        messages.put(("done", None))
+    except BaseException as error:
+        try:
+            pickle.dumps(error)
+        except Exception:
+            error = RuntimeError(f"{type(error).__name__}: {error}")
+        messages.put(("error", error))
+
+
+def quantize_in_fresh_process(source_path: Path, images: torch.Tensor, heldout: torch.Tensor | None,
+                              control: AccuracyControl | None, staging: Path, progress: Callable[[str], None]) -> None:
+    """NNCF quantization (plain, or with accuracy ``control`` on ``heldout``) of the ONNX file
+    at ``source_path`` on ``images`` (float32 [N,3,224,224]), written to ``staging``, in a
+    spawned process; its progress is passed to ``progress`` and its error raised here.
+
+    Why a process: ``nncf.quantize_with_accuracy_control`` run in a process that had also
+    compiled and run the sweep's OpenVINO engines left that process to die with SIGSEGV at its
+    next Python call (reproduced in CI's test process, 2026-11-30; fine without the NNCF
+    call): NNCF's state now never lives where engines are timed. UserError when the process
+    ends without a result (killed, or out of memory), with what to do."""
+    context = multiprocessing.get_context("spawn")
+    messages = context.Queue()
+    child = context.Process(
+        target=_quantize_child, name="densenet-opt-nncf", daemon=True,
+        args=(messages, str(source_path), images.numpy(), None if heldout is None else heldout.numpy(), control,
+              str(staging)),
+    )
+    child.start()
+    try:
+        while True:
+            try:
+                kind, value = messages.get(timeout=0.5)
+            except queue.Empty:
+                if child.is_alive():
+                    continue
+                try:  # it may have sent its last message just before it ended
+                    kind, value = messages.get(timeout=1.0)
+                except queue.Empty:
+                    raise UserError(
+                        f"{OPENVINO_INT8}: the NNCF quantization process ended without a result (exit code "
+                        f"{child.exitcode}); if it ran out of memory, pass fewer --calibration-samples or a smaller "
+                        f"{OPENVINO_INT8}.search_images"
+                    ) from None
+            if kind == "progress":
+                progress(value)
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        if child.is_alive():
+            child.join(timeout=10)
+        if child.is_alive():  # interrupted, or an error raised while it still ran
+            child.terminate()
+            child.join()
+        messages.close()
+
+
 def build_int8(ctx: BuildContext) -> Engine:
     """NNCF post-training int8 of the OpenVINO model, calibrated on ``ctx.calibration_samples``
     images, with accuracy control unless ``accuracy_control=off`` (module docstring), cached
     as IR with what the control measured. UserError for --calibration-samples 0, too few
     images for the held-out set, or a full cache disk; VariantUnavailable without OpenVINO
-    or NNCF."""
-    ov, nncf = import_openvino(), import_nncf()
+    or NNCF. NNCF runs in a fresh process (quantize_in_fresh_process)."""
+    nncf = import_nncf()  # here too, so that a missing NNCF is a skip before any export
     if ctx.calibration_samples < 1:
         raise UserError(
             f"int8 quantization needs calibration images, got {ctx.calibration_samples}: pass "
@@ -418,14 +500,9 @@ def build_int8(ctx: BuildContext) -> Engine:
     folder = Path(ctx.cache_dir) / "openvino" / f"densenet121-int8-{key_digest(key)}"
 
     def quantize(staging: Path) -> None:
-        ctx.progress(f"{OPENVINO_INT8}: nncf quantization on {len(images)} calibration images (cached in {folder})")
-        model = ov.convert_model(str(source.path))
-        if control is None:
-            quantized = nncf.quantize(model, nncf.Dataset(_items(images)), subset_size=len(images))
-        else:
-            quantized, measured = quantize_controlled(model, images, heldout, control, ctx.progress)
-            (staging / CONTROL_FILE).write_text(json.dumps(measured, indent=2) + "\n")
-        ov.save_model(quantized, str(staging / IR_FILES[0]), compress_to_fp16=False)
+        ctx.progress(f"{OPENVINO_INT8}: nncf quantization on {len(images)} calibration images in a fresh process "
+                     f"(cached in {folder})")
+        quantize_in_fresh_process(source.path, images, heldout if control else None, control, staging, ctx.progress)
 
     started = time.perf_counter()
     cached = cached_ir(folder, key, quantize)
