@@ -399,3 +399,22 @@ def test_accuracy_control_builds_caches_and_reports_on_a_small_cnn(ov, tmp_path:
     finally:
         engine.close()
         again.close()
+
+
+def test_the_side_by_side_tool_times_streams_and_profiles_layers(ov) -> None:
+    # tools/openvino_side_by_side.py, the README's instrument for issue 14's ratios, end to end
+    # on the fp32 variant (its ONNX export is the sweep's, cached) at batch 2, one round.
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "tools/openvino_side_by_side.py", "--variants", OPENVINO, "--batch-size", "2", "--rounds", "1",
+         "--streams", "1,2", "--layer-profile"], capture_output=True, text=True, cwd=repo, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {line.split(" (")[0]: line for line in done.stdout.splitlines() if line.startswith(f"{OPENVINO} streams=")}
+    assert set(rows) == {f"{OPENVINO} streams=1", f"{OPENVINO} streams=2"}, done.stdout
+    assert "ms per call by layer type" in done.stdout and "Convolution" in done.stdout
+    bad = subprocess.run([sys.executable, "tools/openvino_side_by_side.py", "--streams", "0"], capture_output=True,
+                         text=True, cwd=repo, timeout=120)
+    assert bad.returncode == 2 and "--streams: must be at least 1" in bad.stderr

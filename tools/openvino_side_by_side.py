@@ -19,7 +19,9 @@ The last column is each suite engine's throughput over the first one's, measured
 same round-robin (issue 14's stacking target: a chain against ``openvino_int8``).
 ``--streams 1,2`` builds every variant once per stream count (``openvino.streams``); the
 plain script then runs the same parts through an ``AsyncInferQueue``, as OpenVINO's
-benchmark_app does.
+benchmark_app does. ``--layer-profile`` then prints, per variant, where a call's time goes:
+OpenVINO's per-layer counters (``PERF_COUNT=YES``) of its model at one stream, summed by
+executed layer type, mean of 5 calls round-robin (ms per call).
 
 Uses the sweep's options (weights, cache dir, calibration images) with their defaults;
 synthetic weights when torchvision's are not cached. Needs the cpu extra (OpenVINO, NNCF).
@@ -80,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-samples", default="128")
     parser.add_argument("--variant-options", default="", help="as the sweep's, e.g. openvino_int8.accuracy_control=off")
     parser.add_argument("--streams", default="1", help="comma-separated openvino.streams values, each variant built with each")
+    parser.add_argument("--layer-profile", action="store_true",
+                        help="also print each variant's ms per call by layer type (OpenVINO PERF_COUNT, one stream)")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.rounds < 1:
         parser.error("--batch-size and --rounds must be at least 1")
@@ -93,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     batch = torch.randn(args.batch_size, *IMAGE_SHAPE, generator=torch.Generator().manual_seed(0))
     array = batch.numpy()
     callers: dict[str, object] = {}
+    model_files: dict[str, dict[str, str]] = {}
     for variant in args.variants.split(","):
         for streams in streams_values:
             ctx = sweep.build_context(args.batch_size)
@@ -101,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             if "model_file" not in engine.info:
                 raise UserError(f"{variant} is not an OpenVINO engine: pass OpenVINO variants (or chains ending in one)")
             name = variant if len(streams_values) == 1 else f"{variant} streams={streams}"
+            model_files.setdefault(variant, engine.info)
             callers[f"{name} (suite)"] = lambda engine=engine: engine(batch)
             callers[f"{name} (plain)"] = plain_caller(engine.info, array, streams)
     seconds: dict[str, list[float]] = {name: [] for name in callers}
@@ -119,7 +125,44 @@ def main(argv: list[str] | None = None) -> int:
             plain = statistics.median(seconds[name.replace("(suite)", "(plain)")])
             ratio, versus_first = f"{plain / median:.3f}", f"{first / median:.3f}"
         print(f"{name:48s} {median * 1e3:9.1f} {args.batch_size / median:10.2f} {ratio:>12s} {versus_first:>8s}")
+    if args.layer_profile:
+        print_layer_profile(layer_profiles(model_files, array))
     return 0
+
+
+def layer_profiles(infos: dict[str, dict[str, str]], array, calls: int = 5) -> dict[str, dict[str, float]]:
+    """Per variant, ms per call by executed layer type of the model file in its engine's
+    ``info``, one stream, with OpenVINO's per-layer counters (PERF_COUNT=YES): the mean of
+    ``calls`` calls, the variants called round-robin so that drift lands on all."""
+    requests = {}
+    for variant, info in infos.items():
+        model = core().read_model(info["model_file"])
+        model.reshape([len(array), *IMAGE_SHAPE])
+        config = compile_config(info["precision"], int(info["inference_num_threads"])) | {"PERF_COUNT": "YES"}
+        requests[variant] = core().compile_model(model, "CPU", config).create_infer_request()
+        requests[variant].infer({0: array})
+    totals: dict[str, dict[str, float]] = {variant: {} for variant in infos}
+    for _ in range(calls):
+        for variant, request in requests.items():
+            request.infer({0: array})
+            for layer in request.profiling_info:
+                if layer.status == layer.Status.EXECUTED:
+                    kind = totals[variant]
+                    kind[layer.node_type] = kind.get(layer.node_type, 0.0) + layer.real_time.total_seconds() * 1e3 / calls
+    return totals
+
+
+def print_layer_profile(profiles: dict[str, dict[str, float]]) -> None:
+    """One row per layer type (those of at least 1 ms somewhere), one column per variant."""
+    names = list(profiles)
+    types = sorted({kind for profile in profiles.values() for kind in profile}, key=lambda kind: -profiles[names[0]].get(kind, 0.0))
+    print("\nms per call by layer type (PERF_COUNT, one stream, mean of 5 calls round-robin)")
+    width = max(len(name) for name in names)
+    print(f"{'layer type':32s}" + "".join(f" {name:>{width}s}" for name in names))
+    for kind in types:
+        if max(profile.get(kind, 0.0) for profile in profiles.values()) >= 1.0:
+            print(f"{kind:32s}" + "".join(f" {profiles[name].get(kind, 0.0):{width}.1f}" for name in names))
+    print(f"{'total':32s}" + "".join(f" {sum(profiles[name].values()):{width}.1f}" for name in names))
 
 
 if __name__ == "__main__":
