@@ -94,11 +94,10 @@ def import_nncf():
 def core():
     """The process's one ``openvino.Core``, shared by every read and compile here.
 
-    OpenVINO's own advice is one Core per application; more than one in a process has crashed
-    it (segmentation faults on the second Core or after many model loads: openvino issue
-    #35338, ultralytics PR #25864), and a CI run of this suite died with SIGSEGV after its
-    OpenVINO tests while every compile still made its own Core. VariantUnavailable without
-    OpenVINO (checked on every call, so that a test hiding the package sees the skip)."""
+    OpenVINO's own advice is one Core per application, and more than one in a process has
+    crashed it elsewhere (segmentation faults on the second Core or after many model loads:
+    openvino issue #35338, ultralytics PR #25864). VariantUnavailable without OpenVINO
+    (checked on every call, so that a test hiding the package sees the skip)."""
     return _shared_core(import_openvino())
 
 
