@@ -35,7 +35,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 import torch
 
 from densenet_opt.config import options_from_mapping
@@ -44,24 +43,29 @@ from densenet_opt.preprocessing import IMAGE_SHAPE
 from densenet_opt.sweep import Sweep
 from densenet_opt.values import whole_number
 from densenet_opt.variants import get_variant, parse_variant_options
-from densenet_opt.variants.openvino import OPENVINO, OPENVINO_INT8, compile_config, core, import_openvino, part_size
+from densenet_opt.variants.openvino import OPENVINO, OPENVINO_INT8, compile_config, core, import_openvino, part_size, split_batch
+
+
+def compile_model_file(info: dict[str, str], images: int, streams: int = 1, extra: dict[str, str] | None = None):
+    """The model file in ``info`` (an engine's), reshaped to ``images`` images and compiled
+    with the engine's precision and threads, ``streams`` and ``extra`` properties."""
+    model = core().read_model(info["model_file"])
+    model.reshape([images, *IMAGE_SHAPE])
+    config = compile_config(info["precision"], int(info["inference_num_threads"]), streams) | (extra or {})
+    return core().compile_model(model, "CPU", config)
 
 
 def plain_caller(info: dict[str, str], array, streams: int):
     """A plain OpenVINO call of the model file in ``info`` (an engine's), compiled with the
     engine's precision and threads and ``streams``: one synchronous request, or the batch's
-    parts through an AsyncInferQueue."""
-    model = core().read_model(info["model_file"])
+    parts (padded as the suite's engine pads them) through an AsyncInferQueue."""
     size = part_size(len(array), streams)
-    model.reshape([size, *IMAGE_SHAPE])
-    compiled = core().compile_model(model, "CPU", compile_config(info["precision"], int(info["inference_num_threads"]), streams))
+    compiled = compile_model_file(info, size, streams)
     if size == len(array):
         request = compiled.create_infer_request()
         request.infer({0: array})
         return lambda: request.infer({0: array})
-    parts = [array[start : start + size] for start in range(0, len(array), size)]
-    if len(parts[-1]) < size:  # padded with zeros, as the suite's engine does
-        parts[-1] = np.concatenate([parts[-1], np.zeros((size - len(parts[-1]), *array.shape[1:]), np.float32)])
+    parts = split_batch(array, size)
     queue = import_openvino().AsyncInferQueue(compiled, len(parts))
 
     def call() -> None:
@@ -136,10 +140,7 @@ def layer_profiles(infos: dict[str, dict[str, str]], array, calls: int = 5) -> d
     ``calls`` calls, the variants called round-robin so that drift lands on all."""
     requests = {}
     for variant, info in infos.items():
-        model = core().read_model(info["model_file"])
-        model.reshape([len(array), *IMAGE_SHAPE])
-        config = compile_config(info["precision"], int(info["inference_num_threads"])) | {"PERF_COUNT": "YES"}
-        requests[variant] = core().compile_model(model, "CPU", config).create_infer_request()
+        requests[variant] = compile_model_file(info, len(array), extra={"PERF_COUNT": "YES"}).create_infer_request()
         requests[variant].infer({0: array})
     totals: dict[str, dict[str, float]] = {variant: {} for variant in infos}
     for _ in range(calls):
@@ -147,8 +148,8 @@ def layer_profiles(infos: dict[str, dict[str, str]], array, calls: int = 5) -> d
             request.infer({0: array})
             for layer in request.profiling_info:
                 if layer.status == layer.Status.EXECUTED:
-                    kind = totals[variant]
-                    kind[layer.node_type] = kind.get(layer.node_type, 0.0) + layer.real_time.total_seconds() * 1e3 / calls
+                    profile = totals[variant]
+                    profile[layer.node_type] = profile.get(layer.node_type, 0.0) + layer.real_time.total_seconds() * 1e3 / calls
     return totals
 
 

@@ -173,9 +173,7 @@ class OpenVinoEngine:
         if len(array) == size:
             outputs = self._request(0).infer({0: array})
             return torch.from_numpy(np.array(next(iter(outputs.values())), dtype=np.float32, copy=True))
-        parts = [array[start : start + size] for start in range(0, len(array), size)]
-        if len(parts[-1]) < size:
-            parts[-1] = np.concatenate([parts[-1], np.zeros((size - len(parts[-1]), *array.shape[1:]), np.float32)])
+        parts = split_batch(array, size)
         requests = [self._request(index) for index in range(len(parts))]
         for request, part in zip(requests, parts):
             request.start_async({0: part})
@@ -211,6 +209,15 @@ def part_size(batch_size: int, streams: int) -> int:
     ``streams`` streams: ceil(batch_size / streams), so that no more parts than streams
     run (1 image per request at batch 1, whatever ``streams``)."""
     return -(-batch_size // streams)
+
+
+def split_batch(array: np.ndarray, size: int) -> list[np.ndarray]:
+    """``array`` (float32 [N,3,224,224]) in parts of ``size`` images, the last one padded
+    with zeros to ``size`` when N is not a multiple of it."""
+    parts = [array[start : start + size] for start in range(0, len(array), size)]
+    if len(parts[-1]) < size:
+        parts[-1] = np.concatenate([parts[-1], np.zeros((size - len(parts[-1]), *array.shape[1:]), np.float32)])
+    return parts
 
 
 def _source_model(ctx: BuildContext):
