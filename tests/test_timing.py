@@ -14,8 +14,16 @@ SLEEP_S = 0.05
 
 
 def test_a_known_sleep_is_measured_within_a_few_percent(benchmark) -> None:
+    """The harness's median within 5% of what the calls took by the engine's own
+    perf_counter. The asked-for 50 ms is a lower bound only: with both cores of the shared
+    VM busy a sleep overshoots by a scheduler slice (3-4 ms for 60 ms in test_loadgen),
+    which is the machine's, not the harness's."""
+    calls: list[float] = []
+
     def sleeping_engine(batch: torch.Tensor) -> torch.Tensor:
+        started = time.perf_counter()
         time.sleep(SLEEP_S)
+        calls.append(time.perf_counter() - started)
         return batch
 
     timed = benchmark_call(benchmark, sleeping_engine, torch.zeros(1), rounds=5, warmup_rounds=1)
@@ -23,7 +31,7 @@ def test_a_known_sleep_is_measured_within_a_few_percent(benchmark) -> None:
         pytest.skip("benchmarking is disabled (--benchmark-disable)")
     stats, _ = timed
     assert stats.rounds == 5
-    assert stats.median_ms == pytest.approx(SLEEP_S * 1e3, rel=0.05)
+    assert stats.median_ms == pytest.approx(1e3 * float(np.median(calls[-5:])), rel=0.05)
     assert stats.min_ms >= SLEEP_S * 1e3  # sleep never returns early
 
 
