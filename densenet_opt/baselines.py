@@ -9,7 +9,7 @@ baseline exists.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from pytest_benchmark.storage.file import FileStorage
@@ -138,11 +138,12 @@ def store_run(storage: FileStorage, document: Mapping, name: str) -> Path:
     return path
 
 
-def route_benchmark_writes(session) -> None:
+def route_benchmark_writes(session, refusal: Callable[[], str | None] = lambda: None) -> None:
     """Make pytest-benchmark's session (``config._benchmarksession``) write its JSON report
     and its stored runs through ``write_atomic``: a full disk is then one sentence
     (UserError) and leaves no partial file, where pytest-benchmark's own writes leave a
-    truncated file and end in a traceback."""
+    truncated file and end in a traceback. A run is not stored when ``refusal()`` gives a
+    reason (a run timed under contention: gate.baseline_refusal, which also says so)."""
     if session.json:
         def save_json(document: Mapping) -> None:
             write_benchmark_json(Path(session.json), document)
@@ -152,6 +153,8 @@ def route_benchmark_writes(session) -> None:
     storage = session.storage
     if isinstance(storage, FileStorage):
         def save(document: Mapping, name: str) -> None:
+            if refusal() is not None:
+                return
             path = store_run(storage, document, name)
             session.logger.info(f"Saved benchmark data in: {path}")
 

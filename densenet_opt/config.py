@@ -13,7 +13,8 @@ import torch
 from pytest_benchmark.utils import parse_compare_fail
 
 from densenet_opt.errors import UserError
-from densenet_opt.values import fraction, whole_number
+from densenet_opt.measure.contention import DEFAULT_MAX_CPU_PRESSURE
+from densenet_opt.values import fraction, percent, whole_number
 from densenet_opt.variants import STACKED, get_variant, parse_variant_options, registry
 
 DEFAULT_BATCH_SIZES = (1, 4, 8, 16, 32)
@@ -59,6 +60,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--baseline-dir", "benchmarks_baseline", "where baselines are stored (the repository's benchmarks_baseline/ when run from its root)"),
     Option("--max-regression", "mean:25%", "largest allowed latency regression against the stored run, as pytest-benchmark's --benchmark-compare-fail expression"),
     Option("--max-speedup-drop", "0.25", "largest allowed fractional drop of a speedup over the baseline variant against the stored one"),
+    Option("--max-cpu-pressure", f"{DEFAULT_MAX_CPU_PRESSURE:g}", "CPU pressure (% of wall time some task waited for a CPU, Linux PSI) above which a config counts as timed under contention: flagged in the tables, and --save-baseline refuses to store such a run (100: store anyway)"),
     # Several machines in one results file (densenet_opt/cluster.py, README "Sweeps across a fleet").
     Option("--machine-label", None, "the machine column of every row this sweep writes, e.g. a10-server (letters, digits, . _ -); default: this host's name"),
 )
@@ -87,6 +89,7 @@ class SweepOptions:
     baseline_dir: Path = Path("benchmarks_baseline")
     max_regression: str = "mean:25%"
     max_speedup_drop: float = 0.25
+    max_cpu_pressure: float = DEFAULT_MAX_CPU_PRESSURE
     paired_speedup: bool = True
     machine_label: str | None = None  # None: the host name (measure.env.machine_name)
 
@@ -246,6 +249,7 @@ def options_from_mapping(raw: Mapping[str, object]) -> SweepOptions:
         baseline_dir=Path(str(get("baseline_dir"))).expanduser().resolve(),
         max_regression=parse_compare_expression(str(get("max_regression"))),
         max_speedup_drop=parse_fraction("--max-speedup-drop", str(get("max_speedup_drop"))),
+        max_cpu_pressure=parse_percent("--max-cpu-pressure", str(get("max_cpu_pressure"))),
         paired_speedup=parse_on_off("--speedup-pairing", str(get("speedup_pairing"))),
         machine_label=parse_machine_label("--machine-label", get("machine_label")),
     )
@@ -275,6 +279,14 @@ def parse_fraction(name: str, text: str) -> float:
         return fraction(text)
     except ValueError as error:
         raise UserError(f"{name} {error}, got {text!r}") from None
+
+
+def parse_percent(name: str, text: str) -> float:
+    """A percentage in (0, 100]; UserError naming the option otherwise."""
+    try:
+        return percent(text)
+    except ValueError as error:
+        raise UserError(f"{name} {error}") from None
 
 
 MACHINE_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")

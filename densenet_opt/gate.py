@@ -14,6 +14,8 @@ from pytest_benchmark.utils import get_machine_id, parse_compare_fail, parse_sav
 
 from densenet_opt import baselines
 from densenet_opt.config import SweepOptions
+from densenet_opt.errors import UserError
+from densenet_opt.measure.contention import contention_refusal
 from densenet_opt.measure.env import device_name
 from densenet_opt.report import RESULTS_FILE, read_rows
 from densenet_opt.render import summarize_after_sweep
@@ -53,16 +55,32 @@ def benchmark_settings(options: SweepOptions) -> dict[str, object]:
     return settings
 
 
+def baseline_refusal(options: SweepOptions) -> str | None:
+    """Why this run's figures must not be stored as a baseline (one sentence), or None:
+    a config of the device timed under CPU contention beyond --max-cpu-pressure
+    (measure.contention). Reads the results file, which is what the baseline stores."""
+    results = options.output_dir / RESULTS_FILE
+    if not results.exists():
+        return None
+    rows = [r for r in read_rows(results) if r.device == options.device and r.measured]
+    return contention_refusal(((r.label, r.cpu_pressure_pct, r.load_per_core) for r in rows), options.max_cpu_pressure)
+
+
 def close_sweep(options: SweepOptions, *, measured_ok: bool, write=print) -> bool:
     """The closing steps of every sweep, whichever way it was started: the summary (plots,
     summary.md, the closing throughput table), then the baseline gate's speedup check and,
     when ``measured_ok``, storing the speedups. Returns True when a speedup regressed.
-    Raises UserError for an unreadable stored speedups file."""
+    Raises UserError for an unreadable stored speedups file, and for a baseline that is
+    not stored because it was timed under contention (baseline_refusal), after the
+    results and summary are written."""
     results = options.output_dir / RESULTS_FILE
     write(f"\nresults: {results}{'' if results.exists() else ' (no row was measured)'}")
-    summarize_after_sweep(options.output_dir)
+    summarize_after_sweep(options.output_dir, options.max_cpu_pressure)
     rows = read_rows(results)
     if options.save_baseline and measured_ok:
+        refusal = baseline_refusal(options)
+        if refusal is not None:
+            raise UserError(refusal)
         path = baselines.speedups_file(options.device, options.baseline_dir)
         baselines.save_speedups(rows, options.device, path)
         write(f"stored speedups over the baseline variant: {path}")

@@ -108,7 +108,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
                 if name in settings:
                     setattr(benchmarks, name.removeprefix("benchmark_"), settings[name])
             benchmarks.handle_loading()
-        baselines.route_benchmark_writes(benchmarks)
+        baselines.route_benchmark_writes(benchmarks, refusal=lambda: gate.baseline_refusal(options))
     except UserError as error:
         raise pytest.UsageError(str(error)) from None
 

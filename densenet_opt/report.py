@@ -24,6 +24,7 @@ from pathlib import Path
 
 from densenet_opt import atomic
 from densenet_opt.errors import UserError
+from densenet_opt.measure.contention import DEFAULT_MAX_CPU_PRESSURE, is_contended
 
 RESULTS_FILE = "benchmark_results.csv"
 # What a failed write of results tells the user to change.
@@ -82,6 +83,10 @@ class Row:
     latency_ms_p90: float | None = _number(2)
     latency_ms_p99: float | None = _number(2)
     rounds: int | None = None
+    # Contention while the rounds ran (measure/contention.py): PSI "some" CPU pressure, % of
+    # wall time; the 1-minute load average per usable core. None where not measured.
+    cpu_pressure_pct: float | None = _number(1)
+    load_per_core: float | None = _number(2)
     accuracy_kind: str | None = None
     agreement_top_1: float | None = _number(2)
     logit_relative_error: float | None = _number(significant=3)
@@ -185,6 +190,18 @@ class Row:
     def label(self) -> str:
         """The config in words, as messages name it: "onnx at batch 8 on cuda"."""
         return f"{self.variant} at batch {self.batch_size} on {self.device}"
+
+    def contended(self, limit_pct: float = DEFAULT_MAX_CPU_PRESSURE) -> bool:
+        """Whether the row was timed under contention (measure.contention.is_contended):
+        CPU pressure above ``limit_pct``, or without PSI a high load per core."""
+        return is_contended(self.cpu_pressure_pct, self.load_per_core, limit_pct)
+
+    @property
+    def contention_text(self) -> str:
+        """The row's contention in words: "CPU pressure 43%", "load 1.80 per core", or ""."""
+        if self.cpu_pressure_pct is not None:
+            return f"CPU pressure {self.cpu_pressure_pct:.0f}%"
+        return "" if self.load_per_core is None else f"load {self.load_per_core:.2f} per core"
 
     @property
     def engine_details(self) -> dict[str, str]:

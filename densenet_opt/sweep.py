@@ -22,6 +22,7 @@ from densenet_opt.accuracy import ACCURACY, SYNTHETIC_ACCURACY, Fidelity, NonFin
 from densenet_opt.config import SweepOptions
 from densenet_opt.flops import count_flops
 from densenet_opt.errors import UserError
+from densenet_opt.measure.contention import Contention, PressureMark
 from densenet_opt.measure.env import environment_info, machine_name
 from densenet_opt.measure.memory import MIB
 from densenet_opt.measure.probe import ProbeResult, run_probe
@@ -168,24 +169,27 @@ class Sweep:
             raise ConfigFault(status, error) from error
         if timed is None:
             return None
-        latency, paired = timed
+        latency, paired, contention = timed
         row = self.result_row(variant, batch_size, engine, latency, accuracy, memory)
+        row = dataclasses.replace(row, cpu_pressure_pct=contention.cpu_pressure_pct, load_per_core=contention.load_per_core)
         if paired is not None:
             row = dataclasses.replace(row, speedup_vs_baseline=paired.speedup, speedup_spread=paired.spread)
         self.write_row(row)
         self.progress(
             f"{variant} batch {batch_size}: {row.latency_ms_per_batch} ms/batch, "
             f"{row.throughput_samples_per_sec} samples/s, top-1 {row.accuracy_top_1}% ({row.accuracy_kind})"
+            + (f", timed under contention ({row.contention_text})" if row.contended(self.options.max_cpu_pressure) else "")
         )
         return row
 
     def _time(
         self, variant: str, batch_size: int, engine: Engine, batch: torch.Tensor, benchmark,
-    ) -> tuple[LatencyStats, PairedSpeedup | None] | None:
+    ) -> tuple[LatencyStats, PairedSpeedup | None, Contention] | None:
         """pytest-benchmark's timed rounds of ``engine``; with --speedup-pairing on, the
         baseline engine of this batch size runs (timed by perf_counter, untimed for
         pytest-benchmark) right before each round, and the pairs give the speedup. The
-        baseline's own config pairs with nothing: its speedup is 1 by definition."""
+        baseline's own config pairs with nothing: its speedup is 1 by definition. The CPU
+        contention is measured over the rounds, warm-up and paired calls included."""
         pair = self.options.paired_speedup and variant != BASELINE
         baseline = self.paired_baseline(batch_size) if pair else None
         baseline_seconds: list[float] = []
@@ -195,16 +199,18 @@ class Sweep:
             baseline(batch)  # host logits out: the device is synchronised inside the call
             baseline_seconds.append(time.perf_counter() - started)
 
+        start = PressureMark.now()
         timed = benchmark_call(benchmark, engine, batch, rounds=self.options.rounds,
                                warmup_rounds=self.options.warmup_rounds, before_each=run_baseline if pair else None)
         if timed is None:
             return None
+        contention = Contention.since(start)
         latency, seconds = timed
         if pair:
-            return latency, PairedSpeedup.from_seconds(baseline_seconds[-len(seconds):], seconds)
+            return latency, PairedSpeedup.from_seconds(baseline_seconds[-len(seconds):], seconds), contention
         if self.options.paired_speedup:  # the baseline itself: 1 by definition
-            return latency, PairedSpeedup(1.0, 0.0, len(seconds))
-        return latency, None
+            return latency, PairedSpeedup(1.0, 0.0, len(seconds)), contention
+        return latency, None, contention
 
     def paired_baseline(self, batch_size: int) -> Engine:
         """The baseline engine timed beside every variant of this batch size: built once per

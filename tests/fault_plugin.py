@@ -7,6 +7,9 @@ on PYTHONPATH. Nothing in densenet_opt/ reads it; it implements the plugin's
 
 A fault is VARIANT@BATCH=KIND[:ARG] (BATCH may be ``*``):
   delay:MS       sleep MS milliseconds in every call
+  pad:MS         every call takes MS milliseconds (the engine's own time, then a sleep for
+                 the rest): a stand-in whose cost is set by the test, not by how busy the
+                 machine is (as long as the engine itself takes less)
   oom            every call raises torch.cuda.OutOfMemoryError
   nan            the first logit of every call is NaN
   slowdown:X@N   from the N-th call of any engine in this process on, every call takes
@@ -14,6 +17,9 @@ A fault is VARIANT@BATCH=KIND[:ARG] (BATCH may be ``*``):
   kill_worker:M  on a sweep whose --machine-label is M, the first call kills the parent
                  process (the Ray worker running a sweep-cluster shard) with SIGKILL and
                  ends this one: the shard's task dies mid-run, as on a lost node
+
+``--fake-cpu-pressure PCT`` makes the sweep read a CPU pressure (PSI) of PCT% of wall time
+throughout, as on a machine where other processes compete for the cores.
 """
 
 from __future__ import annotations
@@ -34,6 +40,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--inject-fault", action="append", default=[], metavar="VARIANT@BATCH=KIND[:ARG]",
         help="inject a fault into one config's engine (tests only; see tests/fault_plugin.py)",
     )
+    parser.getgroup("densenet-opt test faults").addoption(
+        "--fake-cpu-pressure", type=float, default=None, metavar="PCT",
+        help="read PSI's CPU pressure as PCT%% of wall time (tests only)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    percent = config.getoption("fake_cpu_pressure")
+    if percent is not None:
+        from densenet_opt.measure import contention
+
+        # PSI's "some total" counter (µs) growing at PCT% of wall time.
+        contention.read_psi_some_total_us = lambda path=None: int(time.perf_counter() * 1e6 * percent / 100)
 
 
 class InjectedFault:
@@ -44,7 +63,8 @@ class InjectedFault:
         self.model_size_bytes, self.info = engine.model_size_bytes, engine.info
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        _calls[0] += 1
+        if not isinstance(self.engine, InjectedFault):  # one count per engine call, however many faults wrap it
+            _calls[0] += 1
         if self.kind == "kill_worker":
             os.kill(os.getppid(), signal.SIGKILL)
             os._exit(1)
@@ -54,6 +74,10 @@ class InjectedFault:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected by tests/fault_plugin.py)")
         started = time.perf_counter()
         logits = self.engine(batch)
+        if self.kind == "pad":
+            rest = float(self.argument) / 1e3 - (time.perf_counter() - started)
+            if rest > 0:
+                time.sleep(rest)
         if self.kind == "slowdown":
             factor, _, from_call = self.argument.partition("@")
             if _calls[0] >= int(from_call or 0):

@@ -12,21 +12,24 @@ from pathlib import Path
 
 from densenet_opt import atomic, budgets
 from densenet_opt.errors import UserError
+from densenet_opt.measure.contention import DEFAULT_MAX_CPU_PRESSURE
 from densenet_opt.render import fleet, markdown, plots
 from densenet_opt.report import OUTPUT_OPTION, Row, load_table, results_path
 
 
-def summarize(output_dir: Path, budgets_path: Path | None = None) -> list[Path]:
+def summarize(output_dir: Path, budgets_path: Path | None = None,
+              max_cpu_pressure: float = DEFAULT_MAX_CPU_PRESSURE) -> list[Path]:
     """Plots and summary.md for the results in ``output_dir`` (or a results file), written
     beside the results file; returns the files written, summary.md last. Raises UserError
     for an unreadable results file, or when a file cannot be written (disk full,
     read-only: nothing partial is left). Budgets that cannot be loaded are a note in
     summary.md, not an error."""
     source = results_path(Path(output_dir))
-    return write_summary(source, *load_table(source), budgets_path)
+    return write_summary(source, *load_table(source), budgets_path, max_cpu_pressure)
 
 
-def write_summary(source: Path, rows: Sequence[Row], faults: Sequence[Row], budgets_path: Path | None = None) -> list[Path]:
+def write_summary(source: Path, rows: Sequence[Row], faults: Sequence[Row], budgets_path: Path | None = None,
+                  max_cpu_pressure: float = DEFAULT_MAX_CPU_PRESSURE) -> list[Path]:
     """summarize, for the measured ``rows`` and fault rows already read from ``source``.
     When the rows come from several machines, the cross-device report (render.fleet:
     fleet_throughput.png, fleet.md) is written too, before summary.md."""
@@ -36,11 +39,12 @@ def write_summary(source: Path, rows: Sequence[Row], faults: Sequence[Row], budg
     if fleet.is_fleet(rows):
         written += fleet.write_fleet_report(source, rows, faults, budgets_path)
     summary = source.parent / markdown.SUMMARY_FILE
-    atomic.write_text(summary, markdown.summary_markdown(rows, checks, [p for p in written if p.suffix == ".png"], source, note, faults), option=OUTPUT_OPTION)
+    atomic.write_text(summary, markdown.summary_markdown(
+        rows, checks, [p for p in written if p.suffix == ".png"], source, note, faults, max_cpu_pressure), option=OUTPUT_OPTION)
     return [*written, summary]
 
 
-def summarize_after_sweep(output_dir: Path) -> None:
+def summarize_after_sweep(output_dir: Path, max_cpu_pressure: float = DEFAULT_MAX_CPU_PRESSURE) -> None:
     """The end of a sweep: summary.md and the plots, then the throughput matrix per device
     printed. Nothing when no results file exists; a report that cannot be drawn is one
     printed line, never an exception (measured results must not turn into a failed run)."""
@@ -49,7 +53,7 @@ def summarize_after_sweep(output_dir: Path) -> None:
         return
     try:
         rows, faults = load_table(source)
-        written = write_summary(source, rows, faults)
+        written = write_summary(source, rows, faults, max_cpu_pressure=max_cpu_pressure)
     except UserError as error:
         print(f"no summary: {error}")
         return
@@ -58,4 +62,4 @@ def summarize_after_sweep(output_dir: Path) -> None:
         return
     print(f"summary: {written[-1]} (plots: {', '.join(p.name for p in written[:-1])})")
     for device in sorted({r.device for r in rows}):
-        print(f"\nsamples/s (speedup over baseline) on {device}:\n{markdown.throughput_matrix(rows, device)}")
+        print(f"\nsamples/s (speedup over baseline) on {device}:\n{markdown.throughput_matrix(rows, device, max_cpu_pressure)}")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from densenet_opt.accuracy import AGREEMENT, SYNTHETIC_ACCURACY
 from densenet_opt.budgets import BudgetCheck
+from densenet_opt.measure.contention import DEFAULT_MAX_CPU_PRESSURE
 from densenet_opt.render.plots import ACCURACY_LABELS
 from densenet_opt.report import BASELINE, Row
 
@@ -50,18 +51,36 @@ def fastest_within_budget(rows: Sequence[Row], checks: Mapping[Row, BudgetCheck]
     return dict(sorted(best.items()))
 
 
-def throughput_matrix(rows: Sequence[Row], device: str) -> str:
+CONTENDED_MARK = " (contended)"
+
+
+def throughput_matrix(rows: Sequence[Row], device: str, max_cpu_pressure: float = DEFAULT_MAX_CPU_PRESSURE) -> str:
     """Variants as rows, batch sizes as columns: samples/s and, in brackets, the row's
-    speedup_vs_baseline (the table a README shows), for ``device``'s rows."""
+    speedup_vs_baseline (the table a README shows), for ``device``'s rows. A cell timed
+    under contention (Row.contended at ``max_cpu_pressure``) ends in CONTENDED_MARK, and a
+    line under the table says what that means."""
     on_device = [r for r in rows if r.device == device]
     sizes = sorted({r.batch_size for r in on_device})
     cells: dict[str, dict[str, str]] = {}
     for r in on_device:
         speedup = f" ({_speedup(r)})" if r.speedup_vs_baseline is not None else ""
+        mark = CONTENDED_MARK if r.contended(max_cpu_pressure) else ""
         cells.setdefault(r.variant, {"variant": f"`{r.variant}`"})[f"batch {r.batch_size}"] = (
-            f"{r.throughput_samples_per_sec:.1f}{speedup}"
+            f"{r.throughput_samples_per_sec:.1f}{speedup}{mark}"
         )
-    return markdown_table(list(cells.values()), ("variant", *(f"batch {size}" for size in sizes)))
+    table = markdown_table(list(cells.values()), ("variant", *(f"batch {size}" for size in sizes)))
+    contended = [r for r in on_device if r.contended(max_cpu_pressure)]
+    if contended:
+        table += "\n\n" + contention_note(contended, max_cpu_pressure)
+    return table
+
+
+def contention_note(contended: Sequence[Row], max_cpu_pressure: float) -> str:
+    """One sentence on the configs timed under contention."""
+    worst = max(contended, key=lambda r: (r.cpu_pressure_pct or 0.0, r.load_per_core or 0.0))
+    return (f"{len(contended)} config(s) marked{CONTENDED_MARK} were timed while other processes competed for the "
+            f"CPUs (CPU pressure above {max_cpu_pressure:g}%; worst {worst.label}, {worst.contention_text}): their "
+            "figures, speedups included, measure the contention as much as the engine (README, \"Contention\").")
 
 
 def _results_table(rows: Sequence[Row], checks: Mapping[Row, BudgetCheck], by_machine: bool = False) -> str:
@@ -76,6 +95,7 @@ def _results_table(rows: Sequence[Row], checks: Mapping[Row, BudgetCheck], by_ma
             "agreement %": _fmt(r.agreement_top_1, 2),
             "rel. error": "" if r.logit_relative_error is None else f"{r.logit_relative_error:.3g}",
             "size MiB": _fmt(r.model_size_mb), "RAM MiB": _fmt(r.ram_usage_mb), "VRAM MiB": _fmt(r.vram_usage_mb),
+            "CPU pressure %": _fmt(r.cpu_pressure_pct, 0),
             "budget": {True: "within", False: "**outside**", None: "unchecked"}[checks[r].within],
         }
         if has_flops:
@@ -103,6 +123,7 @@ def _fastest_table(best: Mapping[tuple[str, int], Row]) -> str:
 def summary_markdown(
     rows: Sequence[Row], checks: Mapping[Row, BudgetCheck], plots: Sequence[Path],
     source: Path, budgets_note: str | None = None, faults: Sequence[Row] = (),
+    max_cpu_pressure: float = DEFAULT_MAX_CPU_PRESSURE,
 ) -> str:
     """The text of summary.md for the measured ``rows`` (each a key of ``checks``), the
     ``plots`` written beside it, the ``faults`` (rows with another status) and, when the
@@ -126,11 +147,11 @@ def summary_markdown(
     by_machine = len({r.machine for r in rows if r.machine}) > 1
     for device in devices:
         if not by_machine:
-            lines += ["", f"On {device}:", "", throughput_matrix(rows, device)]
+            lines += ["", f"On {device}:", "", throughput_matrix(rows, device, max_cpu_pressure)]
             continue
         for machine in dict.fromkeys(r.machine for r in rows if r.device == device):
             own = [r for r in rows if r.machine == machine]
-            lines += ["", f"On {where(own[0], True)}:", "", throughput_matrix(own, device)]
+            lines += ["", f"On {where(own[0], True)}:", "", throughput_matrix(own, device, max_cpu_pressure)]
     lines += ["", "## Results", "", _results_table(rows, checks, by_machine), "", FASTEST_HEADING, ""]
     best = fastest_within_budget(rows, checks, by_machine)
     lines.append(_fastest_table(best) if best else "No config could be shown to be within its budget.")
