@@ -48,14 +48,20 @@ def has_cuda(session: nox.Session) -> bool:
     return bool(answer) and answer.strip() == "True"
 
 
+# The main job's default bound on its sweep (minutes): with the install, a fresh clone's
+# `nox -s bench` ends within an hour; `-- --time-budget none` runs everything (hours on 2 cores).
+BENCH_TIME_BUDGET_MIN = 50
+
+
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Full sweep (all variants, batch sizes 1-32, 1024 samples) on the best local device -> results/,
-    gated by that device's stored baseline."""
+    gated by that device's stored baseline; bounded by --time-budget (default 50 minutes)."""
     session.install("-e", ".[test]")
     device = "cuda" if has_cuda(session) else "cpu"
     session.install("-e", ".[gpu]" if device == "cuda" else ".[cpu]")
-    args = [f"--device={device}", *compare_args(device, session.posargs), *session.posargs]
+    budget = [] if any(arg.startswith("--time-budget") for arg in session.posargs) else [f"--time-budget={BENCH_TIME_BUDGET_MIN}"]
+    args = [f"--device={device}", *budget, *compare_args(device, session.posargs), *session.posargs]
     session.run("python", "-m", "densenet_opt", "sweep", *args)
 
 

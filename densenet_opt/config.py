@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -52,6 +53,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--speedup-pairing", "on", "on: time the baseline engine of the same batch size right before each round of a variant (A B A B), and take speedup_vs_baseline from those pairs, so that the machine's speed drifting during the sweep does not enter it (costs one baseline call per round); off: divide by the baseline's own config"),
     Option("--variant-options", "", "variant settings as comma-separated KEY=VALUE, e.g. pruned.amount=0.3"),
     Option("--cache-dir", None, "where synthetic weights and built artifacts are cached (default: $DENSENET_OPT_CACHE or ~/.cache/densenet_opt)"),
+    Option("--time-budget", "none", "minutes the sweep may take: a config or a search that would not fit in the time left is skipped, with its reason in the results and summary.md (estimates from this run's configs and the cache dir's last run); none: no bound"),
     Option("--resume", None, "skip configs that already have a completed row in OUTPUT_DIR's CSV for this device", is_flag=True),
     Option("--allow-unsafe-weights", None, "allow a weights file that needs full unpickling (it can run code: only for files you trust)", is_flag=True),
     # The stored-baseline gate (README, "Stored baselines and the regression gate").
@@ -92,6 +94,7 @@ class SweepOptions:
     max_cpu_pressure: float = DEFAULT_MAX_CPU_PRESSURE
     paired_speedup: bool = True
     machine_label: str | None = None  # None: the host name (measure.env.machine_name)
+    time_budget_s: float | None = None  # --time-budget in seconds; None: no bound
 
     @property
     def gated(self) -> bool:
@@ -252,6 +255,7 @@ def options_from_mapping(raw: Mapping[str, object]) -> SweepOptions:
         max_cpu_pressure=parse_percent("--max-cpu-pressure", str(get("max_cpu_pressure"))),
         paired_speedup=parse_on_off("--speedup-pairing", str(get("speedup_pairing"))),
         machine_label=parse_machine_label("--machine-label", get("machine_label")),
+        time_budget_s=parse_time_budget(str(get("time_budget"))),
     )
 
 
@@ -279,6 +283,19 @@ def parse_fraction(name: str, text: str) -> float:
         return fraction(text)
     except ValueError as error:
         raise UserError(f"{name} {error}, got {text!r}") from None
+
+
+def parse_time_budget(text: str) -> float | None:
+    """--time-budget: "none" -> None, else positive minutes -> seconds; UserError otherwise."""
+    if text.strip().lower() in ("none", ""):
+        return None
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = math.nan
+    if not math.isfinite(minutes) or minutes <= 0:
+        raise UserError(f"--time-budget must be a positive number of minutes or none, got {text!r}")
+    return minutes * 60
 
 
 def parse_percent(name: str, text: str) -> float:

@@ -20,7 +20,7 @@ import pytest
 from pytest_benchmark.session import PerformanceRegression
 from pytest_benchmark.utils import load_storage
 
-from densenet_opt import baselines, gate, hookspecs
+from densenet_opt import baselines, gate, hookspecs, schedule
 from densenet_opt.config import SweepOptions, add_sweep_options, options_from_mapping, option_dests
 from densenet_opt.errors import UserError, VariantUnavailable
 from densenet_opt.sweep import Sweep, preflight
@@ -77,6 +77,7 @@ def is_sweep(config: pytest.Config) -> bool:
 
 
 IS_SWEEP_KEY = pytest.StashKey[bool]()
+CLOCK_KEY = pytest.StashKey[schedule.SweepClock]()
 
 
 def sweep_options(config: pytest.Config) -> SweepOptions:
@@ -93,6 +94,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         return
     config.stash[IS_SWEEP_KEY] = True
     options = sweep_options(config)
+    configs = [tuple(item.callspec.params[ENGINE_FIXTURE]) for item in items
+               if ENGINE_FIXTURE in getattr(item, "fixturenames", ()) and hasattr(item, "callspec")]
+    history, searched = schedule.load_history(options.cache_dir, options.device)
+    config.stash[CLOCK_KEY] = schedule.SweepClock(list(dict.fromkeys(configs)), options.time_budget_s, history, searched)
     try:
         preflight(options)
         benchmarks = config._benchmarksession
@@ -230,14 +235,36 @@ def sweep(pytestconfig: pytest.Config) -> Iterator[Sweep]:
 @pytest.fixture(scope="session")
 def engine_config(request: pytest.FixtureRequest, sweep: Sweep) -> Iterator[EngineConfig]:
     """Built once per session and shared by every test of that config; skipped with the
-    reason when the variant cannot run here (VariantUnavailable)."""
+    reason when the variant cannot run here (VariantUnavailable) or would not fit in the
+    time budget (schedule.SweepClock). Each start prints the count, the time so far and
+    the time left."""
     variant, batch_size = request.param
-    sweep.progress(f"building {variant} for batch {batch_size} on {sweep.device.type}")
+    clock = request.config.stash[CLOCK_KEY]
+    too_long = clock.skip_reason(variant, batch_size)
+    if too_long is not None:
+        sweep.progress(f"{clock.status()} skipping {variant} at batch {batch_size}: {too_long}")
+        clock.skip(variant, batch_size)
+        sweep.record_skipped_for_time(variant, batch_size, too_long)
+        pytest.skip(f"{variant} at batch {batch_size}: skipped for the time budget: {too_long}")
+    for search, reason in clock.searches_to_skip(variant, batch_size, sweep.options.variant_options):
+        sweep.override_options(variant, {search.key: search.skip_value}, reason)
+        sweep.progress(f"{variant}: not running {reason}")
+    sweep.progress(f"{clock.status()} building {variant} for batch {batch_size} on {sweep.device.type}")
+    clock.start(variant, batch_size)
     try:
         engine = sweep.build_engine(variant, batch_size)
     except VariantUnavailable as reason:
+        clock.finish()
         pytest.skip(f"{variant} at batch {batch_size} on {sweep.device.type}: {reason}")
     except UserError as error:
+        clock.finish()
         pytest.fail(str(error), pytrace=False)
+    except BaseException:
+        clock.finish()
+        raise
     yield EngineConfig(variant, batch_size, engine)
     engine.close()
+    clock.finish()
+    if not sweep.searches_skipped(variant):
+        clock.searched.add(variant)
+    schedule.save_history(sweep.options.cache_dir, sweep.options.device, clock, sorted(clock.searched))

@@ -34,6 +34,7 @@ BASELINE = "baseline"
 OK = "ok"
 OUT_OF_MEMORY = "out_of_memory"
 NON_FINITE_LOGITS = "non_finite_logits"
+SKIPPED_FOR_TIME = "skipped_for_time"  # not started: it would not fit in --time-budget (engine_info: reason=...)
 
 
 def _number(digits: int | None = None, *, significant: int | None = None):

@@ -28,7 +28,8 @@ from densenet_opt.measure.memory import MIB
 from densenet_opt.measure.probe import ProbeResult, run_probe
 from densenet_opt.measure.timing import LatencyStats, PairedSpeedup, benchmark_call
 from densenet_opt.report import (
-    BASELINE, NON_FINITE_LOGITS, OK, OUT_OF_MEMORY, RESULTS_FILE, Row, read_rows, upsert_row, utc_timestamp,
+    BASELINE, NON_FINITE_LOGITS, OK, OUT_OF_MEMORY, RESULTS_FILE, SKIPPED_FOR_TIME, Row, read_rows, upsert_row,
+    utc_timestamp,
 )
 from densenet_opt.variants import BuildContext, Engine, get_variant, parse_variant_options
 from densenet_opt.variants.torch_engine import TorchEngine
@@ -85,6 +86,26 @@ class Sweep:
         self._fidelity: dict[str, Fidelity] = {}
         self._probes: dict[tuple[str, int], ProbeResult] = {}
         self._paired_baselines: dict[int, Engine] = {}
+        # Per variant: --variant-options the time budget set (a search skipped), and why.
+        self._overrides: dict[str, dict[str, str]] = {}
+        self._override_reasons: dict[str, list[str]] = {}
+
+    def override_options(self, variant: str, values: dict[str, str], reason: str) -> None:
+        """Build ``variant`` with these --variant-options on top of the user's (a search
+        skipped for the time budget); ``reason`` goes into its rows' engine_info."""
+        self._overrides.setdefault(variant, {}).update(values)
+        self._override_reasons.setdefault(variant, []).append(reason)
+
+    def searches_skipped(self, variant: str) -> bool:
+        """Whether the time budget changed how ``variant`` is built."""
+        return variant in self._overrides
+
+    def options_for(self, variant: str) -> SweepOptions:
+        """The options ``variant`` is built and probed with: the user's, with its overrides."""
+        extra = self._overrides.get(variant)
+        if not extra:
+            return self.options
+        return dataclasses.replace(self.options, variant_options={**self.options.variant_options, **extra})
 
     @cached_property
     def weights(self) -> model.Weights:
@@ -134,7 +155,8 @@ class Sweep:
             self.options.imagenet_val, count, skip=self.options.num_samples, ground_truth=self.options.ground_truth
         ).images
 
-    def build_context(self, batch_size: int) -> BuildContext:
+    def build_context(self, batch_size: int, variant: str | None = None) -> BuildContext:
+        options = self.options if variant is None else self.options_for(variant)
         return BuildContext(
             device=self.device,
             batch_size=batch_size,
@@ -143,7 +165,7 @@ class Sweep:
             calibration_samples=self.options.calibration_samples,
             weights_key=self.weights.key,
             cache_dir=self.options.cache_dir,
-            options=parse_variant_options(self.options.variant_options),
+            options=parse_variant_options(options.variant_options),
             progress=self.progress,
             report_dir=self.options.output_dir,
         )
@@ -229,7 +251,7 @@ class Sweep:
     def build_engine(self, variant: str, batch_size: int) -> Engine:
         """The engine of one config, passed through ``wrap_engine``; raises
         VariantUnavailable when the variant cannot run on this device."""
-        engine = get_variant(variant).build_engine(self.build_context(batch_size))
+        engine = get_variant(variant).build_engine(self.build_context(batch_size, variant))
         return self.wrap_engine(variant, batch_size, engine)
 
     def input_batch(self, batch_size: int) -> torch.Tensor:
@@ -295,7 +317,7 @@ class Sweep:
         key = (variant, batch_size)
         if key not in self._probes:
             self.progress(f"{variant} batch {batch_size}: memory and cold start in a fresh process")
-            self._probes[key] = run_probe(self.options, variant, batch_size)
+            self._probes[key] = run_probe(self.options_for(variant), variant, batch_size)
         return self._probes[key]
 
     @cached_property
@@ -351,7 +373,9 @@ class Sweep:
             data=self.eval_set.source,
             vram_torch_peak_mb=memory.vram_torch_peak_mb,
             cold_start_ms=memory.cold_start_ms,
-            engine_info=";".join(f"{k}={v}" for k, v in engine.info.items()),
+            engine_info=";".join(f"{k}={v}" for k, v in {
+                **engine.info, **({"skipped_for_time": " / ".join(self._override_reasons[variant])}
+                                  if variant in self._override_reasons else {})}.items()),
             **self.environment,
             measured_at=utc_timestamp(),
             machine=self.machine,
@@ -374,6 +398,12 @@ class Sweep:
 
     def completed_configs(self) -> set[tuple[str, int]]:
         return {(r.variant, r.batch_size) for r in self.completed_rows()}
+
+    def record_skipped_for_time(self, variant: str, batch_size: int, reason: str) -> None:
+        """Write the row of a config not started because it would not fit in --time-budget."""
+        self.write_row(Row(model_name=MODEL_NAME, batch_size=batch_size, optimization_technique=variant,
+                           device=self.device.type, status=SKIPPED_FOR_TIME, engine_info=f"reason={reason}",
+                           device_name=self.environment["device_name"], measured_at=utc_timestamp(), machine=self.machine))
 
     def record_fault(self, variant: str, batch_size: int, error: BaseException) -> str | None:
         """Write a row saying why a config has no measurement (out of memory, NaN logits);

@@ -164,7 +164,13 @@ def summary_markdown(
     if unchecked:
         lines += ["", "Not checked against a budget:", ""] + [f"- {reason}" for reason in unchecked]
     if faults:
-        lines += ["", "Not measured:", ""] + [f"- {f.label}: {f.status}" for f in faults]
+        lines += ["", "Not measured:", ""] + [
+            f"- {f.label}: {f.status}" + (f" ({f.engine_details['reason']})" if "reason" in f.engine_details else "")
+            for f in faults]
+    searches = [r for r in rows if "skipped_for_time" in r.engine_details]
+    if searches:
+        lines += ["", "Searches not run for the time budget (the row measures the variant built without them):", ""]
+        lines += [f"- {r.label}: {r.engine_details['skipped_for_time']}" for r in searches]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{path.stem}]({path.name})" for path in plots]
     return "\n".join(lines) + "\n"

@@ -1,0 +1,228 @@
+"""The sweep's clock and its time budget: configs done out of the total, the time so far,
+an estimate of the time left, and what to skip so that a run ends within --time-budget.
+
+Estimates come from what this run has measured (each config's wall time, from the build
+of its engine to the end of its tests), else from the last run with the same cache
+directory (``CONFIG_TIMES_FILE`` there, per device, variant and batch size). A config
+whose estimate does not fit in the time left is skipped with its reason; a search that
+would not fit (SEARCHES: the accuracy-aware int8 searches, OpenVINO's accuracy control,
+the pruned model's distillation) is not run and the variant is built with the option
+that skips it, unless an earlier run of this cache directory already built the variant
+with its search (then its result is cached and costs little). A config started is never
+cut short: the budget decides what starts, so a run can overrun it by at most its last
+config.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from densenet_opt import atomic
+from densenet_opt.variants import CHAIN_SEPARATOR
+
+CONFIG_TIMES_FILE = "config_times.json"
+
+
+@dataclass(frozen=True)
+class Search:
+    """An expensive step a variant runs by default, and the option value that skips it.
+
+    ``estimate_s``: its planning figure, seconds on a quiet 2-core VM (README, "How long
+    the main job takes"), used only to decide whether it fits in the time left."""
+
+    variant: str
+    option: str
+    skip_value: str
+    estimate_s: float
+    what: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.variant}.{self.option}"
+
+
+SEARCHES: tuple[Search, ...] = (
+    # The README's measured figures on 2-core VMs: a calibration and an AOTInductor compile
+    # per point, 26 minutes for six points; the ONNX search, about 8 minutes; NNCF ranking
+    # 187 operations, about 25 minutes, then 1-2 minutes per reverted one; the recovery,
+    # capped by pruned_structured.distill_time_limit (900 s).
+    Search("int8", "float_modules", "0", 26 * 60, "the accuracy-aware int8 search (an AOTInductor compile per point)"),
+    Search("onnx_int8", "float_nodes", "0", 8 * 60, "the accuracy-aware int8 search"),
+    Search("openvino_int8", "accuracy_control", "off", 30 * 60, "NNCF's accuracy control"),
+    Search("pruned_structured", "distill", "off", 15 * 60, "the distillation that recovers accuracy"),
+)
+
+
+def searches_of(variant: str, given: Mapping[str, str]) -> list[Search]:
+    """The searches ``variant`` (a chain: each part) runs with the options ``given``
+    (--variant-options): those whose option the user did not set."""
+    parts = variant.split(CHAIN_SEPARATOR)
+    return [s for s in SEARCHES if s.variant in parts and s.key not in given]
+
+
+def _minutes(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
+    return f"{seconds // 3600:.0f}h{(seconds % 3600) // 60:02.0f}m"
+
+
+class SweepClock:
+    """Time so far, time left and the time budget of one sweep over ``configs``
+    ((variant, batch size) in the order they run).
+
+    ``time_budget_s``: None for no bound. ``history``: seconds per config key from an
+    earlier run (load_history). ``clock``: a monotonic clock in seconds (tests pass one)."""
+
+    def __init__(self, configs: Sequence[tuple[str, int]], time_budget_s: float | None,
+                 history: Mapping[str, float] | None = None, searched: Sequence[str] = (), clock=time.monotonic) -> None:
+        self.configs = list(configs)
+        self.time_budget_s = time_budget_s
+        self.history = dict(history or {})
+        self.searched = set(searched)  # variants an earlier run built with their searches
+        self.clock = clock
+        self.started = clock()
+        self.measured: dict[tuple[str, int], float] = {}
+        self.skipped: list[tuple[str, int]] = []
+        self._current: tuple[tuple[str, int], float] | None = None
+
+    @staticmethod
+    def key(variant: str, batch_size: int) -> str:
+        return f"{variant}@{batch_size}"
+
+    def elapsed_s(self) -> float:
+        return self.clock() - self.started
+
+    def time_left_s(self) -> float | None:
+        """Seconds of the budget left (negative when overrun); None without a budget."""
+        return None if self.time_budget_s is None else self.time_budget_s - self.elapsed_s()
+
+    def estimate_s(self, variant: str, batch_size: int) -> float | None:
+        """The expected wall time of one config: measured in this run for it already
+        (a repeat), else its time in the last run (history), else the mean of this run's
+        configs of the same variant after its first (which alone pays for the variant's
+        accuracy pass), else the median of the other variants' later configs (for a
+        variant whose first config has run) or of all this run's configs; None before any
+        is known."""
+        config = (variant, batch_size)
+        if config in self.measured:
+            return self.measured[config]
+        if self.key(*config) in self.history:
+            return self.history[self.key(*config)]
+        by_variant: dict[str, list[float]] = {}
+        for (name, _), seconds in self.measured.items():
+            by_variant.setdefault(name, []).append(seconds)
+        later = by_variant.get(variant, [])[1:]
+        if later:
+            return sum(later) / len(later)
+        if variant in by_variant:  # its first config only: the later configs of the others, if any
+            later = sorted(s for times in by_variant.values() for s in times[1:])
+        values = later or sorted(self.measured.values())
+        return values[len(values) // 2] if values else None
+
+    def remaining(self) -> list[tuple[str, int]]:
+        """Configs neither measured nor skipped, the one running included."""
+        return [c for c in self.configs if c not in self.measured and c not in self.skipped]
+
+    def time_left_estimate_s(self) -> float | None:
+        """Seconds the remaining configs are expected to take (estimate_s each, minus what
+        the running one has spent); None while any of them has no estimate."""
+        total = 0.0
+        for config in self.remaining():
+            estimate = self.estimate_s(*config)
+            if estimate is None:
+                return None
+            if self._current is not None and self._current[0] == config:
+                estimate = max(0.0, estimate - (self.clock() - self._current[1]))
+            total += estimate
+        return total
+
+    def status(self) -> str:
+        """"[3/40, 4m12s so far, about 31m00s left, budget 50m00s]": the count includes the
+        config about to start."""
+        done = len(self.measured) + len(self.skipped)
+        left = self.time_left_estimate_s()
+        parts = [f"{min(done + 1, len(self.configs))}/{len(self.configs)}", f"{_minutes(self.elapsed_s())} so far",
+                 "time left unknown until a config finishes" if left is None else f"about {_minutes(left)} left"]
+        if self.time_budget_s is not None:
+            parts.append(f"budget {_minutes(self.time_budget_s)}")
+        return "[" + ", ".join(parts) + "]"
+
+    def skip_reason(self, variant: str, batch_size: int) -> str | None:
+        """Why a config must not start under the budget, or None when it may: the budget
+        is spent, or its estimate exceeds the time left."""
+        left = self.time_left_s()
+        if left is None:
+            return None
+        if left <= 0:
+            return f"the time budget of {_minutes(self.time_budget_s)} is spent ({_minutes(self.elapsed_s())} so far)"
+        estimate = self.estimate_s(variant, batch_size)
+        if estimate is not None and estimate > left:
+            return (f"it would take about {_minutes(estimate)} and {_minutes(left)} of the "
+                    f"{_minutes(self.time_budget_s)} time budget is left")
+        return None
+
+    def searches_to_skip(self, variant: str, batch_size: int, given: Mapping[str, str]) -> list[tuple[Search, str]]:
+        """The searches of ``variant`` not to run under the budget, each with its reason:
+        those not already built by an earlier run (cached) whose estimate, with the
+        config's own, exceeds the time left."""
+        left = self.time_left_s()
+        if left is None or variant in self.searched:
+            return []
+        config = self.estimate_s(variant, batch_size) or 0.0
+        skips = []
+        for search in searches_of(variant, given):
+            if search.estimate_s + config > left:
+                skips.append((search, f"{search.what} takes about {_minutes(search.estimate_s)} on 2 cores and "
+                                      f"{_minutes(left)} of the time budget is left: built with {search.key}={search.skip_value}"))
+        return skips
+
+    def start(self, variant: str, batch_size: int) -> None:
+        self._current = ((variant, batch_size), self.clock())
+
+    def finish(self) -> float | None:
+        """The running config ends: its wall time is recorded (seconds, returned)."""
+        if self._current is None:
+            return None
+        config, started = self._current
+        self._current = None
+        self.measured[config] = self.clock() - started
+        return self.measured[config]
+
+    def skip(self, variant: str, batch_size: int) -> None:
+        self._current = None
+        self.skipped.append((variant, batch_size))
+
+
+def history_path(cache_dir: Path, device: str) -> Path:
+    return Path(cache_dir) / f"{device}-{CONFIG_TIMES_FILE}"
+
+
+def load_history(cache_dir: Path, device: str) -> tuple[dict[str, float], list[str]]:
+    """The config times and the searched variants the last run stored in ``cache_dir``;
+    empty when there are none or the file is unreadable (it is only an estimate)."""
+    try:
+        document = json.loads(history_path(cache_dir, device).read_text())
+        times = {str(k): float(v) for k, v in document["seconds"].items() if float(v) >= 0}
+        return times, [str(v) for v in document.get("searched", [])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}, []
+
+
+def save_history(cache_dir: Path, device: str, clock: SweepClock, searched: Sequence[str]) -> None:
+    """Merge this run's config times and searched variants into ``cache_dir``'s history;
+    a write that fails is ignored (the history only improves estimates)."""
+    times, before = load_history(cache_dir, device)
+    times.update({SweepClock.key(*config): round(seconds, 1) for config, seconds in clock.measured.items()})
+    document = {"seconds": times, "searched": sorted({*before, *searched})}
+    try:
+        atomic.write_text(history_path(cache_dir, device), json.dumps(document, indent=1, sort_keys=True) + "\n",
+                          option="--cache-dir")
+    except Exception:  # noqa: BLE001 - an estimate is not worth failing a sweep for
+        pass
