@@ -96,7 +96,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     options = sweep_options(config)
     configs = [tuple(item.callspec.params[ENGINE_FIXTURE]) for item in items
                if ENGINE_FIXTURE in getattr(item, "fixturenames", ()) and hasattr(item, "callspec")]
-    history, searched = schedule.load_history(options.cache_dir, options.device)
+    history, searched = schedule.load_history(options.cache_dir, options.device, schedule.history_profile(options))
     config.stash[CLOCK_KEY] = schedule.SweepClock(list(dict.fromkeys(configs)), options.time_budget_s, history, searched)
     try:
         preflight(options)
@@ -267,4 +267,5 @@ def engine_config(request: pytest.FixtureRequest, sweep: Sweep) -> Iterator[Engi
     clock.finish()
     if not sweep.searches_skipped(variant):
         clock.searched.add(variant)
-    schedule.save_history(sweep.options.cache_dir, sweep.options.device, clock, sorted(clock.searched))
+    schedule.save_history(sweep.options.cache_dir, sweep.options.device, schedule.history_profile(sweep.options),
+                          clock, sorted(clock.searched))

@@ -64,6 +64,11 @@ def searches_of(variant: str, given: Mapping[str, str]) -> list[Search]:
     return [s for s in SEARCHES if s.variant in parts and s.key not in given]
 
 
+def _median(values: Sequence[float]) -> float | None:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else None
+
+
 def _minutes(seconds: float) -> str:
     seconds = max(0.0, seconds)
     if seconds < 60:
@@ -104,12 +109,13 @@ class SweepClock:
         return None if self.time_budget_s is None else self.time_budget_s - self.elapsed_s()
 
     def estimate_s(self, variant: str, batch_size: int) -> float | None:
-        """The expected wall time of one config: measured in this run for it already
-        (a repeat), else its time in the last run (history), else the mean of this run's
-        configs of the same variant after its first (which alone pays for the variant's
-        accuracy pass), else the median of the other variants' later configs (for a
-        variant whose first config has run) or of all this run's configs; None before any
-        is known."""
+        """The expected wall time of one config: its own time in this run (a repeat), else
+        in the last run (history); else, from this run: for a variant not started yet, the
+        median of the variants' first configs (a first config also pays for the variant's
+        accuracy pass and its build); for a later config (after its variant's first in
+        the run's order), the mean of the variant's later configs, else the median of the
+        other variants' later configs, else the first configs'.
+        None before anything is known."""
         config = (variant, batch_size)
         if config in self.measured:
             return self.measured[config]
@@ -118,13 +124,15 @@ class SweepClock:
         by_variant: dict[str, list[float]] = {}
         for (name, _), seconds in self.measured.items():
             by_variant.setdefault(name, []).append(seconds)
-        later = by_variant.get(variant, [])[1:]
-        if later:
-            return sum(later) / len(later)
-        if variant in by_variant:  # its first config only: the later configs of the others, if any
-            later = sorted(s for times in by_variant.values() for s in times[1:])
-        values = later or sorted(self.measured.values())
-        return values[len(values) // 2] if values else None
+        firsts = [times[0] for times in by_variant.values()]
+        laters = [s for times in by_variant.values() for s in times[1:]]
+        own = by_variant.get(variant)
+        if own is None:
+            first = next((c for c in self.remaining() if c[0] == variant), config)
+            return _median(firsts) if first == config else (_median(laters) or _median(firsts))
+        if own[1:]:
+            return sum(own[1:]) / len(own[1:])
+        return _median(laters) or own[0]
 
     def remaining(self) -> list[tuple[str, int]]:
         """Configs neither measured nor skipped, the one running included."""
@@ -204,25 +212,38 @@ def history_path(cache_dir: Path, device: str) -> Path:
     return Path(cache_dir) / f"{device}-{CONFIG_TIMES_FILE}"
 
 
-def load_history(cache_dir: Path, device: str) -> tuple[dict[str, float], list[str]]:
-    """The config times and the searched variants the last run stored in ``cache_dir``;
-    empty when there are none or the file is unreadable (it is only an estimate)."""
+def history_profile(options) -> str:
+    """What makes config times comparable between runs (``options``: SweepOptions): the
+    images evaluated, the rounds and the weights; the history keeps one entry each."""
+    return (f"samples={options.num_samples};calibration={options.calibration_samples};rounds={options.rounds}"
+            f"+{options.warmup_rounds};weights={options.weights};data={options.imagenet_val or 'synthetic'}")
+
+
+def load_history(cache_dir: Path, device: str, profile: str) -> tuple[dict[str, float], list[str]]:
+    """The config times and the searched variants an earlier run of ``profile`` stored in
+    ``cache_dir``; empty when there are none or the file is unreadable (only estimates)."""
     try:
-        document = json.loads(history_path(cache_dir, device).read_text())
+        document = json.loads(history_path(cache_dir, device).read_text())[profile]
         times = {str(k): float(v) for k, v in document["seconds"].items() if float(v) >= 0}
         return times, [str(v) for v in document.get("searched", [])]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}, []
 
 
-def save_history(cache_dir: Path, device: str, clock: SweepClock, searched: Sequence[str]) -> None:
-    """Merge this run's config times and searched variants into ``cache_dir``'s history;
-    a write that fails is ignored (the history only improves estimates)."""
-    times, before = load_history(cache_dir, device)
-    times.update({SweepClock.key(*config): round(seconds, 1) for config, seconds in clock.measured.items()})
-    document = {"seconds": times, "searched": sorted({*before, *searched})}
+def save_history(cache_dir: Path, device: str, profile: str, clock: SweepClock, searched: Sequence[str]) -> None:
+    """Merge this run's config times and searched variants into ``cache_dir``'s history
+    of ``profile``; a write that fails is ignored (the history only improves estimates)."""
+    path = history_path(cache_dir, device)
     try:
-        atomic.write_text(history_path(cache_dir, device), json.dumps(document, indent=1, sort_keys=True) + "\n",
-                          option="--cache-dir")
+        document = json.loads(path.read_text())
+        if not isinstance(document, dict):
+            document = {}
+    except (OSError, ValueError):
+        document = {}
+    times, before = load_history(cache_dir, device, profile)
+    times.update({SweepClock.key(*config): round(seconds, 1) for config, seconds in clock.measured.items()})
+    document[profile] = {"seconds": times, "searched": sorted({*before, *searched})}
+    try:
+        atomic.write_text(path, json.dumps(document, indent=1, sort_keys=True) + "\n", option="--cache-dir")
     except Exception:  # noqa: BLE001 - an estimate is not worth failing a sweep for
         pass

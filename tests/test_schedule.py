@@ -1,0 +1,127 @@
+"""The sweep's clock: count, time left, and what --time-budget skips."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from densenet_opt import report, schedule
+from densenet_opt.config import options_from_mapping
+from densenet_opt.errors import UserError
+from densenet_opt.schedule import SweepClock
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CONFIGS = [("baseline", 1), ("baseline", 4), ("int8", 1), ("int8", 4)]
+
+
+def test_count_time_so_far_and_time_left() -> None:
+    fake = FakeClock()
+    clock = SweepClock(CONFIGS, None, clock=fake)
+    assert clock.status() == "[1/4, 0s so far, time left unknown until a config finishes]"
+    clock.start("baseline", 1)
+    fake.now += 120  # the first config of a variant pays for its accuracy pass
+    clock.finish()
+    assert clock.estimate_s("baseline", 4) == 120  # no later config yet: all configs' median
+    clock.start("baseline", 4)
+    fake.now += 30
+    clock.finish()
+    assert clock.estimate_s("baseline", 32) == 30  # the variant's later configs
+    assert clock.estimate_s("int8", 1) == 120  # a new variant: the first configs' median
+    assert clock.estimate_s("int8", 4) == 30  # a later config of a variant not started: the later configs'
+    assert clock.status() == "[3/4, 2m30s so far, about 2m30s left]"
+    clock.start("int8", 1)
+    fake.now += 10
+    assert clock.status() == "[3/4, 2m40s so far, about 2m20s left]"  # the running config's time counts
+
+
+def test_the_budget_skips_what_would_not_fit() -> None:
+    fake = FakeClock()
+    clock = SweepClock(CONFIGS, 300, clock=fake)
+    assert clock.skip_reason("baseline", 1) is None  # nothing known: it starts
+    clock.start("baseline", 1)
+    fake.now += 120
+    clock.finish()
+    assert clock.skip_reason("baseline", 4) is None  # 120 s estimated, 180 s left
+    clock.start("baseline", 4)
+    fake.now += 60
+    clock.finish()
+    assert clock.skip_reason("int8", 1) is None  # 120 s (the first configs'), 120 s left
+    fake.now += 100
+    assert clock.skip_reason("int8", 1) == "it would take about 2m00s and 20s of the 5m00s time budget is left"
+    assert clock.status() == "[3/4, 4m40s so far, about 3m00s left, budget 5m00s]"
+    fake.now += 30
+    assert clock.skip_reason("int8", 4) == "the time budget of 5m00s is spent (5m10s so far)"
+
+
+def test_searches_are_skipped_only_when_they_would_not_fit_and_are_not_cached() -> None:
+    fake = FakeClock()
+    clock = SweepClock(CONFIGS, 40 * 60, clock=fake)
+    # 40 minutes left: each search is judged against the time left, and each fits.
+    assert clock.searches_to_skip("int8", 1, {}) == []
+    skipped = clock.searches_to_skip("pruned_structured+openvino_int8", 1, {})
+    assert [search.key for search, _ in skipped] == []
+    fake.now += 20 * 60  # 20 minutes left
+    skipped = clock.searches_to_skip("pruned_structured+openvino_int8", 1, {})
+    assert [search.key for search, _ in skipped] == ["openvino_int8.accuracy_control"]
+    assert skipped[0][1] == ("NNCF's accuracy control takes about 30m00s on 2 cores and 20m00s of the time budget "
+                             "is left: built with openvino_int8.accuracy_control=off")
+    # The user's own setting is never overridden; a variant built with its search before is cached.
+    assert clock.searches_to_skip("openvino_int8", 1, {"openvino_int8.accuracy_control": "on"}) == []
+    assert SweepClock(CONFIGS, 60, searched=["int8"], clock=fake).searches_to_skip("int8", 1, {}) == []
+    assert SweepClock(CONFIGS, None, clock=fake).searches_to_skip("int8", 1, {}) == []
+
+
+def test_history_round_trips_and_a_damaged_file_is_ignored(tmp_path: Path) -> None:
+    fake = FakeClock()
+    clock = SweepClock(CONFIGS, None, clock=fake)
+    clock.start("baseline", 1)
+    fake.now += 42.04
+    clock.finish()
+    schedule.save_history(tmp_path, "cpu", "samples=1024", clock, ["int8"])
+    times, searched = schedule.load_history(tmp_path, "cpu", "samples=1024")
+    assert times == {"baseline@1": 42.0} and searched == ["int8"]
+    assert schedule.load_history(tmp_path, "cpu", "samples=64") == ({}, [])  # another profile: no estimate
+    assert SweepClock(CONFIGS, None, times, clock=fake).estimate_s("baseline", 1) == 42.0
+    schedule.history_path(tmp_path, "cpu").write_text("{broken")
+    assert schedule.load_history(tmp_path, "cpu", "samples=1024") == ({}, [])
+
+
+@pytest.mark.parametrize("text", ["0", "-3", "nan", "soon"])
+def test_a_bad_time_budget_is_one_sentence(text: str) -> None:
+    with pytest.raises(UserError, match=r"^--time-budget must be a positive number of minutes or none"):
+        options_from_mapping({"device": "cpu", "time_budget": text})
+
+
+def test_a_spent_budget_skips_the_rest_and_keeps_the_rows(tmp_path: Path) -> None:
+    """A tiny sweep whose budget (0.6 s) is spent by its first config: the first is
+    measured, the second is skipped with its reason, in the results and summary.md."""
+    out = tmp_path / "out"
+    # A cache dir of its own (no history from other runs), with the synthetic weights of the
+    # shared one, which take minutes to build.
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for path in options_from_mapping({}).cache_dir.glob("densenet121-synthetic-*"):
+        (cache / path.name).symlink_to(path)
+    command = [sys.executable, "-m", "densenet_opt", "sweep", "--variants", "baseline", "--batch-sizes", "1,2",
+               "--num-samples", "4", "--rounds", "2", "--warmup-rounds", "0", "--weights", "synthetic",
+               "--output-dir", str(out), "--cache-dir", str(cache), "--time-budget", "0.01"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "[1/2, " in result.stdout and "] building baseline for batch 1" in result.stdout
+    assert "[2/2, " in result.stdout and "skipping baseline at batch 2: the time budget of 1s is spent" in result.stdout
+    rows = {r.batch_size: r for r in report.read_rows(out / report.RESULTS_FILE)}
+    assert rows[1].status == report.OK and rows[2].status == report.SKIPPED_FOR_TIME
+    summary = (out / "summary.md").read_text()
+    assert "- baseline at batch 2 on cpu: skipped_for_time (the time budget of 1s is spent" in summary
+    assert (cache / "cpu-config_times.json").exists()  # the next run with this cache dir starts with an estimate
