@@ -51,6 +51,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--rounds", "10", "timed rounds per (variant, batch size)"),
     Option("--warmup-rounds", "2", "untimed rounds before the timed ones"),
     Option("--speedup-pairing", "on", "on: time the baseline engine of the same batch size right before each round of a variant (A B A B), and take speedup_vs_baseline from those pairs, so that the machine's speed drifting during the sweep does not enter it (costs one baseline call per round); off: divide by the baseline's own config"),
+    Option("--torch-threads", "auto", "intra-op threads of torch's engines while a config is timed: auto, the cores other processes leave free just before (at most torch's default), so that eager PyTorch does not wait on a core another process holds (README, \"Contention\"); or a whole number"),
     Option("--variant-options", "", "variant settings as comma-separated KEY=VALUE, e.g. pruned.amount=0.3"),
     Option("--cache-dir", None, "where synthetic weights and built artifacts are cached (default: $DENSENET_OPT_CACHE or ~/.cache/densenet_opt)"),
     Option("--time-budget", "none", "minutes the sweep may take: a config or a search that would not fit in the time left is skipped, with its reason in the results and summary.md (estimates from this run's configs and the cache dir's last run); none: no bound"),
@@ -93,6 +94,7 @@ class SweepOptions:
     max_speedup_drop: float = 0.25
     max_cpu_pressure: float = DEFAULT_MAX_CPU_PRESSURE
     paired_speedup: bool = True
+    torch_threads: int | None = None  # --torch-threads; None: auto (measure.contention.free_cores)
     machine_label: str | None = None  # None: the host name (measure.env.machine_name)
     time_budget_s: float | None = None  # --time-budget in seconds; None: no bound
 
@@ -161,6 +163,16 @@ def parse_workers(text: str) -> int | None:
     if str(text).strip().lower() == "auto":
         return None
     return parse_positive_int("--data-workers", text, minimum=0)
+
+
+def parse_auto_count(name: str, text: str) -> int | None:
+    """"auto" -> None, else an int >= 1; UserError naming the option otherwise."""
+    if str(text).strip().lower() == "auto":
+        return None
+    try:
+        return whole_number(text)
+    except ValueError as error:
+        raise UserError(f"{name} must be auto or a whole number >= 1 ({error})") from None
 
 
 def parse_batch_sizes(text: str) -> tuple[int, ...]:
@@ -254,6 +266,7 @@ def options_from_mapping(raw: Mapping[str, object]) -> SweepOptions:
         max_speedup_drop=parse_fraction("--max-speedup-drop", str(get("max_speedup_drop"))),
         max_cpu_pressure=parse_percent("--max-cpu-pressure", str(get("max_cpu_pressure"))),
         paired_speedup=parse_on_off("--speedup-pairing", str(get("speedup_pairing"))),
+        torch_threads=parse_auto_count("--torch-threads", str(get("torch_threads"))),
         machine_label=parse_machine_label("--machine-label", get("machine_label")),
         time_budget_s=parse_time_budget(str(get("time_budget"))),
     )

@@ -96,7 +96,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     options = sweep_options(config)
     configs = [tuple(item.callspec.params[ENGINE_FIXTURE]) for item in items
                if ENGINE_FIXTURE in getattr(item, "fixturenames", ()) and hasattr(item, "callspec")]
-    history, searched = schedule.load_history(options.cache_dir, options.device, schedule.history_profile(options))
+    history, searched = schedule.estimates(options)
     config.stash[CLOCK_KEY] = schedule.SweepClock(list(dict.fromkeys(configs)), options.time_budget_s, history, searched)
     try:
         preflight(options)

@@ -88,6 +88,9 @@ class Row:
     # wall time; the 1-minute load average per usable core. None where not measured.
     cpu_pressure_pct: float | None = _number(1)
     load_per_core: float | None = _number(2)
+    # Intra-op threads torch's engines (eager, and the paired baseline) ran with while timed:
+    # --torch-threads, or with auto the cores other processes left free (measure/contention.py).
+    torch_threads: int | None = None
     accuracy_kind: str | None = None
     agreement_top_1: float | None = _number(2)
     logit_relative_error: float | None = _number(significant=3)

@@ -3,7 +3,10 @@ an estimate of the time left, and what to skip so that a run ends within --time-
 
 Estimates come from what this run has measured (each config's wall time, from the build
 of its engine to the end of its tests), else from the last run with the same cache
-directory (``CONFIG_TIMES_FILE`` there, per device, variant and batch size). A config
+directory and the same images, rounds and weights (``DEVICE-config_times.json`` there, per
+variant and batch size), else, for a cache that has none, from the stored run of the
+main job in the baseline directory (the same file name; it names the machine it was
+measured on), since a cold cache has to build everything that run built. A config
 whose estimate does not fit in the time left is skipped with its reason; a search that
 would not fit (SEARCHES: the accuracy-aware int8 searches, OpenVINO's accuracy control,
 the pruned model's distillation) is not run and the variant is built with the option
@@ -228,6 +231,18 @@ def load_history(cache_dir: Path, device: str, profile: str) -> tuple[dict[str, 
         return times, [str(v) for v in document.get("searched", [])]
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}, []
+
+
+def estimates(options) -> tuple[dict[str, float], list[str]]:
+    """The config times and searched variants to start ``options``' sweep with (a
+    SweepOptions): the cache dir's history, else the baseline dir's stored one, with the
+    variants searched left empty (a cold cache has searched nothing)."""
+    profile = history_profile(options)
+    times, searched = load_history(options.cache_dir, options.device, profile)
+    if times:
+        return times, searched
+    stored, _ = load_history(options.baseline_dir, options.device, profile)
+    return stored, []
 
 
 def save_history(cache_dir: Path, device: str, profile: str, clock: SweepClock, searched: Sequence[str]) -> None:

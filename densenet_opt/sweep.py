@@ -22,7 +22,7 @@ from densenet_opt.accuracy import ACCURACY, SYNTHETIC_ACCURACY, Fidelity, NonFin
 from densenet_opt.config import SweepOptions
 from densenet_opt.flops import count_flops
 from densenet_opt.errors import UserError
-from densenet_opt.measure.contention import Contention, PressureMark
+from densenet_opt.measure.contention import Contention, PressureMark, free_cores
 from densenet_opt.measure.env import environment_info, machine_name
 from densenet_opt.measure.memory import MIB
 from densenet_opt.measure.probe import ProbeResult, run_probe
@@ -83,6 +83,7 @@ class Sweep:
         self.device = torch.device(options.device)
         self.progress = progress
         self.wrap_engine = wrap_engine or (lambda variant, batch_size, engine: engine)
+        self.default_torch_threads = torch.get_num_threads()  # OMP_NUM_THREADS, else the usable cores
         self._fidelity: dict[str, Fidelity] = {}
         self._probes: dict[tuple[str, int], ProbeResult] = {}
         self._paired_baselines: dict[int, Engine] = {}
@@ -191,9 +192,10 @@ class Sweep:
             raise ConfigFault(status, error) from error
         if timed is None:
             return None
-        latency, paired, contention = timed
+        latency, paired, contention, threads = timed
         row = self.result_row(variant, batch_size, engine, latency, accuracy, memory)
-        row = dataclasses.replace(row, cpu_pressure_pct=contention.cpu_pressure_pct, load_per_core=contention.load_per_core)
+        row = dataclasses.replace(row, cpu_pressure_pct=contention.cpu_pressure_pct, load_per_core=contention.load_per_core,
+                                  torch_threads=threads)
         if paired is not None:
             row = dataclasses.replace(row, speedup_vs_baseline=paired.speedup, speedup_spread=paired.spread)
         self.write_row(row)
@@ -206,12 +208,13 @@ class Sweep:
 
     def _time(
         self, variant: str, batch_size: int, engine: Engine, batch: torch.Tensor, benchmark,
-    ) -> tuple[LatencyStats, PairedSpeedup | None, Contention] | None:
+    ) -> tuple[LatencyStats, PairedSpeedup | None, Contention, int] | None:
         """pytest-benchmark's timed rounds of ``engine``; with --speedup-pairing on, the
         baseline engine of this batch size runs (timed by perf_counter, untimed for
         pytest-benchmark) right before each round, and the pairs give the speedup. The
         baseline's own config pairs with nothing: its speedup is 1 by definition. The CPU
-        contention is measured over the rounds, warm-up and paired calls included."""
+        contention is measured over the rounds, warm-up and paired calls included; torch's
+        engines run with ``timing_threads`` intra-op threads (returned last)."""
         pair = self.options.paired_speedup and variant != BASELINE
         baseline = self.paired_baseline(batch_size) if pair else None
         baseline_seconds: list[float] = []
@@ -221,18 +224,35 @@ class Sweep:
             baseline(batch)  # host logits out: the device is synchronised inside the call
             baseline_seconds.append(time.perf_counter() - started)
 
-        start = PressureMark.now()
-        timed = benchmark_call(benchmark, engine, batch, rounds=self.options.rounds,
-                               warmup_rounds=self.options.warmup_rounds, before_each=run_baseline if pair else None)
+        threads = self.timing_threads()
+        torch.set_num_threads(threads)
+        try:
+            start = PressureMark.now()
+            timed = benchmark_call(benchmark, engine, batch, rounds=self.options.rounds,
+                                   warmup_rounds=self.options.warmup_rounds, before_each=run_baseline if pair else None)
+            contention = Contention.since(start)
+        finally:
+            torch.set_num_threads(self.default_torch_threads)
         if timed is None:
             return None
-        contention = Contention.since(start)
         latency, seconds = timed
         if pair:
-            return latency, PairedSpeedup.from_seconds(baseline_seconds[-len(seconds):], seconds), contention
+            return latency, PairedSpeedup.from_seconds(baseline_seconds[-len(seconds):], seconds), contention, threads
         if self.options.paired_speedup:  # the baseline itself: 1 by definition
-            return latency, PairedSpeedup(1.0, 0.0, len(seconds)), contention
-        return latency, None, contention
+            return latency, PairedSpeedup(1.0, 0.0, len(seconds)), contention, threads
+        return latency, None, contention, threads
+
+    def timing_threads(self) -> int:
+        """torch's intra-op threads for timing a config: --torch-threads, or with auto the
+        cores other processes leave free right now (measure.contention.free_cores, this
+        process idle), at most torch's default. Eager PyTorch splits every operator evenly
+        over its OpenMP threads, so one thread sharing a core with another process holds
+        up every operator: with one busy loop beside a 2-core sweep, eager DenseNet-121 at
+        batch 1 read 5-16x slower on 2 threads, 1.4x on the one free core (README,
+        "Contention")."""
+        if self.options.torch_threads is not None:
+            return self.options.torch_threads
+        return min(self.default_torch_threads, free_cores() or self.default_torch_threads)
 
     def paired_baseline(self, batch_size: int) -> Engine:
         """The baseline engine timed beside every variant of this batch size: built once per

@@ -108,3 +108,92 @@ def test_this_machine_reports_a_figure() -> None:
         assert measured.cpu_pressure_pct is not None and 0.0 <= measured.cpu_pressure_pct <= 100.0
     else:
         assert measured.cpu_pressure_pct is None and measured.load_per_core is not None
+
+
+def test_free_cores_are_the_cores_others_leave_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(contention.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(contention, "usable_cores", lambda: 2)
+
+    def machine(busy_fraction: float):
+        readings = iter([(0.0, 0.0), (busy_fraction * 200.0, 200.0)])  # (busy, total) jiffies
+        monkeypatch.setattr(contention, "_cpu_times", lambda path=None: next(readings))
+        return contention.free_cores(sample_s=0.0)
+
+    assert machine(0.02) == 2  # quiet
+    assert machine(0.5) == 1  # one busy loop: one core left
+    assert machine(1.0) == 1  # both taken: still one thread
+    monkeypatch.setattr(contention, "_cpu_times", lambda path=None: None)
+    assert contention.free_cores(sample_s=0.0) is None  # no /proc/stat
+
+
+def test_proc_stat_is_read(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 5 50 800 20 1 2 7 0 0\ncpu0 50 2 25 400 10 0 1 3 0 0\n")
+    assert contention._cpu_times(stat) == (165.0, 985.0)  # busy: all but idle (800) and iowait (20)
+    assert contention._cpu_times(tmp_path / "absent") is None
+
+
+def test_timing_threads_follow_the_free_cores_unless_fixed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from densenet_opt import sweep as sweep_module
+
+    auto = sweep_module.Sweep(options_from_mapping({"device": "cpu"}), progress=lambda line: None)
+    auto.default_torch_threads = 2
+    monkeypatch.setattr(sweep_module, "free_cores", lambda: 1)
+    assert auto.timing_threads() == 1
+    monkeypatch.setattr(sweep_module, "free_cores", lambda: 4)
+    assert auto.timing_threads() == 2  # never more than torch's default
+    monkeypatch.setattr(sweep_module, "free_cores", lambda: None)
+    assert auto.timing_threads() == 2
+    fixed = sweep_module.Sweep(options_from_mapping({"device": "cpu", "torch_threads": "3"}), progress=lambda line: None)
+    assert fixed.timing_threads() == 3
+    with pytest.raises(UserError, match="^--torch-threads must be auto or a whole number >= 1"):
+        options_from_mapping({"device": "cpu", "torch_threads": "0"})
+
+
+def test_pytest_benchmark_does_not_store_a_refused_run(tmp_path: Path) -> None:
+    """The stored pytest-benchmark run goes through baselines.route_benchmark_writes, which
+    stores nothing while the refusal stands (the plugin passes gate.baseline_refusal)."""
+    from types import SimpleNamespace
+
+    from pytest_benchmark.storage.file import FileStorage
+
+    from densenet_opt import baselines
+
+    class Logger:
+        def info(self, *args, **kwargs) -> None:
+            pass
+
+    storage = FileStorage(tmp_path / "baseline", Logger(), default_machine_id="machine")
+    session = SimpleNamespace(json=None, storage=storage, logger=Logger())
+    refusal: list[str | None] = ["not storing the baseline: ..."]
+    baselines.route_benchmark_writes(session, refusal=lambda: refusal[0])
+    document = {"benchmarks": [{"name": "x"}]}
+    session.storage.save(document, "cpu")
+    assert not list((tmp_path / "baseline").rglob("*.json"))
+    refusal[0] = None
+    session.storage.save(document, "cpu")
+    assert [p.name for p in (tmp_path / "baseline" / "machine").glob("*.json")] == ["0001_cpu.json"]
+
+
+def test_a_sweep_timed_under_contention_is_measured_but_not_stored(tmp_path: Path) -> None:
+    """End to end: a tiny sweep whose CPU pressure reads 60% (tests/fault_plugin.py) writes
+    its row and summary, stores no baseline, and says why once, with exit code 2."""
+    import os
+    import subprocess
+    import sys
+
+    plugin_path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "densenet_opt", "sweep", "--variants", "baseline", "--batch-sizes", "1",
+               "--num-samples", "4", "--rounds", "2", "--warmup-rounds", "0", "--weights", "synthetic",
+               "--output-dir", str(tmp_path / "out"), "--baseline-dir", str(tmp_path / "baseline"), "--save-baseline",
+               "--", "-p", "fault_plugin", "--fake-cpu-pressure", "60"]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": plugin_path})
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert output.count("not storing the baseline") == 1, output[-3000:]
+    assert "(worst: baseline at batch 1 on cpu, 60% CPU pressure; limit 30%)" in output
+    assert not list((tmp_path / "baseline").rglob("*.json"))
+    (row,) = report.read_rows(tmp_path / "out" / report.RESULTS_FILE)
+    assert row.cpu_pressure_pct == 60.0 and row.torch_threads is not None and row.torch_threads >= 1
+    assert "timed under contention (CPU pressure 60%)" in result.stdout  # the progress line
+    assert "(contended)" in (tmp_path / "out" / "summary.md").read_text()

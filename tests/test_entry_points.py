@@ -104,7 +104,7 @@ TIMING_COLUMNS = {
     "model_size_mb", "ram_usage_mb", "vram_usage_mb", "latency_ms_per_batch", "throughput_samples_per_sec",
     "achieved_gflops_per_sec", "latency_ms_stddev", "latency_ms_median", "latency_ms_min", "latency_ms_max",
     "latency_ms_p90", "latency_ms_p99", "vram_torch_peak_mb", "cold_start_ms", "engine_info", "measured_at",
-    "cpu_pressure_pct", "load_per_core",
+    "cpu_pressure_pct", "load_per_core", "torch_threads",
 }
 
 

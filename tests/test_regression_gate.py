@@ -18,16 +18,16 @@ from pytest_benchmark.utils import get_machine_id
 from densenet_opt import report
 
 TINY_SWEEP = ["--variants", "baseline,pruned", "--batch-sizes", "1", "--num-samples", "4",
-              "--rounds", "5", "--warmup-rounds", "1", "--weights", "synthetic"]
-# Every engine call takes 250 ms (tests/fault_plugin.py's pad): stand-in engines whose cost
+              "--rounds", "3", "--warmup-rounds", "1", "--weights", "synthetic"]
+# Every engine call takes 200 ms (tests/fault_plugin.py's pad): stand-in engines whose cost
 # the test sets, so that the timing relations asserted below hold on a busy machine too
-# (eager DenseNet-121 at batch 1 takes 70 ms on a quiet 2-core VM, about 250 with another
-# process on one core; CI once read pruned at 0.3x the baseline's unpaired latency, where
+# (eager DenseNet-121 at batch 1 takes 60 ms on a quiet 2-core VM, 76 ms on the one core a
+# busy loop leaves it; CI once read pruned at 0.3x the baseline's unpaired latency, where
 # the two run the same kernels).
-PAD = "*@*=pad:250"
+PAD = "*@*=pad:200"
 # The machine gets 3x slower from some moment of the sweep on: after the baseline's own
-# config (4 accuracy calls + 6 timed rounds of its engine), before pruned is measured.
-DRIFT = f"*@*=slowdown:3@{4 + 6 + 1}"
+# config (4 accuracy calls + 4 timed rounds of its engine), before pruned is measured.
+DRIFT = f"*@*=slowdown:3@{4 + 4 + 1}"
 SLOWED = "pruned@*=slowdown:2"  # a build truly slowed: each pruned call takes 2x
 # The drift alone is 3x the stored latency (passes at min:400%); drift and slowdown, 6x (fails).
 TIGHT = ["--max-regression", "min:400%", "--max-speedup-drop", "0.4"]
@@ -48,18 +48,6 @@ def show(result: subprocess.CompletedProcess) -> str:
 
 def test_gate_passes_unchanged_and_fails_a_slowed_engine(tmp_path: Path) -> None:
     machine_dir = tmp_path / "baseline" / get_machine_id()
-    # A run timed under heavy contention is measured and reported, but not stored.
-    contended = sweep(tmp_path, "contended", "--save-baseline", faults=PAD, plugin_args=("--fake-cpu-pressure", "60"))
-    assert contended.returncode == 2, show(contended)
-    refusals = [line for line in contended.stdout.splitlines() if "not storing the baseline" in line]
-    assert len(refusals) == 1, show(contended)
-    assert "2 config(s) were timed while other processes competed" in refusals[0]
-    assert "60% CPU pressure" in refusals[0] and "pass --max-cpu-pressure 100 to store them anyway" in refusals[0]
-    assert not machine_dir.exists() and not (tmp_path / "baseline" / "speedups-cpu.json").exists()
-    rows = report.read_rows(tmp_path / "contended" / report.RESULTS_FILE)
-    assert [(r.variant, r.cpu_pressure_pct) for r in rows] == [("baseline", 60.0), ("pruned", 60.0)]
-    assert "(contended)" in (tmp_path / "contended" / "summary.md").read_text()
-
     saved = sweep(tmp_path, "save", "--save-baseline", faults=PAD)
     assert saved.returncode == 0, show(saved)
     assert [p.name for p in machine_dir.glob("*.json")] == ["0001_cpu.json"]

@@ -22,10 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PSI_FILE = Path("/proc/pressure/cpu")
+STAT_FILE = Path("/proc/stat")
+# How long free_cores watches the CPUs (this process idle) before a config is timed.
+FREE_CORES_SAMPLE_S = 0.3
 # The default of --max-cpu-pressure: a baseline timed with more than this share of wall
 # time stalled on the CPU is not stored. Measured on the 2-core VMs (README, "Contention"):
 # a quiet sweep reads 0-5%, one busy loop beside it 40-60%.
-DEFAULT_MAX_CPU_PRESSURE = 20.0
+DEFAULT_MAX_CPU_PRESSURE = 30.0
 # Above this load per usable core (no PSI) a config counts as contended: the sweep's own
 # threads already load each core once.
 CONTENDED_LOAD_PER_CORE = 1.5
@@ -53,6 +56,36 @@ def read_psi_some_total_us(path: Path | None = None) -> int | None:
                 if name == "total" and value.isdigit():
                     return int(value)
     return None
+
+
+def _cpu_times(path: Path | None = None) -> tuple[float, float] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat's ``cpu`` line (busy: all but idle
+    and iowait; steal counts as busy: a core the hypervisor gave away is not ours); None
+    where unreadable."""
+    try:
+        fields = (path or STAT_FILE).read_text().splitlines()[0].split()
+        values = [float(v) for v in fields[1:9]]
+    except (OSError, IndexError, ValueError):
+        return None
+    if fields[0] != "cpu" or len(values) < 5:
+        return None
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def free_cores(sample_s: float = FREE_CORES_SAMPLE_S, path: Path | None = None) -> int | None:
+    """The usable cores other processes leave free: usable_cores() minus the cores the
+    machine kept busy over ``sample_s`` seconds while this process slept (rounded, at least
+    1). None where /proc/stat is unreadable. Call it with this process idle: its own
+    threads would count as others'."""
+    before = _cpu_times(path)
+    time.sleep(sample_s)
+    after = _cpu_times(path)
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    machine_cores = os.cpu_count() or 1
+    busy_cores = (after[0] - before[0]) / (after[1] - before[1]) * machine_cores
+    return max(1, min(usable_cores(), round(machine_cores - busy_cores)))
 
 
 @dataclass(frozen=True)
