@@ -19,11 +19,15 @@ PYTHON = "3.11"
 # runs a real one on a small CNN), and pruned_structured without its recovery (minutes of
 # teacher passes and training on 2 cores; tests/test_distillation.py runs it on a small
 # DenseNet), and openvino_int8 without accuracy control (NNCF's ranking compiles the model
-# once per quantized operation: tests/test_openvino.py runs it on a small CNN).
+# once per quantized operation: tests/test_openvino.py runs it on a small CNN), and bf16,
+# fp16 and compiled as one dynamic-batch AOTInductor package each instead of one per batch
+# size (40-50 s a compile on 2 cores; int8 keeps the default static packages, so the static
+# path runs on DenseNet too, and tests/test_torch_variants.py checks both kinds).
 TEST_SWEEP = [
     "--batch-sizes=1,3", "--num-samples=64", "--calibration-samples=16", "--rounds=3", "--warmup-rounds=1",
     "--variant-options=onnx_int8.search_images=16,onnx_int8.max_float_nodes=2,int8.float_modules=0,"
-    "pruned_structured.distill=off,openvino_int8.accuracy_control=off",
+    "pruned_structured.distill=off,openvino_int8.accuracy_control=off,"
+    "bf16.batch=dynamic,fp16.batch=dynamic,compiled.batch=dynamic",
 ]
 
 
@@ -33,7 +37,7 @@ def tests(session: nox.Session) -> None:
     session.install("-e", ".[cpu,test]")
     # One cache for the tests and the sweeps they start: the synthetic weights take minutes to build.
     session.env["DENSENET_OPT_CACHE"] = os.environ.get("DENSENET_OPT_CACHE", str(Path.home() / ".cache" / "densenet_opt"))
-    session.run("pytest", *TEST_SWEEP, "--output-dir=.nox/test-results", "--durations=15", *session.posargs)
+    session.run("pytest", *TEST_SWEEP, "--output-dir=.nox/test-results", "--durations=30", *session.posargs)
 
 
 def compare_args(device: str, posargs: list[str]) -> list[str]:
