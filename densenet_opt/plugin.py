@@ -202,7 +202,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytes
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if ENGINE_FIXTURE in metafunc.fixturenames:
         options = sweep_options(metafunc.config)
-        configs = [(variant, size) for variant in options.variants for size in options.batch_sizes]
+        # Under a time budget, batch size by batch size: a budget too short for everything then
+        # measures every variant at the first batch sizes, not the first variants at all of them.
+        configs = ([(variant, size) for size in options.batch_sizes for variant in options.variants]
+                   if options.time_budget_s is not None else
+                   [(variant, size) for variant in options.variants for size in options.batch_sizes])
         if options.resume:
             done = Sweep(options).completed_configs()
             configs = [config for config in configs if config not in done]
