@@ -98,6 +98,7 @@ class SweepClock:
         self.started = clock()
         self.measured: dict[tuple[str, int], float] = {}
         self.skipped: list[tuple[str, int]] = []
+        self.started_variants: set[str] = set()
         self._current: tuple[tuple[str, int], float] | None = None
 
     @staticmethod
@@ -181,20 +182,27 @@ class SweepClock:
 
     def searches_to_skip(self, variant: str, batch_size: int, given: Mapping[str, str]) -> list[tuple[Search, str]]:
         """The searches of ``variant`` not to run under the budget, each with its reason:
-        those not already built by an earlier run (cached) whose estimate, with the
-        config's own, exceeds the time left."""
+        those not already built by an earlier run (cached) whose estimate, added to what
+        the remaining configs are expected to take, exceeds the time left: every config
+        is measured before any search is paid for. Decided at the variant's first config
+        only: its later configs are built the same way (a search's result serves them all)."""
         left = self.time_left_s()
-        if left is None or variant in self.searched:
+        if left is None or variant in self.searched or variant in self.started_variants:
             return []
-        config = self.estimate_s(variant, batch_size) or 0.0
+        # What the run still has to do without searches: every remaining config (this one
+        # included), or this one alone while some have no estimate yet.
+        rest = self.time_left_estimate_s()
+        rest = rest if rest is not None else (self.estimate_s(variant, batch_size) or 0.0)
         skips = []
         for search in searches_of(variant, given):
-            if search.estimate_s + config > left:
-                skips.append((search, f"{search.what} takes about {_minutes(search.estimate_s)} on 2 cores and "
-                                      f"{_minutes(left)} of the time budget is left: built with {search.key}={search.skip_value}"))
+            if search.estimate_s + rest > left:
+                skips.append((search, f"{search.what} takes about {_minutes(search.estimate_s)} on 2 cores, and the "
+                                      f"configs left need about {_minutes(rest)} of the {_minutes(left)} left in the time "
+                                      f"budget: built with {search.key}={search.skip_value}"))
         return skips
 
     def start(self, variant: str, batch_size: int) -> None:
+        self.started_variants.add(variant)
         self._current = ((variant, batch_size), self.clock())
 
     def finish(self) -> float | None:

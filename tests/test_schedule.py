@@ -67,19 +67,27 @@ def test_the_budget_skips_what_would_not_fit() -> None:
 def test_searches_are_skipped_only_when_they_would_not_fit_and_are_not_cached() -> None:
     fake = FakeClock()
     clock = SweepClock(CONFIGS, 40 * 60, clock=fake)
-    # 40 minutes left: each search is judged against the time left, and each fits.
+    # Nothing measured yet: each search is judged against the time left alone, and fits.
     assert clock.searches_to_skip("int8", 1, {}) == []
-    skipped = clock.searches_to_skip("pruned_structured+openvino_int8", 1, {})
-    assert [search.key for search, _ in skipped] == []
-    fake.now += 20 * 60  # 20 minutes left
+    assert clock.searches_to_skip("pruned_structured+openvino_int8", 1, {}) == []
+    clock.start("baseline", 1)
+    fake.now += 5 * 60
+    clock.finish()
+    # 35 minutes left; the three configs left need about 15: the 15-minute distillation fits
+    # beside them, OpenVINO's 30-minute accuracy control does not.
     skipped = clock.searches_to_skip("pruned_structured+openvino_int8", 1, {})
     assert [search.key for search, _ in skipped] == ["openvino_int8.accuracy_control"]
-    assert skipped[0][1] == ("NNCF's accuracy control takes about 30m00s on 2 cores and 20m00s of the time budget "
-                             "is left: built with openvino_int8.accuracy_control=off")
+    assert skipped[0][1] == ("NNCF's accuracy control takes about 30m00s on 2 cores, and the configs left need about "
+                             "15m00s of the 35m00s left in the time budget: built with openvino_int8.accuracy_control=off")
     # The user's own setting is never overridden; a variant built with its search before is cached.
     assert clock.searches_to_skip("openvino_int8", 1, {"openvino_int8.accuracy_control": "on"}) == []
     assert SweepClock(CONFIGS, 60, searched=["int8"], clock=fake).searches_to_skip("int8", 1, {}) == []
     assert SweepClock(CONFIGS, None, clock=fake).searches_to_skip("int8", 1, {}) == []
+    # Decided at a variant's first config: its later configs are built as that one was.
+    clock.start("int8", 1)
+    clock.finish()
+    fake.now += 30 * 60  # too little left for the search, but int8 has started
+    assert clock.searches_to_skip("int8", 4, {}) == []
 
 
 def test_history_round_trips_and_a_damaged_file_is_ignored(tmp_path: Path) -> None:
