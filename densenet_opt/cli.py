@@ -8,7 +8,6 @@ summaries and recommendations, profiling for traces.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from densenet_opt.render import markdown, plots
 from densenet_opt.report import RESULTS_FILE
 from densenet_opt.config import add_sweep_options, options_from_mapping
 from densenet_opt.errors import UserError
+from densenet_opt.values import positive_number
 from densenet_opt.sweep import preflight
 from densenet_opt.variants import CHAIN_SEPARATOR, STACKED, describe_options, registry, transforms
 
@@ -91,12 +91,9 @@ def positive_limit(option: str, text: str | None) -> float | None:
     if text is None:
         return None
     try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise UserError(f"{option} must be a positive number, got {text!r}")
-    return value
+        return positive_number(text)
+    except ValueError as error:
+        raise UserError(f"{option} {error}") from None
 
 
 def run_recommend(args: argparse.Namespace) -> int:

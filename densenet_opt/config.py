@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -15,7 +14,7 @@ from pytest_benchmark.utils import parse_compare_fail
 
 from densenet_opt.errors import UserError
 from densenet_opt.measure.contention import DEFAULT_MAX_CPU_PRESSURE
-from densenet_opt.values import fraction, percent, whole_number
+from densenet_opt.values import fraction, percent, positive_number, whole_number
 from densenet_opt.variants import STACKED, get_variant, parse_variant_options, registry
 
 DEFAULT_BATCH_SIZES = (1, 4, 8, 16, 32)
@@ -303,12 +302,9 @@ def parse_time_budget(text: str) -> float | None:
     if text.strip().lower() in ("none", ""):
         return None
     try:
-        minutes = float(text)
+        return positive_number(text) * 60
     except ValueError:
-        minutes = math.nan
-    if not math.isfinite(minutes) or minutes <= 0:
-        raise UserError(f"--time-budget must be a positive number of minutes or none, got {text!r}")
-    return minutes * 60
+        raise UserError(f"--time-budget must be a positive number of minutes or none, got {text!r}") from None
 
 
 def parse_percent(name: str, text: str) -> float:

@@ -38,6 +38,17 @@ def auto_or_count(text: str) -> int | None:
     return value
 
 
+def positive_number(text: str) -> float:
+    """``text`` as a finite float > 0; ValueError otherwise (NaN and inf included)."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a positive number, got {text!r}")
+    return value
+
+
 def fraction(text: str) -> float:
     """``text`` as a float in [0, 1); ValueError otherwise (NaN, inf and "30%" included)."""
     try:
