@@ -114,7 +114,7 @@ class SweepClock:
 
     def estimate_s(self, variant: str, batch_size: int) -> float | None:
         """The expected wall time of one config: its own time in this run (a repeat), else
-        in the last run (history); else, from this run: for a variant not started yet, the
+        its time in the history scaled by this run's pace; else, from this run: for a variant not started yet, the
         median of the variants' first configs (a first config also pays for the variant's
         accuracy pass and its build); for a later config (after its variant's first in
         the run's order), the mean of the variant's later configs, else the median of the
@@ -124,7 +124,7 @@ class SweepClock:
         if config in self.measured:
             return self.measured[config]
         if self.key(*config) in self.history:
-            return self.history[self.key(*config)]
+            return self.history[self.key(*config)] * self.pace()
         by_variant: dict[str, list[float]] = {}
         for (name, _), seconds in self.measured.items():
             by_variant.setdefault(name, []).append(seconds)
@@ -137,6 +137,15 @@ class SweepClock:
         if own[1:]:
             return sum(own[1:]) / len(own[1:])
         return _median(laters) or own[0]
+
+    def pace(self) -> float:
+        """How this run compares with the history it estimates from: the median of (time
+        this run took / time in the history) over the configs both have, 1.0 before any.
+        A history measured on a busier or slower machine then stops misleading the budget
+        after the first config."""
+        ratios = [seconds / self.history[self.key(*config)] for config, seconds in self.measured.items()
+                  if self.history.get(self.key(*config), 0) > 0]
+        return _median(ratios) or 1.0
 
     def remaining(self) -> list[tuple[str, int]]:
         """Configs neither measured nor skipped, the one running included."""

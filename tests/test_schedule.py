@@ -101,6 +101,12 @@ def test_history_round_trips_and_a_damaged_file_is_ignored(tmp_path: Path) -> No
     assert times == {"baseline@1": 42.0} and searched == ["int8"]
     assert schedule.load_history(tmp_path, "cpu", "samples=64") == ({}, [])  # another profile: no estimate
     assert SweepClock(CONFIGS, None, times, clock=fake).estimate_s("baseline", 1) == 42.0
+    # A run twice as fast as its history estimates the rest at half the history's times.
+    paced = SweepClock(CONFIGS, None, {"baseline@1": 40.0, "baseline@4": 20.0}, clock=fake)
+    paced.start("baseline", 1)
+    fake.now += 20.0
+    paced.finish()
+    assert paced.pace() == 0.5 and paced.estimate_s("baseline", 4) == 10.0
     schedule.history_path(tmp_path, "cpu").write_text("{broken")
     assert schedule.load_history(tmp_path, "cpu", "samples=1024") == ({}, [])
 
