@@ -24,7 +24,8 @@ from pathlib import Path
 
 from densenet_opt import atomic
 from densenet_opt.errors import UserError
-from densenet_opt.measure.contention import DEFAULT_MAX_CPU_PRESSURE, is_contended
+from densenet_opt.config import DEFAULT_MAX_CPU_PRESSURE
+from densenet_opt.measure.contention import is_contended
 
 RESULTS_FILE = "benchmark_results.csv"
 # What a failed write of results tells the user to change.

@@ -21,14 +21,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from densenet_opt.config import DEFAULT_MAX_CPU_PRESSURE
+
 PSI_FILE = Path("/proc/pressure/cpu")
 STAT_FILE = Path("/proc/stat")
 # How long free_cores watches the CPUs (this process idle) before a config is timed.
 FREE_CORES_SAMPLE_S = 0.3
-# The default of --max-cpu-pressure: a baseline timed with more than this share of wall
-# time stalled on the CPU is not stored. Measured on the 2-core VMs (README, "Contention"):
-# a quiet sweep reads 0-5%, one busy loop beside it 40-60%.
-DEFAULT_MAX_CPU_PRESSURE = 30.0
 # Above this load per usable core (no PSI) a config counts as contended: the sweep's own
 # threads already load each core once.
 CONTENDED_LOAD_PER_CORE = 1.5

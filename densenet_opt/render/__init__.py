@@ -12,7 +12,7 @@ from pathlib import Path
 
 from densenet_opt import atomic, budgets
 from densenet_opt.errors import UserError
-from densenet_opt.measure.contention import DEFAULT_MAX_CPU_PRESSURE
+from densenet_opt.config import DEFAULT_MAX_CPU_PRESSURE
 from densenet_opt.render import fleet, markdown, plots
 from densenet_opt.report import OUTPUT_OPTION, Row, load_table, results_path
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from densenet_opt.accuracy import AGREEMENT, SYNTHETIC_ACCURACY
 from densenet_opt.budgets import BudgetCheck
-from densenet_opt.measure.contention import DEFAULT_MAX_CPU_PRESSURE
+from densenet_opt.config import DEFAULT_MAX_CPU_PRESSURE
 from densenet_opt.render.plots import ACCURACY_LABELS
 from densenet_opt.report import BASELINE, Row
 
