@@ -9,9 +9,11 @@ baseline exists.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+from pytest_benchmark.stats import Stats
 from pytest_benchmark.storage.file import FileStorage
 from pytest_benchmark.utils import get_machine_id, safe_dumps
 
@@ -67,9 +69,16 @@ def load_speedups(path: Path) -> dict[str, dict[str, float]]:
     try:
         document = json.loads(path.read_text())
         stored = document["speedup_over_baseline"]
-        return {variant: {str(size): float(value) for size, value in by_size.items()} for variant, by_size in stored.items()}
+        speedups = {variant: {str(size): float(value) for size, value in by_size.items()} for variant, by_size in stored.items()}
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, ValueError) as error:
         raise UserError(f"stored speedups {path} are not a valid speedups file ({error!r}): restore it from git or save a new baseline") from None
+    for variant, by_size in speedups.items():
+        for size, value in by_size.items():
+            # NaN, inf, 0 or a negative number would let that config never regress.
+            if not math.isfinite(value) or value <= 0:
+                raise UserError(f"stored speedups {path}: {variant} at batch {size} is {value}, not a positive finite "
+                                "speedup: restore the file from git or save a new baseline")
+    return speedups
 
 
 def speedup_regressions(
@@ -105,6 +114,14 @@ def check_benchmark_storage(storage: Path) -> list[Path]:
             raise UserError(f"stored benchmark {path} is not valid JSON ({error}): delete it or restore it from git") from None
         if not isinstance(document, dict) or not isinstance(document.get("benchmarks"), list) or not document["benchmarks"]:
             raise UserError(f"stored benchmark {path} holds no benchmarks: delete it or save a new baseline")
+        for benchmark in document["benchmarks"]:
+            stats = benchmark.get("stats") if isinstance(benchmark, dict) else None
+            missing = [field for field in Stats.fields if not isinstance(stats, dict) or field not in stats]
+            if missing:
+                name = benchmark.get("name", "a benchmark") if isinstance(benchmark, dict) else "a benchmark"
+                # pytest-benchmark's comparison table would end the run in a KeyError after measuring.
+                raise UserError(f"stored benchmark {path} is not in the format of this pytest-benchmark (the stats of "
+                                f"{name} lack {', '.join(missing)}): save a new baseline with --save-baseline, or delete it")
     return runs
 
 

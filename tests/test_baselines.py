@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
+from pytest_benchmark.stats import Stats
 from pytest_benchmark.utils import get_machine_id
 
 from densenet_opt import baselines, gate, report
 from densenet_opt.config import options_from_mapping
+from densenet_opt.errors import UserError
 from densenet_opt.measure.env import device_name
 
 
@@ -38,10 +41,14 @@ def test_round_trip_and_regressions(tmp_path: Path) -> None:
     assert problem == "pruned at batch 1: speedup over baseline 0.50x, stored 1.00x (more than 25% lower, and beyond the measured noise)"
 
 
+# A benchmark's stats as pytest-benchmark 5 stores them (every field its tables read).
+STATS = {field: 1.0 for field in Stats.fields} | {"rounds": 2, "outliers": "0;0", "iterations": 1}
+
+
 def _stored_run(storage: Path, device_name: str) -> Path:
     run = storage / get_machine_id() / "0001_cpu.json"
     run.parent.mkdir(parents=True)
-    run.write_text(json.dumps({"benchmarks": [{"name": "test_inference[baseline-bs1]",
+    run.write_text(json.dumps({"benchmarks": [{"name": "test_inference[baseline-bs1]", "stats": STATS,
                                                "extra_info": {"device_name": device_name}}]}))
     baselines.save_speedups(rows(60.0), "cpu", baselines.speedups_file("cpu", storage))
     return run
@@ -98,3 +105,26 @@ def test_a_paired_speedup_within_its_noise_is_not_a_regression() -> None:
     assert problem.startswith("pruned at batch 1: speedup over baseline 0.70x (+-0.05, paired)")
     # The paired figure is used, not the ratio of the rows' own latencies (60 / 90).
     assert report.with_speedups([base, pruned(1.02, 0.01)])[1].speedup_vs_baseline == 1.02
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "0", "-1.5"])
+def test_a_stored_speedup_that_could_never_regress_is_refused(tmp_path: Path, value: str) -> None:
+    path = baselines.speedups_file("cpu", tmp_path)
+    path.write_text('{"device": "cpu", "speedup_over_baseline": {"onnx": {"1": 2.5, "8": %s}}}' % value)
+    with pytest.raises(UserError) as caught:
+        baselines.load_speedups(path)
+    assert str(caught.value).startswith(f"stored speedups {path}: onnx at batch 8 is ")
+    assert "not a positive finite speedup: restore the file from git or save a new baseline" in str(caught.value)
+
+
+def test_a_stored_run_of_an_older_pytest_benchmark_is_refused_before_measuring(tmp_path: Path) -> None:
+    """Stats without iqr, ops, q1, q3 ... ended a whole sweep in pytest-benchmark's KeyError."""
+    run = tmp_path / get_machine_id() / "0001_cpu.json"
+    run.parent.mkdir(parents=True)
+    old_stats = {"min": 1.0, "max": 1.0, "mean": 1.0, "stddev": 0.0, "rounds": 2, "median": 1.0}
+    run.write_text(json.dumps({"benchmarks": [{"name": "test_inference[baseline-bs1]", "stats": old_stats}]}))
+    with pytest.raises(UserError) as caught:
+        baselines.check_benchmark_storage(tmp_path)
+    message = str(caught.value)
+    assert message.startswith(f"stored benchmark {run} is not in the format of this pytest-benchmark")
+    assert "test_inference[baseline-bs1] lack iqr, q1, q3" in message and message.endswith("--save-baseline, or delete it")
