@@ -64,7 +64,9 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     device = "cuda" if has_cuda(session) else "cpu"
     session.install("-e", ".[gpu]" if device == "cuda" else ".[cpu]")
-    budget = [] if any(arg.startswith("--time-budget") for arg in session.posargs) else [f"--time-budget={BENCH_TIME_BUDGET_MIN}"]
+    # A stored baseline must hold every config: --save-baseline runs without a budget unless given one.
+    bounded = any(arg.startswith("--time-budget") for arg in session.posargs) or "--save-baseline" in session.posargs
+    budget = [] if bounded else [f"--time-budget={BENCH_TIME_BUDGET_MIN}"]
     args = [f"--device={device}", *budget, *compare_args(device, session.posargs), *session.posargs]
     session.run("python", "-m", "densenet_opt", "sweep", *args)
 

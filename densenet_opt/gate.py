@@ -17,7 +17,7 @@ from densenet_opt.config import SweepOptions
 from densenet_opt.errors import UserError
 from densenet_opt.measure.contention import contention_refusal
 from densenet_opt.measure.env import device_name
-from densenet_opt.report import RESULTS_FILE, read_rows
+from densenet_opt.report import RESULTS_FILE, SKIPPED_FOR_TIME, read_rows
 from densenet_opt.render import summarize_after_sweep
 
 BENCHMARK_JSON = "benchmark.json"
@@ -88,7 +88,16 @@ def close_sweep(options: SweepOptions, *, measured_ok: bool, write=print) -> boo
         return False
     path = baselines.speedups_file(options.device, options.baseline_dir)
     write(f"comparing speedups over the baseline variant with {path}")
-    problems = baselines.speedup_regressions(rows, options.device, baselines.load_speedups(path), options.max_speedup_drop)
+    # --time-budget: a config not measured has nothing to compare, and one built without its
+    # search is another engine than the stored one's; both are named, neither is compared.
+    on_device = [r for r in rows if r.device == options.device]
+    skipped = [r for r in on_device if r.status == SKIPPED_FOR_TIME]
+    unsearched = [r for r in on_device if "skipped_for_time" in r.engine_details]
+    if skipped or unsearched:
+        write(f"not compared: {len(skipped)} config(s) skipped for the time budget, {len(unsearched)} built without "
+              "their search for it (another engine than the stored one); run with --time-budget none to gate them all")
+    compared = [r for r in rows if r not in unsearched]
+    problems = baselines.speedup_regressions(compared, options.device, baselines.load_speedups(path), options.max_speedup_drop)
     for problem in problems:
         write(f"SPEEDUP REGRESSION: {problem}")
     return bool(problems)

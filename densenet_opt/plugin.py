@@ -94,8 +94,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         return
     config.stash[IS_SWEEP_KEY] = True
     options = sweep_options(config)
-    configs = [tuple(item.callspec.params[ENGINE_FIXTURE]) for item in items
-               if ENGINE_FIXTURE in getattr(item, "fixturenames", ()) and hasattr(item, "callspec")]
+    # An empty parametrization (--resume with nothing left) gives one item whose param is
+    # pytest's NOTSET: only real (variant, batch size) pairs are configs.
+    params = [item.callspec.params.get(ENGINE_FIXTURE) for item in items if hasattr(item, "callspec")]
+    configs = [tuple(param) for param in params if isinstance(param, tuple | list)]
     history, searched = schedule.estimates(options)
     config.stash[CLOCK_KEY] = schedule.SweepClock(list(dict.fromkeys(configs)), options.time_budget_s, history, searched)
     try:
@@ -250,26 +252,26 @@ def engine_config(request: pytest.FixtureRequest, sweep: Sweep) -> Iterator[Engi
         clock.skip(variant, batch_size)
         sweep.record_skipped_for_time(variant, batch_size, too_long)
         pytest.skip(f"{variant} at batch {batch_size}: skipped for the time budget: {too_long}")
+    searching = clock.searches_to_run(variant, sweep.options.variant_options)
     for search, reason in clock.searches_to_skip(variant, batch_size, sweep.options.variant_options):
         sweep.override_options(variant, {search.key: search.skip_value}, reason)
         sweep.progress(f"{variant}: not running {reason}")
+        searching.remove(search)
     sweep.progress(f"{clock.status()} building {variant} for batch {batch_size} on {sweep.device.type}")
-    clock.start(variant, batch_size)
+    clock.start(variant, batch_size, searching)
     try:
         engine = sweep.build_engine(variant, batch_size)
     except VariantUnavailable as reason:
-        clock.finish()
+        clock.skip(variant, batch_size)  # not a measured time: it would skew the estimates
         pytest.skip(f"{variant} at batch {batch_size} on {sweep.device.type}: {reason}")
     except UserError as error:
-        clock.finish()
+        clock.finish(built=False)
         pytest.fail(str(error), pytrace=False)
     except BaseException:
-        clock.finish()
+        clock.finish(built=False)
         raise
     yield EngineConfig(variant, batch_size, engine)
     engine.close()
     clock.finish()
-    if not sweep.searches_skipped(variant):
-        clock.searched.add(variant)
     schedule.save_history(sweep.options.cache_dir, sweep.options.device, schedule.history_profile(sweep.options),
                           clock, sorted(clock.searched))

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from densenet_opt import atomic
-from densenet_opt.variants import CHAIN_SEPARATOR
+from densenet_opt.variants import CHAIN_SEPARATOR, get_variant
 
 CONFIG_TIMES_FILE = "config_times.json"
 
@@ -62,9 +62,20 @@ SEARCHES: tuple[Search, ...] = (
 
 def searches_of(variant: str, given: Mapping[str, str]) -> list[Search]:
     """The searches ``variant`` (a chain: each part) runs with the options ``given``
-    (--variant-options): those whose option the user did not set."""
-    parts = variant.split(CHAIN_SEPARATOR)
-    return [s for s in SEARCHES if s.variant in parts and s.key not in given]
+    (--variant-options): those whose option the user did not set, under the part's own
+    name or its shared prefix (``onnx.float_nodes`` sets onnx_int8's too)."""
+    searches = []
+    for part in variant.split(CHAIN_SEPARATOR):
+        prefix = get_variant(part).shared_prefix
+        for search in SEARCHES:
+            if search.variant == part and search.key not in given and f"{prefix}.{search.option}" not in given:
+                searches.append(search)
+    return searches
+
+
+def search_key(variant: str, search: Search) -> str:
+    """How the history names a search run for ``variant`` (a chain's is its own artifact)."""
+    return f"{variant}|{search.key}"
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -73,7 +84,7 @@ def _median(values: Sequence[float]) -> float | None:
 
 
 def _minutes(seconds: float) -> str:
-    seconds = max(0.0, seconds)
+    seconds = float(round(max(0.0, seconds)))
     if seconds < 60:
         return f"{seconds:.0f}s"
     if seconds < 3600:
@@ -93,12 +104,14 @@ class SweepClock:
         self.configs = list(configs)
         self.time_budget_s = time_budget_s
         self.history = dict(history or {})
-        self.searched = set(searched)  # variants an earlier run built with their searches
+        self.searched = set(searched)  # search_key()s an earlier run or this one completed
+        self.search_configs: set[tuple[str, int]] = set()  # configs that ran a search (not history)
         self.clock = clock
         self.started = clock()
         self.measured: dict[tuple[str, int], float] = {}
         self.skipped: list[tuple[str, int]] = []
         self.started_variants: set[str] = set()
+        self._searches: list[str] = []
         self._current: tuple[tuple[str, int], float] | None = None
 
     @staticmethod
@@ -114,12 +127,13 @@ class SweepClock:
 
     def estimate_s(self, variant: str, batch_size: int) -> float | None:
         """The expected wall time of one config: its own time in this run (a repeat), else
-        its time in the history scaled by this run's pace; else, from this run: for a variant not started yet, the
-        median of the variants' first configs (a first config also pays for the variant's
-        accuracy pass and its build); for a later config (after its variant's first in
-        the run's order), the mean of the variant's later configs, else the median of the
-        other variants' later configs, else the first configs'.
-        None before anything is known."""
+        its time in the history scaled by this run's pace; else, from this run: for a
+        variant not started yet, the median of the variants' first configs (a first config
+        also pays for the variant's accuracy pass and its build; one that ran a search is
+        left out); for a later config (after its variant's first in the run's order), the
+        mean of the variant's later configs, else the median of the other variants' later
+        configs, else its variant's first config's time (for a variant not started: the
+        first configs' median). None before anything is known."""
         config = (variant, batch_size)
         if config in self.measured:
             return self.measured[config]
@@ -128,7 +142,8 @@ class SweepClock:
         by_variant: dict[str, list[float]] = {}
         for (name, _), seconds in self.measured.items():
             by_variant.setdefault(name, []).append(seconds)
-        firsts = [times[0] for times in by_variant.values()]
+        searched_firsts = {name for name, _ in self.search_configs}
+        firsts = [times[0] for name, times in by_variant.items() if name not in searched_firsts]
         laters = [s for times in by_variant.values() for s in times[1:]]
         own = by_variant.get(variant)
         if own is None:
@@ -196,35 +211,53 @@ class SweepClock:
         is measured before any search is paid for. Decided at the variant's first config
         only: its later configs are built the same way (a search's result serves them all)."""
         left = self.time_left_s()
-        if left is None or variant in self.searched or variant in self.started_variants:
+        if left is None or variant in self.started_variants:
             return []
         # What the run still has to do without searches: every remaining config (this one
         # included), or this one alone while some have no estimate yet.
         rest = self.time_left_estimate_s()
         rest = rest if rest is not None else (self.estimate_s(variant, batch_size) or 0.0)
         skips = []
-        for search in searches_of(variant, given):
+        for search in self.searches_to_run(variant, given):
             if search.estimate_s + rest > left:
                 skips.append((search, f"{search.what} takes about {_minutes(search.estimate_s)} on 2 cores, and the "
                                       f"configs left need about {_minutes(rest)} of the {_minutes(left)} left in the time "
                                       f"budget: built with {search.key}={search.skip_value}"))
         return skips
 
-    def start(self, variant: str, batch_size: int) -> None:
+    def searches_to_run(self, variant: str, given: Mapping[str, str]) -> list[Search]:
+        """The searches building ``variant`` would run now: those of searches_of that no
+        earlier config (of this run or of the history's) has completed, and only at the
+        variant's first config (its later ones reuse the result)."""
+        if variant in self.started_variants:
+            return []
+        return [s for s in searches_of(variant, given) if search_key(variant, s) not in self.searched]
+
+    def start(self, variant: str, batch_size: int, searches: Sequence[Search] = ()) -> None:
+        """A config starts; ``searches``: those its build runs (searches_to_run, less the
+        ones skipped for time)."""
         self.started_variants.add(variant)
         self._current = ((variant, batch_size), self.clock())
+        self._searches = [search_key(variant, s) for s in searches]
 
-    def finish(self) -> float | None:
-        """The running config ends: its wall time is recorded (seconds, returned)."""
+    def finish(self, built: bool = True) -> float | None:
+        """The running config ends: its wall time is recorded (seconds, returned) and, when
+        its engine was ``built``, the searches its build ran count as completed."""
         if self._current is None:
             return None
         config, started = self._current
         self._current = None
         self.measured[config] = self.clock() - started
+        if self._searches and built:  # its build ran searches: completed now, and not a time to estimate from
+            self.searched.update(self._searches)
+            self.search_configs.add(config)
+        self._searches = []
         return self.measured[config]
 
     def skip(self, variant: str, batch_size: int) -> None:
+        """A config not started (the time budget) or not measurable here."""
         self._current = None
+        self._searches = []
         self.skipped.append((variant, batch_size))
 
 
@@ -263,8 +296,9 @@ def estimates(options) -> tuple[dict[str, float], list[str]]:
 
 
 def save_history(cache_dir: Path, device: str, profile: str, clock: SweepClock, searched: Sequence[str]) -> None:
-    """Merge this run's config times and searched variants into ``cache_dir``'s history
-    of ``profile``; a write that fails is ignored (the history only improves estimates)."""
+    """Merge this run's config times and completed searches into ``cache_dir``'s history
+    of ``profile``; a write that fails is ignored (the history only improves estimates).
+    A config whose build ran a search is left out: later runs find the search cached."""
     path = history_path(cache_dir, device)
     try:
         document = json.loads(path.read_text())
@@ -273,7 +307,8 @@ def save_history(cache_dir: Path, device: str, profile: str, clock: SweepClock, 
     except (OSError, ValueError):
         document = {}
     times, before = load_history(cache_dir, device, profile)
-    times.update({SweepClock.key(*config): round(seconds, 1) for config, seconds in clock.measured.items()})
+    times.update({SweepClock.key(*config): round(seconds, 1) for config, seconds in clock.measured.items()
+                  if config not in clock.search_configs})
     document[profile] = {"seconds": times, "searched": sorted({*before, *searched})}
     try:
         atomic.write_text(path, json.dumps(document, indent=1, sort_keys=True) + "\n", option="--cache-dir")

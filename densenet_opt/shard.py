@@ -274,8 +274,8 @@ def sweep_on_gpus(
     for failure in failed:
         print(f"shard failed: {failure}")
     code = next((c for c in codes if c != 0), 0)
-    if options.save_baseline and code == 0 and merged_json:
-        store_benchmark_run(merged_json, options.device, options.baseline_dir)
+    if options.save_baseline and code == 0 and merged_json and gate.baseline_refusal(options) is None:
+        store_benchmark_run(merged_json, options.device, options.baseline_dir)  # else close_sweep says why not
     if gate.close_sweep(options, measured_ok=code == 0):
         code = code or 1
     return code

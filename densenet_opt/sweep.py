@@ -420,7 +420,11 @@ class Sweep:
         return {(r.variant, r.batch_size) for r in self.completed_rows()}
 
     def record_skipped_for_time(self, variant: str, batch_size: int, reason: str) -> None:
-        """Write the row of a config not started because it would not fit in --time-budget."""
+        """Write the row of a config not started because it would not fit in --time-budget,
+        unless the output directory already holds a measured row of it (an earlier run's
+        result is worth more than a note that this run did not get to it)."""
+        if (variant, batch_size) in self.completed_configs():
+            return
         self.write_row(Row(model_name=MODEL_NAME, batch_size=batch_size, optimization_technique=variant,
                            device=self.device.type, status=SKIPPED_FOR_TIME, engine_info=f"reason={reason}",
                            device_name=self.environment["device_name"], measured_at=utc_timestamp(), machine=self.machine))

@@ -128,3 +128,11 @@ def test_a_stored_run_of_an_older_pytest_benchmark_is_refused_before_measuring(t
     message = str(caught.value)
     assert message.startswith(f"stored benchmark {run} is not in the format of this pytest-benchmark")
     assert "test_inference[baseline-bs1] lack iqr, q1, q3" in message and message.endswith("--save-baseline, or delete it")
+
+
+def test_an_older_run_in_the_old_format_does_not_block_a_new_baseline(tmp_path: Path) -> None:
+    folder = tmp_path / get_machine_id()
+    folder.mkdir()
+    (folder / "0001_cpu.json").write_text(json.dumps({"benchmarks": [{"name": "x", "stats": {"min": 1.0}}]}))
+    (folder / "0002_cpu.json").write_text(json.dumps({"benchmarks": [{"name": "x", "stats": STATS}]}))
+    assert [p.name for p in baselines.check_benchmark_storage(tmp_path)] == ["0001_cpu.json", "0002_cpu.json"]

@@ -197,3 +197,8 @@ def test_a_sweep_timed_under_contention_is_measured_but_not_stored(tmp_path: Pat
     assert row.cpu_pressure_pct == 60.0 and row.torch_threads is not None and row.torch_threads >= 1
     assert "timed under contention (CPU pressure 60%)" in result.stdout  # the progress line
     assert "(contended)" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_a_limit_of_100_turns_the_check_off_without_psi_too() -> None:
+    assert Contention(None, 3.0).contended() and not Contention(None, 3.0).contended(100.0)
+    assert contention_refusal([("a", None, 3.0)], 100.0) is None

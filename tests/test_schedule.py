@@ -39,6 +39,7 @@ def test_count_time_so_far_and_time_left() -> None:
     assert clock.estimate_s("baseline", 32) == 30  # the variant's later configs
     assert clock.estimate_s("int8", 1) == 120  # a new variant: the first configs' median
     assert clock.estimate_s("int8", 4) == 30  # a later config of a variant not started: the later configs'
+    assert schedule._minutes(119.7) == "2m00s"
     assert clock.status() == "[3/4, 2m30s so far, about 2m30s left]"
     clock.start("int8", 1)
     fake.now += 10
@@ -79,9 +80,13 @@ def test_searches_are_skipped_only_when_they_would_not_fit_and_are_not_cached() 
     assert [search.key for search, _ in skipped] == ["openvino_int8.accuracy_control"]
     assert skipped[0][1] == ("NNCF's accuracy control takes about 30m00s on 2 cores, and the configs left need about "
                              "15m00s of the 35m00s left in the time budget: built with openvino_int8.accuracy_control=off")
-    # The user's own setting is never overridden; a variant built with its search before is cached.
+    # The user's own setting is never overridden, under the variant's name or its shared prefix.
     assert clock.searches_to_skip("openvino_int8", 1, {"openvino_int8.accuracy_control": "on"}) == []
-    assert SweepClock(CONFIGS, 60, searched=["int8"], clock=fake).searches_to_skip("int8", 1, {}) == []
+    assert clock.searches_to_skip("openvino_int8", 1, {"openvino.accuracy_control": "on"}) == []
+    assert clock.searches_to_skip("onnx_int8", 1, {"onnx.float_nodes": "3"}) == []
+    # A search an earlier run completed is cached: never skipped, and costs nothing.
+    cached = SweepClock(CONFIGS, 60, searched=[schedule.search_key("int8", schedule.SEARCHES[0])], clock=fake)
+    assert cached.searches_to_run("int8", {}) == [] and cached.searches_to_skip("int8", 1, {}) == []
     assert SweepClock(CONFIGS, None, clock=fake).searches_to_skip("int8", 1, {}) == []
     # Decided at a variant's first config: its later configs are built as that one was.
     clock.start("int8", 1)
@@ -90,15 +95,33 @@ def test_searches_are_skipped_only_when_they_would_not_fit_and_are_not_cached() 
     assert clock.searches_to_skip("int8", 4, {}) == []
 
 
+def test_a_search_counts_as_done_only_when_its_build_finished() -> None:
+    fake = FakeClock()
+    clock = SweepClock(CONFIGS, None, clock=fake)
+    searching = clock.searches_to_run("int8", {})
+    assert [s.key for s in searching] == ["int8.float_modules"]
+    clock.start("int8", 1, searching)
+    fake.now += 26 * 60
+    clock.finish(built=False)  # the build failed: the search is not cached
+    assert clock.searched == set() and clock.searches_to_run("int8", {}) == []  # int8 has started
+    again = SweepClock(CONFIGS, None, clock=fake)
+    again.start("int8", 1, again.searches_to_run("int8", {}))
+    fake.now += 26 * 60
+    again.finish()
+    assert again.searched == {"int8|int8.float_modules"} and again.search_configs == {("int8", 1)}
+    # Its 26 minutes are not what int8's first config costs once the search is cached.
+    assert again.estimate_s("onnx", 1) is None
+
+
 def test_history_round_trips_and_a_damaged_file_is_ignored(tmp_path: Path) -> None:
     fake = FakeClock()
     clock = SweepClock(CONFIGS, None, clock=fake)
     clock.start("baseline", 1)
     fake.now += 42.04
     clock.finish()
-    schedule.save_history(tmp_path, "cpu", "samples=1024", clock, ["int8"])
+    schedule.save_history(tmp_path, "cpu", "samples=1024", clock, ["int8|int8.float_modules"])
     times, searched = schedule.load_history(tmp_path, "cpu", "samples=1024")
-    assert times == {"baseline@1": 42.0} and searched == ["int8"]
+    assert times == {"baseline@1": 42.0} and searched == ["int8|int8.float_modules"]
     assert schedule.load_history(tmp_path, "cpu", "samples=64") == ({}, [])  # another profile: no estimate
     assert SweepClock(CONFIGS, None, times, clock=fake).estimate_s("baseline", 1) == 42.0
     # A run twice as fast as its history estimates the rest at half the history's times.
@@ -118,8 +141,10 @@ def test_a_bad_time_budget_is_one_sentence(text: str) -> None:
 
 
 def test_a_spent_budget_skips_the_rest_and_keeps_the_rows(tmp_path: Path) -> None:
-    """A tiny sweep whose budget (0.6 s) is spent by its first config: the first is
-    measured, the second is skipped with its reason, in the results and summary.md."""
+    """A tiny sweep whose budget (6 s from collection) its first config uses up (it loads
+    the weights, computes the reference, probes memory in a fresh process: more than 6 s):
+    the first is measured, the second is skipped with its reason, in the results and
+    summary.md. The first config always starts: nothing estimates it yet."""
     out = tmp_path / "out"
     # A cache dir of its own (no history from other runs), with the synthetic weights of the
     # shared one, which take minutes to build.
@@ -129,13 +154,28 @@ def test_a_spent_budget_skips_the_rest_and_keeps_the_rows(tmp_path: Path) -> Non
         (cache / path.name).symlink_to(path)
     command = [sys.executable, "-m", "densenet_opt", "sweep", "--variants", "baseline", "--batch-sizes", "1,2",
                "--num-samples", "4", "--rounds", "2", "--warmup-rounds", "0", "--weights", "synthetic",
-               "--output-dir", str(out), "--cache-dir", str(cache), "--time-budget", "0.01"]
+               "--output-dir", str(out), "--cache-dir", str(cache), "--time-budget", "0.1"]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "[1/2, " in result.stdout and "] building baseline for batch 1" in result.stdout
-    assert "[2/2, " in result.stdout and "skipping baseline at batch 2: the time budget of 1s is spent" in result.stdout
+    assert "[2/2, " in result.stdout and "skipping baseline at batch 2: " in result.stdout
     rows = {r.batch_size: r for r in report.read_rows(out / report.RESULTS_FILE)}
     assert rows[1].status == report.OK and rows[2].status == report.SKIPPED_FOR_TIME
     summary = (out / "summary.md").read_text()
-    assert "- baseline at batch 2 on cpu: skipped_for_time (the time budget of 1s is spent" in summary
+    assert "- baseline at batch 2 on cpu: skipped_for_time (" in summary and "time budget" in summary
     assert (cache / "cpu-config_times.json").exists()  # the next run with this cache dir starts with an estimate
+
+
+def test_a_skipped_config_never_replaces_a_measured_row(tmp_path: Path) -> None:
+    from densenet_opt.sweep import Sweep
+
+    options = options_from_mapping({"device": "cpu", "output_dir": str(tmp_path)})
+    sweep = Sweep(options, progress=lambda line: None)
+    measured = report.Row(optimization_technique="baseline", batch_size=32, device="cpu", latency_ms_per_batch=900.0,
+                          throughput_samples_per_sec=35.6, ram_usage_mb=800.0, vram_usage_mb=0.0, machine=sweep.machine)
+    report.write_rows(tmp_path / report.RESULTS_FILE, [measured])
+    sweep.record_skipped_for_time("baseline", 32, "the time budget of 50m00s is spent")
+    assert report.read_rows(tmp_path / report.RESULTS_FILE) == [measured]
+    sweep.record_skipped_for_time("baseline", 16, "the time budget of 50m00s is spent")
+    rows = {r.batch_size: r.status for r in report.read_rows(tmp_path / report.RESULTS_FILE)}
+    assert rows == {32: report.OK, 16: report.SKIPPED_FOR_TIME}

@@ -132,7 +132,10 @@ class Contention:
 
 def is_contended(cpu_pressure_pct: float | None, load_per_core: float | None,
                  limit_pct: float = DEFAULT_MAX_CPU_PRESSURE) -> bool:
-    """Contention.contended on the two figures as a results row holds them."""
+    """Contention.contended on the two figures as a results row holds them. A limit of
+    100% turns the check off, with or without PSI."""
+    if limit_pct >= 100:
+        return False
     if cpu_pressure_pct is not None:
         return cpu_pressure_pct > limit_pct
     return load_per_core is not None and load_per_core > CONTENDED_LOAD_PER_CORE

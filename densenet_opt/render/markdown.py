@@ -79,7 +79,8 @@ def contention_note(contended: Sequence[Row], max_cpu_pressure: float) -> str:
     """One sentence on the configs timed under contention."""
     worst = max(contended, key=lambda r: (r.cpu_pressure_pct or 0.0, r.load_per_core or 0.0))
     return (f"{len(contended)} config(s) marked{CONTENDED_MARK} were timed while other processes competed for the "
-            f"CPUs (CPU pressure above {max_cpu_pressure:g}%; worst {worst.label}, {worst.contention_text}): their "
+            f"CPUs (CPU pressure above {max_cpu_pressure:g}%, or without PSI a load above 1.5 per core; worst {worst.label}, "
+            f"{worst.contention_text}): their "
             "figures, speedups included, measure the contention as much as the engine (README, \"Contention\").")
 
 
