@@ -259,6 +259,7 @@ def engine_config(request: pytest.FixtureRequest, sweep: Sweep) -> Iterator[Engi
         searching.remove(search)
     sweep.progress(f"{clock.status()} building {variant} for batch {batch_size} on {sweep.device.type}")
     clock.start(variant, batch_size, searching)
+    shared_before = sweep.shared_setup_s
     try:
         engine = sweep.build_engine(variant, batch_size)
     except VariantUnavailable as reason:
@@ -272,6 +273,6 @@ def engine_config(request: pytest.FixtureRequest, sweep: Sweep) -> Iterator[Engi
         raise
     yield EngineConfig(variant, batch_size, engine)
     engine.close()
-    clock.finish()
+    clock.finish(shared_s=sweep.shared_setup_s - shared_before)
     schedule.save_history(sweep.options.cache_dir, sweep.options.device, schedule.history_profile(sweep.options),
                           clock, sorted(clock.searched))

@@ -240,14 +240,15 @@ class SweepClock:
         self._current = ((variant, batch_size), self.clock())
         self._searches = [search_key(variant, s) for s in searches]
 
-    def finish(self, built: bool = True) -> float | None:
-        """The running config ends: its wall time is recorded (seconds, returned) and, when
-        its engine was ``built``, the searches its build ran count as completed."""
+    def finish(self, built: bool = True, shared_s: float = 0.0) -> float | None:
+        """The running config ends: its wall time less ``shared_s`` (what it computed for
+        every config: the weights, the reference logits) is recorded (seconds, returned)
+        and, when its engine was ``built``, the searches its build ran count as completed."""
         if self._current is None:
             return None
         config, started = self._current
         self._current = None
-        self.measured[config] = self.clock() - started
+        self.measured[config] = max(0.0, self.clock() - started - shared_s)
         if self._searches and built:  # its build ran searches: completed now, and not a time to estimate from
             self.searched.update(self._searches)
             self.search_configs.add(config)

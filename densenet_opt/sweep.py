@@ -84,6 +84,10 @@ class Sweep:
         self.progress = progress
         self.wrap_engine = wrap_engine or (lambda variant, batch_size, engine: engine)
         self.default_torch_threads = torch.get_num_threads()  # OMP_NUM_THREADS, else the usable cores
+        # Seconds spent on what every config shares and the first one pays for: resolving
+        # (or building) the weights and the fp32 reference logits. The clock leaves it out
+        # of that config's time, which estimates the others (schedule.SweepClock).
+        self.shared_setup_s = 0.0
         self._fidelity: dict[str, Fidelity] = {}
         self._probes: dict[tuple[str, int], ProbeResult] = {}
         self._paired_baselines: dict[int, Engine] = {}
@@ -110,12 +114,16 @@ class Sweep:
 
     @cached_property
     def weights(self) -> model.Weights:
-        return model.resolve_weights(
-            self.options.weights,
-            cache_dir=self.options.cache_dir,
-            allow_pickle=self.options.allow_unsafe_weights,
-            progress=self.progress,
-        )
+        started = time.perf_counter()
+        try:
+            return model.resolve_weights(
+                self.options.weights,
+                cache_dir=self.options.cache_dir,
+                allow_pickle=self.options.allow_unsafe_weights,
+                progress=self.progress,
+            )
+        finally:
+            self.shared_setup_s += time.perf_counter() - started
 
     @cached_property
     def _reference(self) -> torch.nn.Module:
@@ -297,6 +305,7 @@ class Sweep:
         every other config is compared with."""
         engine = TorchEngine(self.reference_model().to(self.device), self.device, model_size_bytes=0)
         batch_size = self.reference_batch_size
+        started = time.perf_counter()
         try:
             while True:
                 self.progress(f"fp32 reference logits on {len(self.eval_set)} images at batch {batch_size}")
@@ -311,6 +320,7 @@ class Sweep:
                     batch_size //= 2
         finally:
             engine.close()
+            self.shared_setup_s += time.perf_counter() - started
 
     def fidelity(self, variant: str, engine: Engine, batch_size: int) -> Fidelity:
         """Measured once per variant, with the first engine the sweep builds for it, at that

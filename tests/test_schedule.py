@@ -30,9 +30,10 @@ def test_count_time_so_far_and_time_left() -> None:
     clock = SweepClock(CONFIGS, None, clock=fake)
     assert clock.status() == "[1/4, 0s so far, time left unknown until a config finishes]"
     clock.start("baseline", 1)
-    fake.now += 120  # the first config of a variant pays for its accuracy pass
-    clock.finish()
-    assert clock.estimate_s("baseline", 4) == 120  # no later config yet: all configs' median
+    fake.now += 420  # the first config of a variant pays for its accuracy pass ...
+    clock.finish(shared_s=300)  # ... and the run's first for the weights and reference logits
+    assert clock.measured[("baseline", 1)] == 120
+    assert clock.estimate_s("baseline", 4) == 120  # no later config yet: its first's
     clock.start("baseline", 4)
     fake.now += 30
     clock.finish()
@@ -40,10 +41,10 @@ def test_count_time_so_far_and_time_left() -> None:
     assert clock.estimate_s("int8", 1) == 120  # a new variant: the first configs' median
     assert clock.estimate_s("int8", 4) == 30  # a later config of a variant not started: the later configs'
     assert schedule._minutes(119.7) == "2m00s"
-    assert clock.status() == "[3/4, 2m30s so far, about 2m30s left]"
+    assert clock.status() == "[3/4, 7m30s so far, about 2m30s left]"
     clock.start("int8", 1)
     fake.now += 10
-    assert clock.status() == "[3/4, 2m40s so far, about 2m20s left]"  # the running config's time counts
+    assert clock.status() == "[3/4, 7m40s so far, about 2m20s left]"  # the running config's time counts
 
 
 def test_the_budget_skips_what_would_not_fit() -> None:
