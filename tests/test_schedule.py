@@ -142,8 +142,8 @@ def test_a_bad_time_budget_is_one_sentence(text: str) -> None:
 
 
 def test_a_spent_budget_skips_the_rest_and_keeps_the_rows(tmp_path: Path) -> None:
-    """A tiny sweep whose budget (6 s from collection) its first config uses up (it loads
-    the weights, computes the reference, probes memory in a fresh process: more than 6 s):
+    """A tiny sweep whose budget (3 s from collection) its first config uses up (it loads
+    the weights, computes the reference, probes memory in a fresh process: more than 3 s):
     the first is measured, the second is skipped with its reason, in the results and
     summary.md. The first config always starts: nothing estimates it yet."""
     out = tmp_path / "out"
@@ -155,7 +155,7 @@ def test_a_spent_budget_skips_the_rest_and_keeps_the_rows(tmp_path: Path) -> Non
         (cache / path.name).symlink_to(path)
     command = [sys.executable, "-m", "densenet_opt", "sweep", "--variants", "baseline", "--batch-sizes", "1,2",
                "--num-samples", "4", "--rounds", "2", "--warmup-rounds", "0", "--weights", "synthetic",
-               "--output-dir", str(out), "--cache-dir", str(cache), "--time-budget", "0.1"]
+               "--output-dir", str(out), "--cache-dir", str(cache), "--time-budget", "0.05"]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "[1/2, " in result.stdout and "] building baseline for batch 1" in result.stdout
