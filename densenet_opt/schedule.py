@@ -4,9 +4,10 @@ an estimate of the time left, and what to skip so that a run ends within --time-
 Estimates come from what this run has measured (each config's wall time, from the build
 of its engine to the end of its tests), else from the last run with the same cache
 directory and the same images, rounds and weights (``DEVICE-config_times.json`` there, per
-variant and batch size), else, for a cache that has none, from the stored run of the
-main job in the baseline directory (the same file name; it names the machine it was
-measured on), since a cold cache has to build everything that run built. A config
+variant and batch size), else, for a cache that has none, from a stored run of the main
+job in the baseline directory where one is committed (the same file name), since a cold
+cache has to build everything that run built. History times are scaled by this run's
+pace (SweepClock.pace). A config
 whose estimate does not fit in the time left is skipped with its reason; a search that
 would not fit (SEARCHES: the accuracy-aware int8 searches, OpenVINO's accuracy control,
 the pruned model's distillation) is not run and the variant is built with the option
