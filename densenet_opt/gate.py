@@ -92,7 +92,7 @@ def close_sweep(options: SweepOptions, *, measured_ok: bool, write=print) -> boo
     # search is another engine than the stored one's; both are named, neither is compared.
     on_device = [r for r in rows if r.device == options.device]
     skipped = [r for r in on_device if r.status == SKIPPED_FOR_TIME]
-    unsearched = [r for r in on_device if "skipped_for_time" in r.engine_details]
+    unsearched = [r for r in on_device if SKIPPED_FOR_TIME in r.engine_details]
     if skipped or unsearched:
         write(f"not compared: {len(skipped)} config(s) skipped for the time budget, {len(unsearched)} built without "
               "their search for it (another engine than the stored one); run with --time-budget none to gate them all")

@@ -274,5 +274,4 @@ def engine_config(request: pytest.FixtureRequest, sweep: Sweep) -> Iterator[Engi
     yield EngineConfig(variant, batch_size, engine)
     engine.close()
     clock.finish(shared_s=sweep.shared_setup_s - shared_before)
-    schedule.save_history(sweep.options.cache_dir, sweep.options.device, schedule.history_profile(sweep.options),
-                          clock, sorted(clock.searched))
+    schedule.save_history(sweep.options.cache_dir, sweep.options.device, schedule.history_profile(sweep.options), clock)

@@ -35,7 +35,9 @@ BASELINE = "baseline"
 OK = "ok"
 OUT_OF_MEMORY = "out_of_memory"
 NON_FINITE_LOGITS = "non_finite_logits"
-SKIPPED_FOR_TIME = "skipped_for_time"  # not started: it would not fit in --time-budget (engine_info: reason=...)
+# A config not started because it would not fit in --time-budget (engine_info: reason=...);
+# as an engine_info key, the searches a measured config was built without for the budget.
+SKIPPED_FOR_TIME = "skipped_for_time"
 
 
 def _number(digits: int | None = None, *, significant: int | None = None):

@@ -278,10 +278,19 @@ def load_history(cache_dir: Path, device: str, profile: str) -> tuple[dict[str, 
     """The config times and the searched variants an earlier run of ``profile`` stored in
     ``cache_dir``; empty when there are none or the file is unreadable (only estimates)."""
     try:
-        document = json.loads(history_path(cache_dir, device).read_text())[profile]
-        times = {str(k): float(v) for k, v in document["seconds"].items() if float(v) >= 0}
-        return times, [str(v) for v in document.get("searched", [])]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return _entry(json.loads(history_path(cache_dir, device).read_text()), profile)
+    except (OSError, ValueError):
+        return {}, []
+
+
+def _entry(document: object, profile: str) -> tuple[dict[str, float], list[str]]:
+    """``profile``'s times and searches in a history document; empty where it has none
+    or they are malformed."""
+    try:
+        entry = document[profile]  # type: ignore[index]
+        times = {str(k): float(v) for k, v in entry["seconds"].items() if float(v) >= 0}
+        return times, [str(v) for v in entry.get("searched", [])]
+    except (ValueError, KeyError, TypeError, AttributeError):
         return {}, []
 
 
@@ -297,7 +306,7 @@ def estimates(options) -> tuple[dict[str, float], list[str]]:
     return stored, []
 
 
-def save_history(cache_dir: Path, device: str, profile: str, clock: SweepClock, searched: Sequence[str]) -> None:
+def save_history(cache_dir: Path, device: str, profile: str, clock: SweepClock) -> None:
     """Merge this run's config times and completed searches into ``cache_dir``'s history
     of ``profile``; a write that fails is ignored (the history only improves estimates).
     A config whose build ran a search is left out: later runs find the search cached."""
@@ -308,10 +317,10 @@ def save_history(cache_dir: Path, device: str, profile: str, clock: SweepClock, 
             document = {}
     except (OSError, ValueError):
         document = {}
-    times, before = load_history(cache_dir, device, profile)
+    times, before = _entry(document, profile)
     times.update({SweepClock.key(*config): round(seconds, 1) for config, seconds in clock.measured.items()
                   if config not in clock.search_configs})
-    document[profile] = {"seconds": times, "searched": sorted({*before, *searched})}
+    document[profile] = {"seconds": times, "searched": sorted({*before, *clock.searched})}
     try:
         atomic.write_text(path, json.dumps(document, indent=1, sort_keys=True) + "\n", option="--cache-dir")
     except Exception:  # noqa: BLE001 - an estimate is not worth failing a sweep for

@@ -404,7 +404,7 @@ class Sweep:
             vram_torch_peak_mb=memory.vram_torch_peak_mb,
             cold_start_ms=memory.cold_start_ms,
             engine_info=";".join(f"{k}={v}" for k, v in {
-                **engine.info, **({"skipped_for_time": " / ".join(self._override_reasons[variant])}
+                **engine.info, **({SKIPPED_FOR_TIME: " / ".join(self._override_reasons[variant])}
                                   if variant in self._override_reasons else {})}.items()),
             **self.environment,
             measured_at=utc_timestamp(),

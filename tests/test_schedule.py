@@ -120,7 +120,8 @@ def test_history_round_trips_and_a_damaged_file_is_ignored(tmp_path: Path) -> No
     clock.start("baseline", 1)
     fake.now += 42.04
     clock.finish()
-    schedule.save_history(tmp_path, "cpu", "samples=1024", clock, ["int8|int8.float_modules"])
+    clock.searched.add("int8|int8.float_modules")
+    schedule.save_history(tmp_path, "cpu", "samples=1024", clock)
     times, searched = schedule.load_history(tmp_path, "cpu", "samples=1024")
     assert times == {"baseline@1": 42.0} and searched == ["int8|int8.float_modules"]
     assert schedule.load_history(tmp_path, "cpu", "samples=64") == ({}, [])  # another profile: no estimate

@@ -9,8 +9,9 @@ from pathlib import Path
 from densenet_opt.accuracy import AGREEMENT, SYNTHETIC_ACCURACY
 from densenet_opt.budgets import BudgetCheck
 from densenet_opt.config import DEFAULT_MAX_CPU_PRESSURE
+from densenet_opt.measure.contention import CONTENDED_LOAD_PER_CORE
 from densenet_opt.render.plots import ACCURACY_LABELS
-from densenet_opt.report import BASELINE, Row
+from densenet_opt.report import BASELINE, SKIPPED_FOR_TIME, Row
 
 SUMMARY_FILE = "summary.md"
 FASTEST_HEADING = "## Fastest within its budget (accuracy, size, memory), per batch size"
@@ -79,7 +80,8 @@ def contention_note(contended: Sequence[Row], max_cpu_pressure: float) -> str:
     """One sentence on the configs timed under contention."""
     worst = max(contended, key=lambda r: (r.cpu_pressure_pct or 0.0, r.load_per_core or 0.0))
     return (f"{len(contended)} config(s) marked{CONTENDED_MARK} were timed while other processes competed for the "
-            f"CPUs (CPU pressure above {max_cpu_pressure:g}%, or without PSI a load above 1.5 per core; worst {worst.label}, "
+            f"CPUs (CPU pressure above {max_cpu_pressure:g}%, or without PSI a load above {CONTENDED_LOAD_PER_CORE:g} per core; "
+            f"worst {worst.label}, "
             f"{worst.contention_text}): their "
             "figures, speedups included, measure the contention as much as the engine (README, \"Contention\").")
 
@@ -168,10 +170,10 @@ def summary_markdown(
         lines += ["", "Not measured:", ""] + [
             f"- {f.label}: {f.status}" + (f" ({f.engine_details['reason']})" if "reason" in f.engine_details else "")
             for f in faults]
-    searches = [r for r in rows if "skipped_for_time" in r.engine_details]
+    searches = [r for r in rows if SKIPPED_FOR_TIME in r.engine_details]
     if searches:
         lines += ["", "Searches not run for the time budget (the row measures the variant built without them):", ""]
-        lines += [f"- {r.label}: {r.engine_details['skipped_for_time']}" for r in searches]
+        lines += [f"- {r.label}: {r.engine_details[SKIPPED_FOR_TIME]}" for r in searches]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{path.stem}]({path.name})" for path in plots]
     return "\n".join(lines) + "\n"
