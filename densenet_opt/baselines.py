@@ -1,9 +1,14 @@
-"""Stored baselines: pytest-benchmark's absolute times, and portable speedups.
+"""Stored baselines, one directory per machine kind: pytest-benchmark's absolute times and
+the speedups over the baseline variant.
 
-Absolute times only compare on the same machine, so pytest-benchmark keys its storage by
-machine. A variant's speedup over the baseline variant measured in the same run carries
-across machines of a kind, so it is stored per device and checked even where no absolute
-baseline exists.
+A figure of speed belongs to a machine kind (measure/env.py, machine_kind: CPU model,
+the instruction-set features that pick kernels, cores; or GPU and compute capability):
+int8 and bf16 speedups differ by 2-3x between kinds. So every kind stores its own files
+under BASELINE_DIR/KIND/: pytest-benchmark's storage (its own per-machine-id folders,
+which only name OS, Python and word size), ``speedups-DEVICE.json`` (with the kind and
+the software versions they were measured with), and optionally the kind's stored sweep
+(``DEVICE-sweep/``), budget overrides (``budgets.toml``) and config times. Files an older
+version stored at the top of BASELINE_DIR name no kind: they are never compared for speed.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from pytest_benchmark.utils import get_machine_id, safe_dumps
 
 from densenet_opt import atomic
 from densenet_opt.errors import UserError
-from densenet_opt.report import BASELINE, Row, with_speedups
+from densenet_opt.measure.env import SOFTWARE, machine_kind
+from densenet_opt.report import BASELINE, RESULTS_FILE, Row, with_speedups, write_rows
 
 BASELINE_DIR = Path(__file__).resolve().parent.parent / "benchmarks_baseline"
 DEFAULT_MAX_REGRESSION = "mean:25%"  # runs on shared 2-core machines vary by 10-15%
@@ -29,8 +35,66 @@ BASELINE_OPTION = "--baseline-dir"
 OUTPUT_OPTION = "--output-dir"
 
 
+# The per-run pytest-benchmark file name: NNNN_DEVICE.json in a machine-id folder.
+RUN_GLOB = "[0-9][0-9][0-9][0-9]_*.json"
+
+
+def kind_dir(baseline_dir: Path, kind: str) -> Path:
+    """Where machine kind ``kind`` keeps its baselines: BASELINE_DIR/KIND/."""
+    return Path(baseline_dir) / kind
+
+
+def this_kind_dir(baseline_dir: Path, device: str) -> Path:
+    """The kind_dir of this machine's kind for ``device`` (measure.env.machine_kind)."""
+    return kind_dir(baseline_dir, machine_kind(device))
+
+
+class BaselineMissing(UserError):
+    """--require-baseline, and this machine kind has no stored baseline: exit 1."""
+
+
+def no_baseline_line(baseline_dir: Path, device: str) -> str:
+    """The one line a gate gives when this machine kind has no stored ``device`` baseline
+    in ``baseline_dir``: the kind, the kinds that are stored, files of no kind, and the
+    command that stores one."""
+    kind = machine_kind(device)
+    stored = stored_kinds(baseline_dir, device)
+    unknown = files_of_no_kind(baseline_dir, device)
+    return (f"no stored {device} baseline for this machine kind, {kind}, in {baseline_dir} (stored kinds: "
+            f"{', '.join(stored) or 'none'}" + (f"; {len(unknown)} file(s) of an older version at its top, of unknown "
+                                                "kind, never compared" if unknown else "")
+            + "): speed is not compared, budgets are still checked; store one with `nox -s bench -- --save-baseline`")
+
+
 def speedups_file(device: str, directory: Path = BASELINE_DIR) -> Path:
+    """``directory``'s stored speedups for ``device`` (``directory``: a kind_dir)."""
     return directory / f"speedups-{device}.json"
+
+
+def stored_runs(directory: Path, device: str) -> list[Path]:
+    """``device``'s pytest-benchmark runs stored in ``directory`` (a kind_dir), in any of
+    its machine-id folders, oldest first (by run number)."""
+    runs = Path(directory).glob(f"*/{RUN_GLOB}")
+    return sorted((p for p in runs if p.name.endswith(f"_{device}.json")), key=lambda p: (p.name, str(p)))
+
+
+def has_baseline(directory: Path, device: str) -> bool:
+    """Whether ``directory`` (a kind_dir) stores anything of ``device`` to compare with."""
+    return speedups_file(device, directory).exists() or bool(stored_runs(directory, device))
+
+
+def stored_kinds(baseline_dir: Path, device: str) -> list[str]:
+    """The machine kinds with a stored ``device`` baseline in ``baseline_dir``."""
+    if not Path(baseline_dir).is_dir():
+        return []
+    return sorted(p.name for p in Path(baseline_dir).iterdir() if p.is_dir() and has_baseline(p, device))
+
+
+def files_of_no_kind(baseline_dir: Path, device: str) -> list[Path]:
+    """``device``'s baseline files an older version stored at the top of ``baseline_dir``,
+    before baselines were kept per kind: their kind is unknown, they are never compared."""
+    top = speedups_file(device, Path(baseline_dir))
+    return ([top] if top.exists() else []) + stored_runs(baseline_dir, device)
 
 
 def speedups(rows: Iterable[Row]) -> dict[str, dict[str, float]]:
@@ -50,15 +114,17 @@ def save_speedups(rows: Sequence[Row], device: str, path: Path) -> dict[str, dic
     they were measured on; returns them. Raises UserError when no variant was measured
     beside the baseline, when the rows come from several machines (a baseline is one
     machine's), or when ``path`` cannot be written (disk full, read-only)."""
-    named = sorted({r.machine for r in rows if r.device == device and r.machine})
+    on_device = [r for r in rows if r.device == device]
+    named = sorted({r.machine for r in on_device if r.machine})
     if len(named) > 1:
         raise UserError(f"the {device} rows come from several machines ({', '.join(named)}): "
                         "store a baseline from one machine's sweep, not from a merged fleet sweep")
-    measured = speedups(r for r in rows if r.device == device)
+    measured = speedups(on_device)
     if not measured:
         raise UserError(f"no variant was measured beside the baseline on {device}: nothing to store in {path}")
-    machine = next(r.device_name for r in rows if r.device == device)
-    document = {"device": device, "measured_on": machine, "speedup_over_baseline": measured}
+    first = next(r for r in on_device if r.measured)
+    document = {"device": device, "machine_kind": first.machine_kind, "measured_on": first.device_name,
+                "software": software_of(first), "speedup_over_baseline": measured}
     atomic.write_text(path, json.dumps(document, indent=2, sort_keys=True) + "\n", option=BASELINE_OPTION)
     return measured
 
@@ -79,6 +145,38 @@ def load_speedups(path: Path) -> dict[str, dict[str, float]]:
                 raise UserError(f"stored speedups {path}: {variant} at batch {size} is {value}, not a positive finite "
                                 "speedup: restore the file from git or save a new baseline")
     return speedups
+
+
+def sweep_file(device: str, directory: Path) -> Path:
+    """The stored sweep of ``device`` in ``directory`` (a kind_dir): the results CSV the
+    README's tables of that kind are generated from (render.markdown.stored_sweep_tables)."""
+    return directory / f"{device}-sweep" / RESULTS_FILE
+
+
+def save_sweep(rows: Sequence[Row], device: str, directory: Path) -> Path:
+    """Store ``device``'s rows as ``directory``'s sweep (sweep_file), atomically; returns the
+    file. Raises UserError when it cannot be written (disk full, read-only)."""
+    path = sweep_file(device, directory)
+    write_rows(path, [r for r in rows if r.device == device])
+    return path
+
+
+def software_of(row: Row) -> dict[str, str]:
+    """{package: version} of what measured ``row`` (its SOFTWARE columns that are set)."""
+    return {name: getattr(row, name) for name in SOFTWARE if getattr(row, name)}
+
+
+def stored_software(path: Path) -> dict[str, str]:
+    """The software versions a stored speedups file was measured with ({} for files of
+    versions that did not record them); read after load_speedups checked the file."""
+    software = json.loads(path.read_text()).get("software")
+    return {str(k): str(v) for k, v in software.items()} if isinstance(software, dict) else {}
+
+
+def software_changes(stored: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
+    """"torch 2.14.1 -> 2.15.0" for each package whose version differs (one side may lack it)."""
+    return [f"{name} {stored.get(name) or 'none'} -> {now.get(name) or 'none'}"
+            for name in SOFTWARE if (stored.get(name) or None) != (now.get(name) or None) and name in {*stored, *now}]
 
 
 def speedup_regressions(
@@ -129,12 +227,17 @@ def check_benchmark_storage(storage: Path) -> list[Path]:
     return runs
 
 
-def stored_device_name(run: Path) -> str | None:
-    """The device a stored pytest-benchmark run was measured on (our rows ride in each
-    benchmark's extra_info); None when the run does not say."""
-    benchmarks = json.loads(run.read_text())["benchmarks"]
-    extra = benchmarks[0].get("extra_info") if isinstance(benchmarks[0], dict) else None
-    return extra.get("device_name") if isinstance(extra, dict) else None
+def stored_configs(directory: Path, device: str) -> set[tuple[str, int]]:
+    """The (variant, batch size) configs of ``device``'s newest pytest-benchmark run in
+    ``directory`` (a kind_dir) for this machine id: what pytest-benchmark compares
+    latency with (check_benchmark_storage has checked the file)."""
+    runs = [run for run in check_benchmark_storage(directory) if run.stem.endswith(f"_{device}")]
+    configs = set()
+    for benchmark in json.loads(runs[-1].read_text())["benchmarks"] if runs else ():
+        param = (benchmark.get("params") or {}).get("engine_config") if isinstance(benchmark, dict) else None
+        if isinstance(param, list) and len(param) == 2:
+            configs.add((str(param[0]), int(param[1])))
+    return configs
 
 
 def benchmark_document_bytes(document: Mapping) -> bytes:

@@ -112,12 +112,27 @@ def limit_for_batch(limit: object, batch_size: int) -> float | None:
     return limit[str(at_or_above[0] if at_or_above else sizes[-1])]  # type: ignore[index]
 
 
-def load_budgets(path: Path = BUDGETS_FILE, known_variants: tuple[str, ...] | None = None) -> dict[str, Budget]:
+def load_budgets(path: Path = BUDGETS_FILE, known_variants: tuple[str, ...] | None = None,
+                 kind: str | None = None) -> dict[str, Budget]:
     """Parse and check the whole file, so a typo is reported before any measurement.
     ``known_variants`` defaults to the registry's, and a table may also name a chain
-    (``["pruned_structured+onnx_int8"]``, quoted in TOML). Raises UserError naming the file (and
-    the table and key) for a missing file, invalid TOML, an unknown variant or key, or a
-    value that is not a number (or, for memory keys, a table of batch size = number)."""
+    (``["pruned_structured+onnx_int8"]``, quoted in TOML). With a machine ``kind``
+    (measure.env.machine_kind), the kind's overrides (``KIND/budgets.toml`` beside
+    ``path``, where it exists) replace the keys they name, table by table: a limit that
+    depends on the kernels a kind runs can be tight on each kind. Raises UserError naming
+    the file (and the table and key) for a missing file, invalid TOML, an unknown variant
+    or key, or a value that is not a number (or, for memory keys, a table of batch size =
+    number)."""
+    budgets = _load_file(path, known_variants)
+    overrides = path.parent / kind / path.name if kind else None
+    if overrides is not None and overrides.is_file():
+        for variant, budget in _load_file(overrides, known_variants).items():
+            base = budgets.get(variant)
+            budgets[variant] = Budget(variant, {**(base.limits if base else {}), **budget.limits}, overrides)
+    return budgets
+
+
+def _load_file(path: Path, known_variants: tuple[str, ...] | None) -> dict[str, Budget]:
     if known_variants is None:
         known_variants = tuple(registry())
     if not path.is_file():

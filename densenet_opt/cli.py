@@ -17,6 +17,7 @@ from densenet_opt.recommend import recommend_from_results, recommend_qps
 from densenet_opt.render import markdown, plots
 from densenet_opt.report import RESULTS_FILE
 from densenet_opt.config import add_sweep_options, options_from_mapping
+from densenet_opt.baselines import BaselineMissing
 from densenet_opt.errors import UserError
 from densenet_opt.values import positive_number
 from densenet_opt.sweep import preflight
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         return runner.run_sweep(options, args.pytest_args)
     except UserError as error:
         print(f"densenet-opt: error: {error}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(error, BaselineMissing) else 2
 
 
 if __name__ == "__main__":

@@ -62,9 +62,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--resume", None, "skip configs that already have a completed row in OUTPUT_DIR's CSV for this device", is_flag=True),
     Option("--allow-unsafe-weights", None, "allow a weights file that needs full unpickling (it can run code: only for files you trust)", is_flag=True),
     # The stored-baseline gate (README, "Stored baselines and the regression gate").
-    Option("--save-baseline", None, "store this run as the device's baseline: pytest-benchmark JSON (per machine) and speedups-DEVICE.json", is_flag=True),
-    Option("--compare-baseline", None, "exit 1 when a mean latency regressed against this machine's stored run, or a speedup over the baseline variant dropped against the stored speedups (checked on any machine)", is_flag=True),
-    Option("--baseline-dir", "benchmarks_baseline", "where baselines are stored (the repository's benchmarks_baseline/ when run from its root)"),
+    Option("--save-baseline", None, "store this run as this machine kind's baseline for the device, in BASELINE_DIR/KIND/: pytest-benchmark's run and speedups-DEVICE.json", is_flag=True),
+    Option("--compare-baseline", None, "exit 1 when a mean latency regressed against this machine kind's stored run, a speedup over the baseline variant dropped against its stored speedups, or nothing could be compared; a kind with no stored baseline is named and not compared for speed", is_flag=True),
+    Option("--require-baseline", None, "with --compare-baseline: exit 1 before measuring when this machine kind has no stored baseline (default: say so and go on)", is_flag=True),
+    Option("--baseline-dir", "benchmarks_baseline", "where baselines are stored, one directory per machine kind (the repository's benchmarks_baseline/ when run from its root)"),
     Option("--max-regression", "mean:25%", "largest allowed latency regression against the stored run, as pytest-benchmark's --benchmark-compare-fail expression"),
     Option("--max-speedup-drop", "0.25", "largest allowed fractional drop of a speedup over the baseline variant against the stored one"),
     Option("--max-cpu-pressure", f"{DEFAULT_MAX_CPU_PRESSURE:g}", "CPU pressure (% of wall time some task waited for a CPU, Linux PSI) above which a config counts as timed under contention: flagged in the tables, and --save-baseline refuses to store such a run (100: store anyway)"),
@@ -93,6 +94,7 @@ class SweepOptions:
     data_workers: int | None = None  # None: data.default_num_workers()
     save_baseline: bool = False
     compare_baseline: bool = False
+    require_baseline: bool = False
     baseline_dir: Path = Path("benchmarks_baseline")
     max_regression: str = "mean:25%"
     max_speedup_drop: float = 0.25
@@ -264,6 +266,7 @@ def options_from_mapping(raw: Mapping[str, object]) -> SweepOptions:
         data_workers=parse_workers(str(get("data_workers"))),
         save_baseline=bool(raw.get("save_baseline")),
         compare_baseline=bool(raw.get("compare_baseline")),
+        require_baseline=bool(raw.get("require_baseline")),
         # Absolute: pytest-benchmark resolves a relative storage against the working directory.
         baseline_dir=Path(str(get("baseline_dir"))).expanduser().resolve(),
         max_regression=parse_compare_expression(str(get("max_regression"))),

@@ -9,49 +9,50 @@ sweep calls ``close_sweep`` once after merging its shards.
 
 from __future__ import annotations
 
-import torch
+from pathlib import Path
+
 from pytest_benchmark.utils import get_machine_id, parse_compare_fail, parse_save
 
-from densenet_opt import baselines
+from densenet_opt import baselines, schedule
 from densenet_opt.config import SweepOptions
 from densenet_opt.errors import UserError
 from densenet_opt.measure.contention import contention_refusal
-from densenet_opt.measure.env import device_name
-from densenet_opt.report import RESULTS_FILE, SKIPPED_FOR_TIME, read_rows
+from densenet_opt.report import BASELINE, RESULTS_FILE, SKIPPED_FOR_TIME, read_rows
 from densenet_opt.render import summarize_after_sweep
 
 BENCHMARK_JSON = "benchmark.json"
 
 
+def kind_baseline(options: SweepOptions) -> Path:
+    """This machine kind's baseline directory for the sweep's device (baselines.kind_dir)."""
+    return baselines.this_kind_dir(options.baseline_dir, options.device)
+
+
 def benchmark_settings(options: SweepOptions) -> dict[str, object]:
     """pytest-benchmark's option values (``config.option`` attributes) for this sweep: the
-    JSON report in the output directory, and the stored baseline to save or compare with.
-    Prints which stored run is compared and why a run is not; raises UserError for a
-    corrupt stored run."""
+    JSON report in the output directory, and this machine kind's stored baseline to save
+    or compare with (kind_baseline). Prints which stored run is compared. Raises UserError
+    for a corrupt stored run."""
     settings: dict[str, object] = {"benchmark_json": options.output_dir / BENCHMARK_JSON}
     if not options.gated:
         return settings
-    settings["benchmark_storage"] = f"file://{options.baseline_dir}"
+    directory = kind_baseline(options)
+    settings["benchmark_storage"] = f"file://{directory}"
     if options.save_baseline:
         settings["benchmark_save"] = parse_save(options.device)
     if options.compare_baseline:
-        runs = [run for run in baselines.check_benchmark_storage(options.baseline_dir) if run.stem.endswith(f"_{options.device}")]
-        # pytest-benchmark's machine id is only OS, Python and word size: the device must match too.
-        stored_on = baselines.stored_device_name(runs[-1]) if runs else None
-        here = device_name(torch.device(options.device))
-        if runs and stored_on in (None, here):
+        if not baselines.has_baseline(directory, options.device):
+            return settings  # close_sweep says so, once (preflight, under --require-baseline)
+        runs = [run for run in baselines.check_benchmark_storage(directory) if run.stem.endswith(f"_{options.device}")]
+        if runs:
             # --benchmark-compare takes a run, not a path: the start of its name, which
-            # pytest-benchmark looks up in this machine's folder of the storage. The number
-            # and the device, since runs stored on two machines of one kind can share a number.
+            # pytest-benchmark looks up in this machine id's folder of the storage.
             settings["benchmark_compare"] = runs[-1].stem
             settings["benchmark_compare_fail"] = [parse_compare_fail(options.max_regression)]
             print(f"comparing latency with {runs[-1]}")
-        elif runs:
-            print(f"the stored run {runs[-1]} was measured on {stored_on}, this is {here}: "
-                  "absolute times do not compare across machines, comparing speedups only")
         else:
-            print(f"no stored {options.device} run for this machine kind ({get_machine_id()}) in "
-                  f"{options.baseline_dir}: comparing speedups only")
+            print(f"no stored {options.device} run of pytest-benchmark's machine id {get_machine_id()} in {directory}: "
+                  "comparing speedups only")
     return settings
 
 
@@ -68,26 +69,36 @@ def baseline_refusal(options: SweepOptions) -> str | None:
 
 def close_sweep(options: SweepOptions, *, measured_ok: bool, write=print) -> bool:
     """The closing steps of every sweep, whichever way it was started: the summary (plots,
-    summary.md, the closing throughput table), then the baseline gate's speedup check and,
-    when ``measured_ok``, storing the speedups. Returns True when a speedup regressed.
-    Raises UserError for an unreadable stored speedups file, and for a baseline that is
-    not stored because it was timed under contention (baseline_refusal), after the
-    results and summary are written."""
+    summary.md, the closing throughput table), storing the speedups when saving and
+    ``measured_ok``, then the baseline gate's speedup check against this machine kind's
+    stored baseline. Returns True when the gate fails: a speedup regressed, or the gate
+    compared nothing (no config measured here has a stored figure). A kind with no stored
+    baseline is one line (no_baseline_line) and passes. Raises UserError for an unreadable
+    stored speedups file, and for a baseline that is not stored because it was timed
+    under contention (baseline_refusal), after the results and summary are written."""
     results = options.output_dir / RESULTS_FILE
     write(f"\nresults: {results}{'' if results.exists() else ' (no row was measured)'}")
     summarize_after_sweep(options.output_dir, options.max_cpu_pressure)
     rows = read_rows(results)
+    directory = kind_baseline(options)
+    path = baselines.speedups_file(options.device, directory)
     if options.save_baseline and measured_ok:
         refusal = baseline_refusal(options)
         if refusal is not None:
             raise UserError(refusal)
-        path = baselines.speedups_file(options.device, options.baseline_dir)
         baselines.save_speedups(rows, options.device, path)
         write(f"stored speedups over the baseline variant: {path}")
+        write(f"stored the sweep (the README's tables: tools/performance_tables.py): "
+              f"{baselines.save_sweep(rows, options.device, directory)}")
+        if schedule.store_history(options, directory):
+            write(f"stored the config times (the next cold run's estimates): {schedule.history_path(directory, options.device)}")
     if not options.compare_baseline:
         return False
-    path = baselines.speedups_file(options.device, options.baseline_dir)
+    if not baselines.has_baseline(directory, options.device):
+        write(baselines.no_baseline_line(options.baseline_dir, options.device))
+        return False
     write(f"comparing speedups over the baseline variant with {path}")
+    stored = baselines.load_speedups(path)
     # --time-budget: a config not measured has nothing to compare, and one built without its
     # search is another engine than the stored one's; both are named, neither is compared.
     on_device = [r for r in rows if r.device == options.device]
@@ -96,8 +107,30 @@ def close_sweep(options: SweepOptions, *, measured_ok: bool, write=print) -> boo
     if skipped or unsearched:
         write(f"not compared: {len(skipped)} config(s) skipped for the time budget, {len(unsearched)} built without "
               "their search for it (another engine than the stored one); run with --time-budget none to gate them all")
-    compared = [r for r in rows if r not in unsearched]
-    problems = baselines.speedup_regressions(compared, options.device, baselines.load_speedups(path), options.max_speedup_drop)
+    measured = [r for r in on_device if r.measured and r not in unsearched]
+    if measured:
+        changes = baselines.software_changes(baselines.stored_software(path), baselines.software_of(measured[0]))
+        if changes:
+            write(f"software differs from the stored baseline, still gated (an upgrade that slows an engine is a "
+                  f"regression): {', '.join(changes)}")
+    with_latency = baselines.stored_configs(directory, options.device)
+    compared = [r for r in measured if (r.variant, r.batch_size) in with_latency
+                or (r.variant != BASELINE and str(r.batch_size) in stored.get(r.variant, {}))]
+    if not compared:
+        stored_configs = sorted({(v, int(b)) for v, sizes in stored.items() for b in sizes} | with_latency)
+        write(f"the baseline gate compared nothing: {len(measured)} config(s) measured here, none with a figure stored "
+              f"in {directory} ({_configs(stored_configs)} stored); measure a stored config (benchmarks not disabled "
+              "or skipped), or store a baseline of these configs with --save-baseline")
+        return True
+    write(f"compared {len(compared)} of {len(measured)} measured config(s) with the stored baseline of {directory.name}")
+    compared_rows = [r for r in rows if r not in unsearched]
+    problems = baselines.speedup_regressions(compared_rows, options.device, stored, options.max_speedup_drop)
     for problem in problems:
         write(f"SPEEDUP REGRESSION: {problem}")
     return bool(problems)
+
+
+def _configs(configs: list[tuple[str, int]], most: int = 6) -> str:
+    """"baseline at batch 1, pruned at batch 1 and 3 more"."""
+    named = ", ".join(f"{variant} at batch {size}" for variant, size in configs[:most])
+    return (named + (f" and {len(configs) - most} more" if len(configs) > most else "")) or "nothing"

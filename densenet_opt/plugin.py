@@ -16,13 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-
+import torch
 from pytest_benchmark.session import PerformanceRegression
 from pytest_benchmark.utils import load_storage
 
 from densenet_opt import baselines, gate, hookspecs, schedule
 from densenet_opt.config import SweepOptions, add_sweep_options, options_from_mapping, option_dests
 from densenet_opt.errors import UserError, VariantUnavailable
+from densenet_opt.measure.env import machine_kind, software_versions
 from densenet_opt.sweep import Sweep, preflight
 from densenet_opt.variants import Engine
 
@@ -116,6 +117,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
                     setattr(benchmarks, name.removeprefix("benchmark_"), settings[name])
             benchmarks.handle_loading()
         baselines.route_benchmark_writes(benchmarks, refusal=lambda: gate.baseline_refusal(options))
+    except baselines.BaselineMissing as error:
+        pytest.exit(f"densenet-opt: {error}", returncode=1)
     except UserError as error:
         raise pytest.UsageError(str(error)) from None
 
@@ -126,6 +129,14 @@ def pytest_benchmark_compare_machine_info(benchmarksession) -> None:
     names the storage relative to the working directory and raised ValueError (an
     INTERNALERROR before anything was measured) for a --benchmark-storage outside it."""
     baselines.locate_anywhere(benchmarksession.storage)
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    """benchmark.json and every stored run name what their figures belong to: the machine
+    kind and the software that ran (measure.env), under ``densenet_opt``."""
+    options = config.stash.get(OPTIONS_KEY, None)
+    device = torch.device(options.device if options is not None else "cpu")
+    machine_info["densenet_opt"] = {"machine_kind": machine_kind(device), "software": software_versions(device)}
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -163,7 +174,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     session = config.stash[SESSION_KEY]
     options = sweep_options(config)
     try:
-        speedup_regressed = gate.close_sweep(
+        gate_failed = gate.close_sweep(
             options, measured_ok=exitstatus == 0 and not latency_regressed, write=terminalreporter.write_line
         )
     except UserError as error:
@@ -174,7 +185,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(
             f"LATENCY REGRESSION: a mean latency regressed beyond {options.max_regression} against the stored run "
             "(pytest-benchmark's comparison table above)", red=True)
-    if latency_regressed or speedup_regressed:
+    if latency_regressed or gate_failed:
         terminalreporter.write_line("densenet-opt: the baseline gate FAILED (exit 1); results and summary are written", red=True)
         if session.exitstatus == 0:
             session.exitstatus = 1

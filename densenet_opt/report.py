@@ -104,6 +104,8 @@ class Row:
     cold_start_ms: float | None = _number(1)
     engine_info: str | None = None  # "key=value;key=value"
     device_name: str | None = None
+    # What decides speed (measure/env.py, machine_kind): the key its baselines are stored under.
+    machine_kind: str | None = None
     cpu: str | None = None
     gpu_driver: str | None = None
     python: str | None = None
@@ -112,6 +114,9 @@ class Row:
     cuda: str | None = None
     cudnn: str | None = None
     onnxruntime: str | None = None
+    openvino: str | None = None
+    nncf: str | None = None
+    torchao: str | None = None
     measured_at: str | None = None  # UTC, ISO 8601 to the second (utc_timestamp)
     # The machine that measured the row: --machine-label, else the host name; None in files
     # of older versions (the local / unknown machine). Part of the key: see Row.key.

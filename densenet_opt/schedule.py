@@ -5,8 +5,8 @@ Estimates come from what this run has measured (each config's wall time, from th
 of its engine to the end of its tests), else from the last run with the same cache
 directory and the same images, rounds and weights (``DEVICE-config_times.json`` there, per
 variant and batch size), else, for a cache that has none, from a stored run of the main
-job in the baseline directory where one is committed (the same file name), since a cold
-cache has to build everything that run built. History times are scaled by this run's
+job in this machine kind's baseline directory (the same file name; another kind's where
+this one has none), since a cold cache has to build everything that run built. History times are scaled by this run's
 pace (SweepClock.pace). A config
 whose estimate does not fit in the time left is skipped with its reason; a search that
 would not fit (SEARCHES: the accuracy-aware int8 searches, OpenVINO's accuracy control,
@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from densenet_opt import atomic
+from densenet_opt import atomic, baselines
 from densenet_opt.variants import CHAIN_SEPARATOR, get_variant
 
 CONFIG_TIMES_FILE = "config_times.json"
@@ -134,7 +134,10 @@ class SweepClock:
         left out); for a later config (after its variant's first in the run's order), the
         mean of the variant's later configs, else the median of the other variants' later
         configs, else its variant's first config's time (for a variant not started: the
-        first configs' median). None before anything is known."""
+        first configs' median). Before this run has measured anything, a config the
+        history lacks takes the mean of its variant's other batch sizes in the history,
+        else the history's median (so a run with any history estimates from its first
+        line). None before anything is known."""
         config = (variant, batch_size)
         if config in self.measured:
             return self.measured[config]
@@ -143,6 +146,8 @@ class SweepClock:
         by_variant: dict[str, list[float]] = {}
         for (name, _), seconds in self.measured.items():
             by_variant.setdefault(name, []).append(seconds)
+        if not by_variant:
+            return self._history_fallback(variant)
         searched_firsts = {name for name, _ in self.search_configs}
         firsts = [times[0] for name, times in by_variant.items() if name not in searched_firsts]
         laters = [s for times in by_variant.values() for s in times[1:]]
@@ -153,6 +158,14 @@ class SweepClock:
         if own[1:]:
             return sum(own[1:]) / len(own[1:])
         return _median(laters) or own[0]
+
+    def _history_fallback(self, variant: str) -> float | None:
+        """A config the history lacks, before this run measured anything: the mean of
+        ``variant``'s batch sizes in the history, else the median of all its times."""
+        own = [s for key, s in self.history.items() if key.rpartition("@")[0] == variant]
+        if own:
+            return sum(own) / len(own)
+        return _median(list(self.history.values()))
 
     def pace(self) -> float:
         """How this run compares with the history it estimates from: the median of (time
@@ -296,14 +309,20 @@ def _entry(document: object, profile: str) -> tuple[dict[str, float], list[str]]
 
 def estimates(options) -> tuple[dict[str, float], list[str]]:
     """The config times and searched variants to start ``options``' sweep with (a
-    SweepOptions): the cache dir's history, else the baseline dir's stored one, with the
-    variants searched left empty (a cold cache has searched nothing)."""
+    SweepOptions): the cache dir's history, else the one stored with this machine kind's
+    baseline, else another kind's (SweepClock.pace rescales it from the first config on),
+    with the variants searched left empty (a cold cache has searched nothing)."""
     profile = history_profile(options)
     times, searched = load_history(options.cache_dir, options.device, profile)
     if times:
         return times, searched
-    stored, _ = load_history(options.baseline_dir, options.device, profile)
-    return stored, []
+    here = baselines.this_kind_dir(options.baseline_dir, options.device)
+    others = [baselines.kind_dir(options.baseline_dir, kind) for kind in baselines.stored_kinds(options.baseline_dir, options.device)]
+    for directory in [here, *(d for d in others if d != here)]:
+        stored, _ = load_history(directory, options.device, profile)
+        if stored:
+            return stored, []
+    return {}, []
 
 
 def save_history(cache_dir: Path, device: str, profile: str, clock: SweepClock) -> None:
@@ -325,3 +344,24 @@ def save_history(cache_dir: Path, device: str, profile: str, clock: SweepClock) 
         atomic.write_text(path, json.dumps(document, indent=1, sort_keys=True) + "\n", option="--cache-dir")
     except Exception:  # noqa: BLE001 - an estimate is not worth failing a sweep for
         pass
+
+
+def store_history(options, directory: Path) -> bool:
+    """Copy this run's profile (history_profile of ``options``, a SweepOptions) from the
+    cache dir's history into ``directory`` (a baseline's kind_dir), whose history a cold
+    cache starts its estimates from (estimates); the searches are left out (a cold cache
+    has run none). Returns False when the cache has none. Raises UserError when the file
+    cannot be written."""
+    profile = history_profile(options)
+    times, _ = load_history(options.cache_dir, options.device, profile)
+    if not times:
+        return False
+    path = history_path(directory, options.device)
+    try:
+        document = json.loads(path.read_text())
+        document = document if isinstance(document, dict) else {}
+    except (OSError, ValueError):
+        document = {}
+    document[profile] = {"seconds": times, "searched": []}
+    atomic.write_text(path, json.dumps(document, indent=1, sort_keys=True) + "\n", option="--baseline-dir")
+    return True

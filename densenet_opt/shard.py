@@ -275,7 +275,7 @@ def sweep_on_gpus(
         print(f"shard failed: {failure}")
     code = next((c for c in codes if c != 0), 0)
     if options.save_baseline and code == 0 and merged_json and gate.baseline_refusal(options) is None:
-        store_benchmark_run(merged_json, options.device, options.baseline_dir)  # else close_sweep says why not
+        store_benchmark_run(merged_json, options.device, gate.kind_baseline(options))  # else close_sweep says why not
     if gate.close_sweep(options, measured_ok=code == 0):
         code = code or 1
     return code

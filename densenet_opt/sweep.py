@@ -51,9 +51,14 @@ def preflight(options: SweepOptions) -> None:
         raise UserError(f"cannot write results to {options.output_dir} ({error.strerror}): choose another --output-dir") from None
     if options.imagenet_val is not None:
         data.select_samples(options.imagenet_val, options.num_samples, ground_truth=options.ground_truth)
-    if options.compare_baseline:  # a corrupt or missing stored baseline, before measuring
-        baselines.check_benchmark_storage(options.baseline_dir)
-        baselines.load_speedups(baselines.speedups_file(options.device, options.baseline_dir))
+    if options.compare_baseline:  # a corrupt, partial or (--require-baseline) missing stored baseline, before measuring
+        directory = baselines.this_kind_dir(options.baseline_dir, options.device)
+        if baselines.has_baseline(directory, options.device):
+            baselines.check_benchmark_storage(directory)
+            baselines.load_speedups(baselines.speedups_file(options.device, directory))
+        elif options.require_baseline:
+            raise baselines.BaselineMissing(
+                f"{baselines.no_baseline_line(options.baseline_dir, options.device)}; --require-baseline makes this a failure")
     if options.weights not in (model.AUTO, model.SYNTHETIC, model.TORCHVISION):
         weights = model.resolve_weights(options.weights, cache_dir=options.cache_dir, allow_pickle=options.allow_unsafe_weights)
         model.check_compatible(model.densenet121(weights=None).state_dict(), weights)

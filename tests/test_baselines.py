@@ -6,14 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from pytest_benchmark.stats import Stats
 from pytest_benchmark.utils import get_machine_id
 
 from densenet_opt import baselines, gate, report
 from densenet_opt.config import options_from_mapping
 from densenet_opt.errors import UserError
-from densenet_opt.measure.env import device_name
+from densenet_opt.measure.env import machine_kind
 
 
 def rows(pruned_ms: float) -> list[report.Row]:
@@ -45,12 +44,13 @@ def test_round_trip_and_regressions(tmp_path: Path) -> None:
 STATS = {field: 1.0 for field in Stats.fields} | {"rounds": 2, "outliers": "0;0", "iterations": 1}
 
 
-def _stored_run(storage: Path, device_name: str) -> Path:
-    run = storage / get_machine_id() / "0001_cpu.json"
+def _stored_run(storage: Path, kind: str = machine_kind("cpu")) -> Path:
+    """A stored baseline of machine kind ``kind`` in ``storage`` (a --baseline-dir)."""
+    run = storage / kind / get_machine_id() / "0001_cpu.json"
     run.parent.mkdir(parents=True)
     run.write_text(json.dumps({"benchmarks": [{"name": "test_inference[baseline-bs1]", "stats": STATS,
-                                               "extra_info": {"device_name": device_name}}]}))
-    baselines.save_speedups(rows(60.0), "cpu", baselines.speedups_file("cpu", storage))
+                                               "params": {"engine_config": ["baseline", 1]}}]}))
+    baselines.save_speedups(rows(60.0), "cpu", baselines.speedups_file("cpu", storage / kind))
     return run
 
 
@@ -59,20 +59,28 @@ def _gate_settings(storage: Path | str) -> dict[str, object]:
     return gate.benchmark_settings(options)
 
 
-def test_absolute_times_are_compared_only_with_a_run_from_the_same_device(tmp_path: Path, capsys) -> None:
-    run = _stored_run(tmp_path / "same", device_name(torch.device("cpu")))
-    # pytest-benchmark takes the run's name (looked up in this machine's folder), not a path.
+def test_absolute_times_are_compared_only_with_a_run_of_this_machine_kind(tmp_path: Path) -> None:
+    run = _stored_run(tmp_path / "same")
+    # pytest-benchmark takes the run's name (looked up in this machine id's folder), not a path.
     assert _gate_settings(tmp_path / "same")["benchmark_compare"] == run.stem
+    assert baselines.stored_configs(run.parent.parent, "cpu") == {("baseline", 1)}
 
-    run = _stored_run(tmp_path / "other", "Some Other CPU (64 cores)")
+    _stored_run(tmp_path / "other", "amd-epyc_x86v3_2c")
     assert "benchmark_compare" not in _gate_settings(tmp_path / "other")
-    assert f"was measured on Some Other CPU (64 cores), this is {device_name(torch.device('cpu'))}" in capsys.readouterr().out
+    assert baselines.stored_kinds(tmp_path / "other", "cpu") == ["amd-epyc_x86v3_2c"]
 
 
-def test_the_storage_is_passed_as_an_absolute_path(tmp_path: Path, monkeypatch) -> None:
-    _stored_run(tmp_path / "baseline", device_name(torch.device("cpu")))
+def test_the_storage_is_this_kinds_directory_as_an_absolute_path(tmp_path: Path, monkeypatch) -> None:
+    _stored_run(tmp_path / "baseline")
     monkeypatch.chdir(tmp_path)
-    assert _gate_settings("baseline")["benchmark_storage"] == f"file://{tmp_path / 'baseline'}"
+    assert _gate_settings("baseline")["benchmark_storage"] == f"file://{tmp_path / 'baseline' / machine_kind('cpu')}"
+
+
+def test_software_changes_are_named_package_by_package() -> None:
+    stored = {"torch": "2.14.1", "onnxruntime": "1.32.0"}
+    now = {"torch": "2.15.0", "onnxruntime": "1.32.0", "openvino": "2026.1"}
+    assert baselines.software_changes(stored, now) == ["torch 2.14.1 -> 2.15.0", "openvino none -> 2026.1"]
+    assert baselines.software_changes(stored, stored) == []
 
 
 def test_a_file_storage_outside_the_working_directory_has_a_location(tmp_path: Path, monkeypatch) -> None:

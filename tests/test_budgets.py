@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 
 from densenet_opt.budgets import Budget, budget_for, load_budgets
+from densenet_opt.measure.env import machine_kind
 from densenet_opt.measure.memory import MIB
 
 
 @pytest.fixture(scope="session")
-def budgets() -> dict[str, Budget]:
-    return load_budgets()
+def budgets(sweep) -> dict[str, Budget]:
+    """The budgets, with this machine kind's overrides (benchmarks_baseline/KIND/budgets.toml)."""
+    return load_budgets(kind=machine_kind(sweep.device))
 
 
 def test_fidelity_within_budget(sweep, engine_config, budgets) -> None:

@@ -68,3 +68,16 @@ def test_limit_for_batch_uses_the_next_listed_size() -> None:
     table = {"1": 10, "8": 80, "32": 320}
     assert [limit_for_batch(table, b) for b in (1, 2, 8, 9, 32, 64)] == [10, 80, 80, 320, 320, 320]
     assert limit_for_batch(5.0, 3) == 5.0 and limit_for_batch(None, 3) is None
+
+
+def test_a_kinds_overrides_replace_the_keys_they_name(tmp_path: Path) -> None:
+    """benchmarks_baseline/KIND/budgets.toml tightens a limit on one machine kind only; the
+    merged budget names the kind's file."""
+    path = write(tmp_path, "[other]\nagreement_top1_min = 90\nrelative_error_max = 0.45\n")
+    (tmp_path / "amd-epyc_x86v4-vnni-bf16_2c").mkdir()
+    (tmp_path / "amd-epyc_x86v4-vnni-bf16_2c" / "budgets.toml").write_text("[other]\nrelative_error_max = 0.2\n")
+    assert load_budgets(path, VARIANTS)["other"].limits == {"agreement_top1_min": 90, "relative_error_max": 0.45}
+    tight = load_budgets(path, VARIANTS, kind="amd-epyc_x86v4-vnni-bf16_2c")["other"]
+    assert tight.limits == {"agreement_top1_min": 90, "relative_error_max": 0.2}
+    assert tight.source == tmp_path / "amd-epyc_x86v4-vnni-bf16_2c" / "budgets.toml"
+    assert load_budgets(path, VARIANTS, kind="amd-epyc_x86v3_2c")["other"].limits["relative_error_max"] == 0.45

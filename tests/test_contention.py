@@ -13,6 +13,7 @@ from densenet_opt.config import options_from_mapping
 from densenet_opt.errors import UserError
 from densenet_opt.measure import contention
 from densenet_opt.measure.contention import Contention, PressureMark, contention_refusal, read_psi_some_total_us
+from densenet_opt.measure.env import machine_kind
 from densenet_opt.render import markdown
 
 # /proc/pressure/cpu as Linux 5.13+ writes it (the "full" line is all zeros at system level).
@@ -92,7 +93,7 @@ def test_save_baseline_refuses_a_contended_run_after_writing_the_results(tmp_pat
     lenient = options_from_mapping({"device": "cpu", "output_dir": str(tmp_path / "out"), "save_baseline": True,
                                     "baseline_dir": str(tmp_path / "baseline"), "max_cpu_pressure": "100"})
     assert gate.close_sweep(lenient, measured_ok=True, write=lambda line: None) is False
-    assert (tmp_path / "baseline" / "speedups-cpu.json").exists()
+    assert (tmp_path / "baseline" / machine_kind("cpu") / "speedups-cpu.json").exists()
 
 
 @pytest.mark.parametrize("text", ["0", "-5", "101", "nan", "lots"])

@@ -16,6 +16,9 @@ import pytest
 from pytest_benchmark.utils import get_machine_id
 
 from densenet_opt import report
+from densenet_opt.measure.env import machine_kind
+
+KIND = machine_kind("cpu")  # the stored baselines of this machine live in BASELINE_DIR/KIND/
 
 TINY_SWEEP = ["--variants", "baseline,pruned", "--batch-sizes", "1", "--num-samples", "4",
               "--rounds", "3", "--warmup-rounds", "1", "--weights", "synthetic"]
@@ -47,18 +50,22 @@ def show(result: subprocess.CompletedProcess) -> str:
 
 
 def test_gate_passes_unchanged_and_fails_a_slowed_engine(tmp_path: Path) -> None:
-    machine_dir = tmp_path / "baseline" / get_machine_id()
+    machine_dir = tmp_path / "baseline" / KIND / get_machine_id()
     # Stored whatever else the machine runs (this test is about the gate, not contention).
     saved = sweep(tmp_path, "save", "--save-baseline", "--max-cpu-pressure", "100", faults=PAD)
     assert saved.returncode == 0, show(saved)
     assert [p.name for p in machine_dir.glob("*.json")] == ["0001_cpu.json"]
-    assert (tmp_path / "baseline" / "speedups-cpu.json").exists()
+    stored = json.loads((tmp_path / "baseline" / KIND / "speedups-cpu.json").read_text())
+    assert stored["machine_kind"] == KIND and stored["software"]["torch"]  # what the figures belong to
+    machine_info = json.loads((machine_dir / "0001_cpu.json").read_text())["machine_info"]
+    assert machine_info["densenet_opt"]["machine_kind"] == KIND and "onnxruntime" in machine_info["densenet_opt"]["software"]
 
     # No engine changed, so the gate passes: the latency within its loose threshold, the
     # paired speedup unaffected by the drift (this run is also the "unchanged passes" case).
     drifted = sweep(tmp_path, "drift", "--compare-baseline", *TIGHT, faults=f"{PAD},{DRIFT}")
     assert drifted.returncode == 0, show(drifted)
     assert "comparing latency with" in drifted.stdout and "SPEEDUP REGRESSION" not in drifted.stdout
+    assert f"compared 2 of 2 measured config(s) with the stored baseline of {KIND}" in drifted.stdout
     # Without the pairing, the same drift reads as a regression that is not there.
     unpaired = sweep(tmp_path, "drift-unpaired", "--compare-baseline", *TIGHT, "--speedup-pairing", "off", faults=f"{PAD},{DRIFT}")
     assert "SPEEDUP REGRESSION: pruned at batch 1" in unpaired.stdout, show(unpaired)
@@ -69,7 +76,8 @@ def test_gate_passes_unchanged_and_fails_a_slowed_engine(tmp_path: Path) -> None
     assert "the baseline gate FAILED (exit 1)" in drifted_slow.stdout
     assert "SPEEDUP REGRESSION: pruned at batch 1" in drifted_slow.stdout
 
-    # A machine with no stored absolute run still checks the portable speedups.
+    # A run of another pytest-benchmark machine id (another Python) of this kind still
+    # checks the speedups.
     shutil.rmtree(machine_dir)
     elsewhere = sweep(tmp_path, "elsewhere", "--compare-baseline", *TIGHT, faults=f"{PAD},{SLOWED}")
     assert elsewhere.returncode == 1, show(elsewhere)
@@ -87,9 +95,9 @@ def test_gate_passes_unchanged_and_fails_a_slowed_engine(tmp_path: Path) -> None
     ],
 )
 def test_a_corrupt_baseline_is_one_sentence(tmp_path: Path, relative_path: str, content: str, fragment: str) -> None:
-    (tmp_path / "baseline" / get_machine_id()).mkdir(parents=True)
-    (tmp_path / "baseline" / "speedups-cpu.json").write_text('{"speedup_over_baseline": {}}')
-    target = tmp_path / "baseline" / relative_path
+    (tmp_path / "baseline" / KIND / get_machine_id()).mkdir(parents=True)
+    (tmp_path / "baseline" / KIND / "speedups-cpu.json").write_text('{"speedup_over_baseline": {}}')
+    target = tmp_path / "baseline" / KIND / relative_path
     target.write_text(content)
     result = sweep(tmp_path, "x", "--compare-baseline")
     assert result.returncode == 2, show(result)
@@ -97,10 +105,66 @@ def test_a_corrupt_baseline_is_one_sentence(tmp_path: Path, relative_path: str, 
     assert len(lines) == 1 and str(target) in lines[0] and fragment in lines[0], result.stderr
 
 
-def test_missing_speedups_file_says_how_to_make_one(tmp_path: Path) -> None:
+def test_a_partial_baseline_says_how_to_make_one(tmp_path: Path) -> None:
+    """This kind stores a pytest-benchmark run but no speedups: refused before measuring."""
+    (tmp_path / "baseline" / KIND / get_machine_id()).mkdir(parents=True)
+    (tmp_path / "baseline" / KIND / get_machine_id() / "0001_cpu.json").write_text(json.dumps(STORED_RUN))
     result = sweep(tmp_path, "x", "--compare-baseline")
-    assert result.returncode == 2
+    assert result.returncode == 2, show(result)
     assert "save a baseline first (densenet-opt sweep --save-baseline" in result.stderr
+
+
+def store_another_kind(tmp_path: Path) -> None:
+    """A baseline of another machine kind, and files an older version stored at the top."""
+    other = tmp_path / "baseline" / "amd-epyc_x86v3_2c"
+    (other / get_machine_id()).mkdir(parents=True)
+    (other / get_machine_id() / "0001_cpu.json").write_text(json.dumps(STORED_RUN))
+    (other / "speedups-cpu.json").write_text('{"device": "cpu", "speedup_over_baseline": {"pruned": {"1": 50.0}}}')
+    (tmp_path / "baseline" / "speedups-cpu.json").write_text('{"device": "cpu", "speedup_over_baseline": {"pruned": {"1": 50.0}}}')
+
+
+def test_a_kind_with_no_baseline_is_named_and_not_compared_for_speed(tmp_path: Path) -> None:
+    """Another kind's files (which a 50x stored speedup would fail) and files of no kind are
+    never compared: one line names this kind, the stored ones and the command; exit 0."""
+    store_another_kind(tmp_path)
+    result = sweep(tmp_path, "x", "--compare-baseline", "--variants", "baseline,pruned", faults=PAD)
+    assert result.returncode == 0, show(result)
+    lines = [line for line in result.stdout.splitlines() if "no stored cpu baseline for this machine kind" in line]
+    assert len(lines) == 1, show(result)
+    assert f"kind, {KIND}, in" in lines[0] and "(stored kinds: amd-epyc_x86v3_2c; 1 file(s) of an older version" in lines[0]
+    assert "store one with `nox -s bench -- --save-baseline`" in lines[0]
+    assert "REGRESSION" not in result.stdout and "comparing latency" not in result.stdout
+
+
+def test_require_baseline_fails_before_measuring_where_the_kind_has_none(tmp_path: Path) -> None:
+    store_another_kind(tmp_path)
+    result = sweep(tmp_path, "x", "--compare-baseline", "--require-baseline")
+    assert result.returncode == 1, show(result)
+    assert result.stderr.count("no stored cpu baseline for this machine kind") == 1, show(result)
+    assert "--require-baseline makes this a failure" in result.stderr
+    assert not (tmp_path / "x" / report.RESULTS_FILE).exists()  # nothing was measured
+
+
+def store_this_kind_at_batch_1(tmp_path: Path) -> None:
+    """This kind's baseline: baseline's latency and pruned's speedup, at batch 1 only."""
+    directory = tmp_path / "baseline" / KIND
+    (directory / get_machine_id()).mkdir(parents=True)
+    (directory / get_machine_id() / "0001_cpu.json").write_text(json.dumps(STORED_RUN))
+    (directory / "speedups-cpu.json").write_text('{"device": "cpu", "speedup_over_baseline": {"pruned": {"1": 1.0}}}')
+
+
+@pytest.mark.parametrize(("args", "pytest_args"), [
+    (("--batch-sizes", "2"), ()),  # no config in common with the stored run
+    ((), ("--benchmark-skip",)),  # nothing measured at all
+])
+def test_a_gate_that_compared_nothing_fails(tmp_path: Path, args: tuple, pytest_args: tuple) -> None:
+    store_this_kind_at_batch_1(tmp_path)
+    result = sweep(tmp_path, "x", "--compare-baseline", "--max-regression", "mean:400%", *args, faults=PAD,
+                   plugin_args=pytest_args)
+    assert result.returncode == 1, show(result)
+    lines = [line for line in result.stdout.splitlines() if "the baseline gate compared nothing" in line]
+    assert len(lines) == 1 and "pruned at batch 1" in lines[0], show(result)
+    assert "the baseline gate FAILED (exit 1)" in result.stdout
 
 
 # A stored run as pytest-benchmark stores it, taken on another host of this machine kind
@@ -122,7 +186,7 @@ def test_the_gate_runs_from_any_directory(tmp_path: Path) -> None:
     """Run from a directory that holds neither the repository nor the baseline dir, given
     relative to it: pytest-benchmark named a storage outside the working directory with a
     ValueError, an INTERNALERROR before anything was measured."""
-    storage = tmp_path / "baseline"
+    storage = tmp_path / "baseline" / KIND
     (storage / get_machine_id()).mkdir(parents=True)
     (storage / get_machine_id() / "0001_cpu.json").write_text(json.dumps(STORED_RUN))
     (storage / "speedups-cpu.json").write_text('{"device": "cpu", "speedup_over_baseline": {}}')

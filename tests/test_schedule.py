@@ -136,6 +136,22 @@ def test_history_round_trips_and_a_damaged_file_is_ignored(tmp_path: Path) -> No
     assert schedule.load_history(tmp_path, "cpu", "samples=1024") == ({}, [])
 
 
+def test_a_partial_history_estimates_every_config_from_the_first_line() -> None:
+    """A stored run that measured only some configs (a time budget cut it short) still
+    gives a time left before anything finishes: a config it lacks takes its variant's
+    mean, else the history's median."""
+    fake = FakeClock()
+    history = {"baseline@1": 40.0, "baseline@4": 20.0, "onnx@1": 100.0}
+    clock = SweepClock(CONFIGS + [("baseline", 8)], None, history, clock=fake)
+    assert clock.estimate_s("baseline", 8) == 30.0  # baseline's mean in the history
+    assert clock.estimate_s("int8", 1) == 40.0  # no int8 stored: the median of 20, 40, 100
+    assert clock.status() == "[1/5, 0s so far, about 2m50s left]"  # 40 + 20 + 40 + 40 + 30
+    clock.start("baseline", 1)
+    fake.now += 80.0
+    clock.finish()  # twice the history: this run's own figures take over
+    assert clock.pace() == 2.0 and clock.estimate_s("baseline", 4) == 40.0
+
+
 @pytest.mark.parametrize("text", ["0", "-3", "nan", "soon"])
 def test_a_bad_time_budget_is_one_sentence(text: str) -> None:
     with pytest.raises(UserError, match=r"^--time-budget must be a positive number of minutes or none"):

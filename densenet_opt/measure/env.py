@@ -1,10 +1,14 @@
-"""Machine and software description recorded with every result."""
+"""Machine and software description recorded with every result: the device's name, the
+machine kind (what decides speed: the key baselines are stored under) and the versions of
+the software that ran."""
 
 from __future__ import annotations
 
 import os
 import platform
+import re
 import socket
+from collections.abc import Collection
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -20,6 +24,90 @@ def cpu_name() -> str:
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+# The instruction-set features that pick the kernels of oneDNN, ONNX Runtime's MLAS and
+# OpenVINO's CPU plugin (int8 dot products, bf16/fp16 arithmetic, AMX tiles), in the key's
+# order: (/proc/cpuinfo flag, its name in the key). x86's AVX2 and AVX-512 foundations are
+# named by the x86-64 microarchitecture level (x86-64-v3: AVX2 and FMA; x86-64-v4: AVX-512
+# F, BW, CD, DQ and VL), as in the x86-64 psABI.
+X86_FEATURES = (("avx_vnni", "avxvnni"), ("avx512_vnni", "vnni"), ("avx512_bf16", "bf16"), ("avx512_fp16", "fp16"),
+                ("amx_bf16", "amxbf16"), ("amx_int8", "amxint8"), ("amx_fp16", "amxfp16"))
+X86_V4 = frozenset({"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"})
+X86_V3 = frozenset({"avx2", "fma"})
+ARM_FEATURES = (("asimddp", "dotprod"), ("i8mm", "i8mm"), ("bf16", "bf16"), ("sve", "sve"), ("sve2", "sve2"))
+VENDORS = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}
+# Words of a CPU's model name that say nothing about which CPU it is.
+_NOISE = re.compile(r"\((r|tm)\)|\b(cpu|processor|\d+-core)\b|@.*$", re.IGNORECASE)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def cpu_kind(cpuinfo: str, usable_cpus: Collection[int], machine: str = "x86_64") -> str:
+    """The machine kind of a CPU, from the text of its /proc/cpuinfo and the logical CPUs
+    the process may use (``os.sched_getaffinity(0)``): ``MODEL_FEATURES_CORES``, e.g.
+    ``intel-xeon_x86v4-avxvnni-vnni-bf16-fp16-amxbf16-amxint8_2c`` or
+    ``amd-epyc-7763_x86v3_1c2t``.
+
+    MODEL: the model name without trademarks, "Processor" or "N-Core", vendor first;
+    FEATURES: the x86-64 level (x86v4: AVX-512 F/BW/CD/DQ/VL; x86v3: AVX2+FMA; else x86v2
+    or x86v1) and the X86_FEATURES present (ARM: the ARM_FEATURES present); CORES: the physical cores among
+    the usable CPUs (distinct physical id and core id), ``{cores}c``, with ``{threads}t``
+    added where SMT gives the process more threads than cores. Two machines with one key
+    run the same kernels on the same number of cores; an unknown model reads ``machine``."""
+    processors: list[dict[str, str]] = []
+    for block in cpuinfo.strip().split("\n\n"):
+        fields = {}
+        for line in block.splitlines():
+            name, _, value = line.partition(":")
+            fields[name.strip()] = value.strip()
+        processors.append(fields)
+    first = processors[0] if processors else {}
+    vendor = VENDORS.get(first.get("vendor_id", ""), "")
+    model = _slug(_NOISE.sub(" ", first.get("model name", ""))) or _slug(machine)
+    if vendor and not model.startswith(vendor):
+        model = f"{vendor}-{model}"
+    if "flags" not in first and "Features" in first:  # ARM: no x86 level; "armv8" where none of ours
+        flags = set(first["Features"].split())
+        features = [name for flag, name in ARM_FEATURES if flag in flags] or ["armv8"]
+    else:
+        flags = set(first.get("flags", "").split())
+        level = ("x86v4" if X86_V4 <= flags else "x86v3" if X86_V3 <= flags
+                 else "x86v2" if {"sse4_2", "popcnt"} <= flags else "x86v1")
+        features = [level] + [name for flag, name in X86_FEATURES if flag in flags]
+    usable = [p for p in processors if p.get("processor", "").isdigit() and int(p["processor"]) in usable_cpus]
+    cores = len({(p.get("physical id"), p.get("core id")) for p in usable if "core id" in p}) or len(usable_cpus)
+    threads = len(usable_cpus)
+    count = f"{cores}c" if cores == threads else f"{cores}c{threads}t"
+    return f"{model}_{'-'.join(features)}_{count}"
+
+
+def cuda_kind(name: str, capability: tuple[int, int], count: int) -> str:
+    """The machine kind of CUDA GPUs: ``cuda_NAME_smXY_xCOUNT``, e.g.
+    ``cuda_nvidia-h100-80gb-hbm3_sm90_x1`` (``capability``: torch.cuda.get_device_capability;
+    ``count``: the GPUs the process sees)."""
+    return f"cuda_{_slug(name)}_sm{capability[0]}{capability[1]}_x{count}"
+
+
+@cache
+def _local_cpu_kind() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.exists() else f"model name : {platform.processor() or platform.machine()}\n"
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    return cpu_kind(text, usable, platform.machine())
+
+
+def machine_kind(device: torch.device | str) -> str:
+    """This machine's kind for ``device`` (cpu_kind or cuda_kind): the key its stored
+    baselines live under (benchmarks_baseline/KIND/) and the ``machine_kind`` column."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return cuda_kind(torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index),
+                         torch.cuda.device_count())
+    return _local_cpu_kind()
 
 
 def device_name(device: torch.device) -> str:
@@ -68,4 +156,18 @@ def environment_info(device: torch.device) -> dict[str, str]:
         "cuda": torch.version.cuda or "none",
         "cudnn": str(torch.backends.cudnn.version() or "none"),
         "onnxruntime": ort,
+        "openvino": _version("openvino"),
+        "nncf": _version("nncf"),
+        "torchao": _version("torchao"),
+        "machine_kind": machine_kind(device),
     }
+
+
+# The software environment_info records, compared between a run and its stored baseline.
+SOFTWARE = ("python", "torch", "torchvision", "cuda", "cudnn", "gpu_driver", "onnxruntime", "openvino", "nncf", "torchao")
+
+
+def software_versions(device: torch.device) -> dict[str, str]:
+    """{package: version} of what ran (SOFTWARE), as environment_info records it."""
+    info = environment_info(device)
+    return {name: info[name] for name in SOFTWARE}

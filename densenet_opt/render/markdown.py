@@ -11,7 +11,7 @@ from densenet_opt.budgets import BudgetCheck
 from densenet_opt.config import DEFAULT_MAX_CPU_PRESSURE
 from densenet_opt.measure.contention import CONTENDED_LOAD_PER_CORE
 from densenet_opt.render.plots import ACCURACY_LABELS
-from densenet_opt.report import BASELINE, SKIPPED_FOR_TIME, Row
+from densenet_opt.report import BASELINE, SKIPPED_FOR_TIME, Row, read_rows
 
 SUMMARY_FILE = "summary.md"
 FASTEST_HEADING = "## Fastest within its budget (accuracy, size, memory), per batch size"
@@ -177,3 +177,35 @@ def summary_markdown(
     if plots:
         lines += ["", "## Plots", ""] + [f"![{path.stem}]({path.name})" for path in plots]
     return "\n".join(lines) + "\n"
+
+
+# The README's performance tables sit between these lines, generated (stored_sweep_tables).
+TABLES_BEGIN = "<!-- performance tables: generated from benchmarks_baseline/KIND/DEVICE-sweep by tools/performance_tables.py; edit the stored sweeps, not this -->"
+TABLES_END = "<!-- end of the generated performance tables -->"
+
+
+def stored_sweep_tables(baseline_dir: Path) -> str:
+    """One throughput_matrix per stored sweep, ``baseline_dir/KIND/DEVICE-sweep/benchmark_results.csv``,
+    kinds in name order, each under a heading naming the machine kind and the device and a
+    line saying what was measured (dates, CPU or GPU, software, images, rounds, weights).
+    Raises UserError for an unreadable results file."""
+    sections = []
+    for results in sorted(Path(baseline_dir).glob("*/*-sweep/benchmark_results.csv")):
+        kind, device = results.parent.parent.name, results.parent.name.removesuffix("-sweep")
+        rows = [r for r in read_rows(results) if r.device == device and r.measured]
+        if not rows:
+            continue
+        first = rows[0]
+        dates = sorted({(r.measured_at or "")[:10] for r in rows} - {""})
+        software = ", ".join(f"{name} {getattr(first, name)}" for name in ("torch", "onnxruntime", "openvino", "nncf", "torchao")
+                             if getattr(first, name))
+        rounds = sorted({r.rounds for r in rows if r.rounds})
+        sections.append(
+            f"#### `{kind}` ({device})\n\n"
+            f"Measured {' to '.join(dict.fromkeys([dates[0], dates[-1]])) if dates else 'on an unrecorded date'} on "
+            f"{first.device_name or 'an unnamed device'}; {software or 'software not recorded'}; {first.num_samples} "
+            f"evaluation images, {'/'.join(map(str, rounds)) or 'an unrecorded number of'} timed rounds, "
+            f"{first.weights} weights; `{Path(baseline_dir).name}/{kind}/{results.parent.name}/{results.name}`. "
+            "Samples/s (speedup over `baseline` at the same batch size, in the same sweep):\n\n"
+            + throughput_matrix(rows, device))
+    return "\n\n".join(sections) or "No stored sweep yet: `nox -s bench -- --save-baseline` stores one for this machine kind."
