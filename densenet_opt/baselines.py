@@ -63,7 +63,7 @@ def no_baseline_line(baseline_dir: Path, device: str) -> str:
     return (f"no stored {device} baseline for this machine kind, {kind}, in {baseline_dir} (stored kinds: "
             f"{', '.join(stored) or 'none'}" + (f"; {len(unknown)} file(s) of an older version at its top, of unknown "
                                                 "kind, never compared" if unknown else "")
-            + "): speed is not compared, budgets are still checked; store one with `nox -s bench -- --save-baseline`")
+            + f"): speed is not compared; store one with `nox -s {'gpu_bench' if device == 'cuda' else 'bench'} -- --save-baseline`")
 
 
 def speedups_file(device: str, directory: Path = BASELINE_DIR) -> Path:

@@ -123,13 +123,23 @@ def load_budgets(path: Path = BUDGETS_FILE, known_variants: tuple[str, ...] | No
     the file (and the table and key) for a missing file, invalid TOML, an unknown variant
     or key, or a value that is not a number (or, for memory keys, a table of batch size =
     number)."""
-    budgets = _load_file(path, known_variants)
-    overrides = path.parent / kind / path.name if kind else None
-    if overrides is not None and overrides.is_file():
+    return with_kind_overrides(_load_file(path, known_variants), kind, path, known_variants)
+
+
+def with_kind_overrides(budgets: Mapping[str, Budget], kind: str | None, path: Path | None = None,
+                        known_variants: tuple[str, ...] | None = None) -> dict[str, Budget]:
+    """``budgets`` (loaded from ``path``; None: the file they name) with machine kind
+    ``kind``'s overrides applied, where ``KIND/budgets.toml`` exists beside that file."""
+    merged = dict(budgets)
+    if not kind or not merged:
+        return merged
+    path = path or next(iter(merged.values())).source
+    overrides = path.parent / kind / path.name
+    if overrides.is_file():
         for variant, budget in _load_file(overrides, known_variants).items():
-            base = budgets.get(variant)
-            budgets[variant] = Budget(variant, {**(base.limits if base else {}), **budget.limits}, overrides)
-    return budgets
+            base = merged.get(variant)
+            merged[variant] = Budget(variant, {**(base.limits if base else {}), **budget.limits}, overrides)
+    return merged
 
 
 def _load_file(path: Path, known_variants: tuple[str, ...] | None) -> dict[str, Budget]:
@@ -236,14 +246,18 @@ def within_budget(row: Row, budgets: Mapping[str, Budget] | None, baseline_row: 
 
 
 def check_budgets(rows: Sequence[Row], budgets: Mapping[str, Budget] | None) -> dict[Row, BudgetCheck]:
-    """Each measured row against its budget (check_row); accuracy drops are measured against
-    the first baseline row with accuracy columns on the same device and machine, as the
-    sweep measures them against the fp32 model."""
+    """Each measured row against its budget (check_row), with its machine kind's overrides
+    (with_kind_overrides); accuracy drops are measured against the first baseline row with
+    accuracy columns on the same device and machine, as the sweep measures them against
+    the fp32 model."""
     baselines: dict[tuple[str, str | None], Row] = {}
     for row in rows:
         if row.variant == BASELINE and fidelity_of(row) is not None:
             baselines.setdefault((row.device, row.machine), row)
-    return {row: check_row(row, budgets, baselines.get((row.device, row.machine))) for row in rows}
+    # Each row against its machine kind's budgets (with_kind_overrides), loaded once a kind.
+    by_kind = {kind: with_kind_overrides(budgets, kind) for kind in {r.machine_kind for r in rows}} if budgets else {}
+    return {row: check_row(row, by_kind.get(row.machine_kind, budgets), baselines.get((row.device, row.machine)))
+            for row in rows}
 
 
 def load_budgets_or_none(path: Path | None) -> tuple[dict[str, Budget] | None, str | None]:

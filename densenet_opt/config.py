@@ -64,7 +64,7 @@ OPTIONS: tuple[Option, ...] = (
     # The stored-baseline gate (README, "Stored baselines and the regression gate").
     Option("--save-baseline", None, "store this run as this machine kind's baseline for the device, in BASELINE_DIR/KIND/: pytest-benchmark's run and speedups-DEVICE.json", is_flag=True),
     Option("--compare-baseline", None, "exit 1 when a mean latency regressed against this machine kind's stored run, a speedup over the baseline variant dropped against its stored speedups, or nothing could be compared; a kind with no stored baseline is named and not compared for speed", is_flag=True),
-    Option("--require-baseline", None, "with --compare-baseline: exit 1 before measuring when this machine kind has no stored baseline (default: say so and go on)", is_flag=True),
+    Option("--require-baseline", None, "--compare-baseline, and exit 1 before measuring when this machine kind has no stored baseline (without it: say so and go on)", is_flag=True),
     Option("--baseline-dir", "benchmarks_baseline", "where baselines are stored, one directory per machine kind (the repository's benchmarks_baseline/ when run from its root)"),
     Option("--max-regression", "mean:25%", "largest allowed latency regression against the stored run, as pytest-benchmark's --benchmark-compare-fail expression"),
     Option("--max-speedup-drop", "0.25", "largest allowed fractional drop of a speedup over the baseline variant against the stored one"),
@@ -265,7 +265,7 @@ def options_from_mapping(raw: Mapping[str, object]) -> SweepOptions:
         resume=bool(raw.get("resume")),
         data_workers=parse_workers(str(get("data_workers"))),
         save_baseline=bool(raw.get("save_baseline")),
-        compare_baseline=bool(raw.get("compare_baseline")),
+        compare_baseline=bool(raw.get("compare_baseline") or raw.get("require_baseline")),  # requiring one compares with it
         require_baseline=bool(raw.get("require_baseline")),
         # Absolute: pytest-benchmark resolves a relative storage against the working directory.
         baseline_dir=Path(str(get("baseline_dir"))).expanduser().resolve(),

@@ -17,6 +17,7 @@ from densenet_opt import baselines, schedule
 from densenet_opt.config import SweepOptions
 from densenet_opt.errors import UserError
 from densenet_opt.measure.contention import contention_refusal
+from densenet_opt.measure.env import machine_kind, machine_name
 from densenet_opt.report import BASELINE, RESULTS_FILE, SKIPPED_FOR_TIME, read_rows
 from densenet_opt.render import summarize_after_sweep
 
@@ -37,12 +38,12 @@ def benchmark_settings(options: SweepOptions) -> dict[str, object]:
     if not options.gated:
         return settings
     directory = kind_baseline(options)
-    settings["benchmark_storage"] = f"file://{directory}"
+    stored = baselines.has_baseline(directory, options.device)
+    if options.save_baseline or stored:  # pytest-benchmark's storage makes its folder: only where one is wanted
+        settings["benchmark_storage"] = f"file://{directory}"
     if options.save_baseline:
         settings["benchmark_save"] = parse_save(options.device)
-    if options.compare_baseline:
-        if not baselines.has_baseline(directory, options.device):
-            return settings  # close_sweep says so, once (preflight, under --require-baseline)
+    if options.compare_baseline and stored:  # else close_sweep says so, once (preflight, under --require-baseline)
         runs = [run for run in baselines.check_benchmark_storage(directory) if run.stem.endswith(f"_{options.device}")]
         if runs:
             # --benchmark-compare takes a run, not a path: the start of its name, which
@@ -67,7 +68,7 @@ def baseline_refusal(options: SweepOptions) -> str | None:
     return contention_refusal(((r.label, r.cpu_pressure_pct, r.load_per_core) for r in rows), options.max_cpu_pressure)
 
 
-def close_sweep(options: SweepOptions, *, measured_ok: bool, write=print) -> bool:
+def close_sweep(options: SweepOptions, *, measured_ok: bool, write=print, started_at: str | None = None) -> bool:
     """The closing steps of every sweep, whichever way it was started: the summary (plots,
     summary.md, the closing throughput table), storing the speedups when saving and
     ``measured_ok``, then the baseline gate's speedup check against this machine kind's
@@ -75,17 +76,24 @@ def close_sweep(options: SweepOptions, *, measured_ok: bool, write=print) -> boo
     compared nothing (no config measured here has a stored figure). A kind with no stored
     baseline is one line (no_baseline_line) and passes. Raises UserError for an unreadable
     stored speedups file, and for a baseline that is not stored because it was timed
-    under contention (baseline_refusal), after the results and summary are written."""
+    under contention (baseline_refusal), after the results and summary are written.
+    ``started_at``: when this run started (report.utc_timestamp); only rows measured since
+    (with --resume: also those it resumes), on this machine and kind, are compared (the
+    output directory keeps earlier runs' rows)."""
     results = options.output_dir / RESULTS_FILE
     write(f"\nresults: {results}{'' if results.exists() else ' (no row was measured)'}")
     summarize_after_sweep(options.output_dir, options.max_cpu_pressure)
     rows = read_rows(results)
+    if not options.gated:
+        return False
+    kind = machine_kind(options.device)
     directory = kind_baseline(options)
     path = baselines.speedups_file(options.device, directory)
     if options.save_baseline and measured_ok:
         refusal = baseline_refusal(options)
         if refusal is not None:
             raise UserError(refusal)
+        rows = [r for r in rows if r.machine_kind == kind]  # the kind's folder holds the kind's rows only
         baselines.save_speedups(rows, options.device, path)
         write(f"stored speedups over the baseline variant: {path}")
         write(f"stored the sweep (the README's tables: tools/performance_tables.py): "
@@ -101,7 +109,11 @@ def close_sweep(options: SweepOptions, *, measured_ok: bool, write=print) -> boo
     stored = baselines.load_speedups(path)
     # --time-budget: a config not measured has nothing to compare, and one built without its
     # search is another engine than the stored one's; both are named, neither is compared.
-    on_device = [r for r in rows if r.device == options.device]
+    # This run's rows (--resume: with those it resumes), of this machine and kind.
+    since = None if options.resume else started_at
+    here = machine_name(options.machine_label)
+    on_device = [r for r in rows if r.device == options.device and r.machine_kind == kind and r.machine in (None, here)
+                 and (since is None or (r.measured_at or "") >= since)]
     skipped = [r for r in on_device if r.status == SKIPPED_FOR_TIME]
     unsearched = [r for r in on_device if SKIPPED_FOR_TIME in r.engine_details]
     if skipped or unsearched:
@@ -115,7 +127,7 @@ def close_sweep(options: SweepOptions, *, measured_ok: bool, write=print) -> boo
                   f"regression): {', '.join(changes)}")
     with_latency = baselines.stored_configs(directory, options.device)
     compared = [r for r in measured if (r.variant, r.batch_size) in with_latency
-                or (r.variant != BASELINE and str(r.batch_size) in stored.get(r.variant, {}))]
+                or (r.speedup_vs_baseline is not None and r.variant != BASELINE and str(r.batch_size) in stored.get(r.variant, {}))]
     if not compared:
         stored_configs = sorted({(v, int(b)) for v, sizes in stored.items() for b in sizes} | with_latency)
         write(f"the baseline gate compared nothing: {len(measured)} config(s) measured here, none with a figure stored "
@@ -123,8 +135,7 @@ def close_sweep(options: SweepOptions, *, measured_ok: bool, write=print) -> boo
               "or skipped), or store a baseline of these configs with --save-baseline")
         return True
     write(f"compared {len(compared)} of {len(measured)} measured config(s) with the stored baseline of {directory.name}")
-    compared_rows = [r for r in rows if r not in unsearched]
-    problems = baselines.speedup_regressions(compared_rows, options.device, stored, options.max_speedup_drop)
+    problems = baselines.speedup_regressions(measured, options.device, stored, options.max_speedup_drop)
     for problem in problems:
         write(f"SPEEDUP REGRESSION: {problem}")
     return bool(problems)

@@ -23,6 +23,7 @@ from pytest_benchmark.utils import load_storage
 from densenet_opt import baselines, gate, hookspecs, schedule
 from densenet_opt.config import SweepOptions, add_sweep_options, options_from_mapping, option_dests
 from densenet_opt.errors import UserError, VariantUnavailable
+from densenet_opt.report import utc_timestamp
 from densenet_opt.measure.env import machine_kind, software_versions
 from densenet_opt.sweep import Sweep, preflight
 from densenet_opt.variants import Engine
@@ -107,7 +108,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         settings = gate.benchmark_settings(options)
         if not benchmarks.json:  # a --benchmark-json given to pytest wins
             benchmarks.json = settings.pop("benchmark_json")
-        if options.gated:
+        if "benchmark_storage" in settings:
             # pytest-benchmark read its options when pytest started; these are the ones the
             # gate implies, set as its own session attributes, then its stored run reloaded.
             benchmarks.storage = load_storage(settings.pop("benchmark_storage"), logger=benchmarks.logger,
@@ -118,6 +119,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             benchmarks.handle_loading()
         baselines.route_benchmark_writes(benchmarks, refusal=lambda: gate.baseline_refusal(options))
     except baselines.BaselineMissing as error:
+        config.stash[IS_SWEEP_KEY] = False  # nothing measured, nothing to close: the sentence once
         pytest.exit(f"densenet-opt: {error}", returncode=1)
     except UserError as error:
         raise pytest.UsageError(str(error)) from None
@@ -134,8 +136,9 @@ def pytest_benchmark_compare_machine_info(benchmarksession) -> None:
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     """benchmark.json and every stored run name what their figures belong to: the machine
     kind and the software that ran (measure.env), under ``densenet_opt``."""
-    options = config.stash.get(OPTIONS_KEY, None)
-    device = torch.device(options.device if options is not None else "cpu")
+    if not is_sweep(config):
+        return
+    device = torch.device(sweep_options(config).device)
     machine_info["densenet_opt"] = {"machine_kind": machine_kind(device), "software": software_versions(device)}
 
 
@@ -151,9 +154,11 @@ def pytest_sessionfinish(session: pytest.Session) -> Iterator[None]:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[SESSION_KEY] = session
+    session.config.stash[STARTED_KEY] = utc_timestamp()
 
 
 SESSION_KEY = pytest.StashKey[pytest.Session]()
+STARTED_KEY = pytest.StashKey[str]()  # when the session started (report.utc_timestamp): the gate's "this run"
 
 
 @pytest.hookimpl(wrapper=True)
@@ -175,7 +180,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     options = sweep_options(config)
     try:
         gate_failed = gate.close_sweep(
-            options, measured_ok=exitstatus == 0 and not latency_regressed, write=terminalreporter.write_line
+            options, measured_ok=exitstatus == 0 and not latency_regressed, write=terminalreporter.write_line,
+            started_at=config.stash.get(STARTED_KEY, None),
         )
     except UserError as error:
         terminalreporter.write_line(f"densenet-opt: {error}")

@@ -37,7 +37,9 @@ def run_sweep(options: SweepOptions, pytest_args: Sequence[str] = ()) -> int:
         f"--rootdir={package.parent}",
         f"--confcutdir={package}",  # no conftest.py from the directories above an installed package
         "-p", "no:cacheprovider",
-        "--benchmark-only",
+        # Only the benchmark runs, unless it is disabled or skipped (which --benchmark-only
+        # would overrule or refuse): then the gate says it compared nothing.
+        *([] if {"--benchmark-skip", "--benchmark-disable"} & set(pytest_args) else ["--benchmark-only"]),
         *pytest_args,
     ]
     return int(pytest.main(args, plugins=[OptionsHandover(options)]))

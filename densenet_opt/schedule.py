@@ -5,8 +5,8 @@ Estimates come from what this run has measured (each config's wall time, from th
 of its engine to the end of its tests), else from the last run with the same cache
 directory and the same images, rounds and weights (``DEVICE-config_times.json`` there, per
 variant and batch size), else, for a cache that has none, from a stored run of the main
-job in this machine kind's baseline directory (the same file name; another kind's where
-this one has none), since a cold cache has to build everything that run built. History times are scaled by this run's
+job in this machine kind's baseline directory (the same file name), since a cold cache has
+to build everything that run built. History times are scaled by this run's
 pace (SweepClock.pace). A config
 whose estimate does not fit in the time left is skipped with its reason; a search that
 would not fit (SEARCHES: the accuracy-aware int8 searches, OpenVINO's accuracy control,
@@ -310,19 +310,15 @@ def _entry(document: object, profile: str) -> tuple[dict[str, float], list[str]]
 def estimates(options) -> tuple[dict[str, float], list[str]]:
     """The config times and searched variants to start ``options``' sweep with (a
     SweepOptions): the cache dir's history, else the one stored with this machine kind's
-    baseline, else another kind's (SweepClock.pace rescales it from the first config on),
-    with the variants searched left empty (a cold cache has searched nothing)."""
+    baseline, with the variants searched left empty (a cold cache has searched nothing)."""
     profile = history_profile(options)
     times, searched = load_history(options.cache_dir, options.device, profile)
     if times:
         return times, searched
-    here = baselines.this_kind_dir(options.baseline_dir, options.device)
-    others = [baselines.kind_dir(options.baseline_dir, kind) for kind in baselines.stored_kinds(options.baseline_dir, options.device)]
-    for directory in [here, *(d for d in others if d != here)]:
-        stored, _ = load_history(directory, options.device, profile)
-        if stored:
-            return stored, []
-    return {}, []
+    # Only this kind's: another kind's times, unscaled before a config finishes, could skip
+    # the first configs for a machine twice as fast.
+    stored, _ = load_history(baselines.this_kind_dir(options.baseline_dir, options.device), options.device, profile)
+    return stored, []
 
 
 def save_history(cache_dir: Path, device: str, profile: str, clock: SweepClock) -> None:

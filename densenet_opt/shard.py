@@ -29,16 +29,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from pytest_benchmark.storage.file import FileStorage
 from pytest_benchmark.utils import get_machine_id
 
 from densenet_opt import atomic, baselines, gate
 from densenet_opt.config import SweepOptions, options_from_mapping
 from densenet_opt.errors import UserError
-from densenet_opt.measure.env import machine_name
+from densenet_opt.measure.env import KIND_VARIABLE, machine_kind, machine_name
 from densenet_opt.runner import run_sweep
 from densenet_opt.sweep import Sweep, preflight
-from densenet_opt.report import OUTPUT_OPTION, RESULTS_FILE, Row, read_rows, with_speedups, write_rows
+from densenet_opt.report import OUTPUT_OPTION, RESULTS_FILE, Row, read_rows, utc_timestamp, with_speedups, write_rows
 
 SHARDS_DIR = "shards"
 BENCHMARK_JSON = "benchmark.json"
@@ -254,6 +255,7 @@ def sweep_on_gpus(
     *, python: str = sys.executable, environ: Mapping[str, str] | None = None,
 ) -> int:
     """The sharded sweep; returns the exit code (the first failing shard's, or the gate's)."""
+    started_at = utc_timestamp()
     shards = plan_shards(options.variants, options.batch_sizes, gpus)
     output_dir = options.output_dir
     shutil.rmtree(output_dir / SHARDS_DIR, ignore_errors=True)  # a stale shard would merge old rows back
@@ -265,6 +267,10 @@ def sweep_on_gpus(
         commands.append((shard, directory, shard_request(options, shard, directory, pytest_args)))
     used = ", ".join(dict.fromkeys(s.gpu for s in shards))
     print(f"sweeping {len(shards)} shards on GPUs {used}; logs in {output_dir / SHARDS_DIR}", flush=True)
+    environ = dict(os.environ if environ is None else environ)
+    if options.gated or torch.cuda.is_available():
+        # Each shard sees one GPU: it files its rows and its gate under the kind of all of them.
+        environ[KIND_VARIABLE] = machine_kind(options.device)
     codes = run_shards(commands, python=python, environ=environ)
     merge_results([d / RESULTS_FILE for d in directories], results)
     merged_json = merge_benchmark_json([d / BENCHMARK_JSON for d in directories], output_dir / BENCHMARK_JSON)
@@ -276,7 +282,7 @@ def sweep_on_gpus(
     code = next((c for c in codes if c != 0), 0)
     if options.save_baseline and code == 0 and merged_json and gate.baseline_refusal(options) is None:
         store_benchmark_run(merged_json, options.device, gate.kind_baseline(options))  # else close_sweep says why not
-    if gate.close_sweep(options, measured_ok=code == 0):
+    if gate.close_sweep(options, measured_ok=code == 0, started_at=started_at):
         code = code or 1
     return code
 
@@ -290,7 +296,7 @@ def store_benchmark_run(merged_json: dict, device: str, directory: Path) -> Path
     ]}
     storage = FileStorage(directory, logging.getLogger(__name__), default_machine_id=get_machine_id())
     path = baselines.store_run(storage, stored, device)
-    print(f"stored the merged run as this machine's {device} baseline: {path}")
+    print(f"stored the merged run as this machine kind's {device} baseline: {path}")
     return path
 
 

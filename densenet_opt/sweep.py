@@ -23,7 +23,7 @@ from densenet_opt.config import SweepOptions
 from densenet_opt.flops import count_flops
 from densenet_opt.errors import UserError
 from densenet_opt.measure.contention import Contention, PressureMark, free_cores
-from densenet_opt.measure.env import environment_info, machine_name
+from densenet_opt.measure.env import environment_info, machine_kind, machine_name
 from densenet_opt.measure.memory import MIB
 from densenet_opt.measure.probe import ProbeResult, run_probe
 from densenet_opt.measure.timing import LatencyStats, PairedSpeedup, benchmark_call
@@ -426,10 +426,12 @@ class Sweep:
         return machine_name(self.options.machine_label)
 
     def completed_rows(self) -> list[Row]:
-        """Rows of this device and machine (or of no named machine: files of older versions)
-        already in the output directory that measured successfully."""
+        """Rows of this device, machine and machine kind (or of no named machine or kind:
+        files of older versions) already in the output directory that measured successfully."""
         rows = read_rows(self.options.output_dir / RESULTS_FILE)
-        return [r for r in rows if r.device == self.device.type and r.status == OK and r.machine in (None, self.machine)]
+        kind = machine_kind(self.device)
+        return [r for r in rows if r.device == self.device.type and r.status == OK and r.machine in (None, self.machine)
+                and r.machine_kind in (None, kind)]
 
     def completed_configs(self) -> set[tuple[str, int]]:
         return {(r.variant, r.batch_size) for r in self.completed_rows()}

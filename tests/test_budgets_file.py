@@ -81,3 +81,23 @@ def test_a_kinds_overrides_replace_the_keys_they_name(tmp_path: Path) -> None:
     assert tight.limits == {"agreement_top1_min": 90, "relative_error_max": 0.2}
     assert tight.source == tmp_path / "amd-epyc_x86v4-vnni-bf16_2c" / "budgets.toml"
     assert load_budgets(path, VARIANTS, kind="amd-epyc_x86v3_2c")["other"].limits["relative_error_max"] == 0.45
+
+
+
+def test_summary_and_recommend_check_each_row_against_its_kinds_budgets(tmp_path: Path) -> None:
+    from densenet_opt import report
+    from densenet_opt.budgets import check_budgets
+
+    path = write(tmp_path, "[pruned]\nrelative_error_max = 0.45\n")
+    (tmp_path / "amd-epyc_x86v4-vnni-bf16_2c").mkdir()
+    (tmp_path / "amd-epyc_x86v4-vnni-bf16_2c" / "budgets.toml").write_text("[pruned]\nrelative_error_max = 0.2\n")
+
+    def row(kind: str) -> report.Row:
+        return report.Row(optimization_technique="pruned", batch_size=1, device="cpu", latency_ms_per_batch=1.0,
+                          accuracy_top_1=95.0, accuracy_top_5=99.0, agreement_top_1=95.0, logit_relative_error=0.3,
+                          accuracy_kind=AGREEMENT, machine_kind=kind)
+
+    tight, loose = row("amd-epyc_x86v4-vnni-bf16_2c"), row("amd-epyc_x86v3_2c")
+    checks = check_budgets([tight, loose], load_budgets(path))
+    assert checks[tight].within is False and "relative_error_max" in checks[tight].reasons[0]
+    assert checks[loose].within is not False

@@ -47,7 +47,7 @@ def row(variant: str, pressure: float | None, load: float | None = 1.0, **extra)
     return report.Row(optimization_technique=variant, batch_size=1, device="cpu", latency_ms_per_batch=10.0,
                       throughput_samples_per_sec=100.0, ram_usage_mb=100.0, vram_usage_mb=0.0,
                       cpu_pressure_pct=pressure, load_per_core=load,
-                      device_name="cpu", **extra)
+                      device_name="cpu", machine_kind=machine_kind("cpu"), **extra)
 
 
 def test_the_columns_round_trip_and_mark_the_row() -> None:

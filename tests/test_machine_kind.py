@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from densenet_opt.measure.env import cpu_kind, cuda_kind, machine_kind
+from densenet_opt.measure.env import KIND_VARIABLE, cgroup_cpu_quota, cpu_kind, cuda_kind, machine_kind
 
 # Flag sets recorded from /proc/cpuinfo on the three kinds this project's machines have been.
 # Intel Xeon with AMX-BF16/INT8 and AVX512-FP16 (recorded 2026-12-07, 2 vCPUs, no SMT).
@@ -67,9 +67,38 @@ def test_the_kinds_of_the_three_machines_differ_where_their_kernels_do() -> None
     assert len(kinds) == 3
 
 
-def test_an_arm_cpu_names_its_features() -> None:
-    text = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd aes crc32 atomics asimddp sve i8mm bf16\nCPU implementer\t: 0x41\n"
-    assert cpu_kind(text, {0}, "aarch64") == "aarch64_dotprod-i8mm-bf16-sve_1c"
+def test_an_arm_cpu_names_its_part_and_features() -> None:
+    text = ("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd aes crc32 atomics asimddp sve i8mm bf16\n"
+            "CPU implementer\t: 0x41\nCPU part\t: 0xd4f\n")
+    assert cpu_kind(text, {0}, "aarch64") == "aarch64-0x41-0xd4f_dotprod-i8mm-bf16-sve_1c"
+
+
+@pytest.mark.parametrize(("text", "machine", "kind"), [
+    ("", "x86_64", "x86-64_x86v1_2c"),  # no /proc/cpuinfo to read: still a kind, the plainest
+    ("processor\t: 0\ncpu\t\t: POWER10 (architected), altivec supported\nclock\t\t: 2750.000000MHz\n\n"
+     "processor\t: 1\ncpu\t\t: POWER10 (architected), altivec supported\n", "ppc64le", "power10-architected_base_2c"),
+    ("vendor_id       : IBM/S390\n# processors    : 2\nfeatures\t: esan3 zarch stfle msa ldisp eimm dfp\n\n"
+     "processor 0: version = FF,  identification = 0133E8,  machine = 8561\n", "s390x", "s390x_base_2c"),
+])
+def test_other_architectures_and_an_empty_cpuinfo_have_a_kind(text: str, machine: str, kind: str) -> None:
+    assert cpu_kind(text, {0, 1}, machine) == kind
+
+
+def test_a_cgroup_quota_caps_the_threads(tmp_path: Path) -> None:
+    text = cpuinfo("AuthenticAMD", "AMD EPYC", ZEN3_FLAGS, [(0, 0), (0, 1), (0, 2), (0, 3)])
+    assert cpu_kind(text, {0, 1, 2, 3}, cpu_quota=2) == "amd-epyc_x86v3_2c"  # docker --cpus 1.5
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_quota(tmp_path / "cpu.max") == 2
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(tmp_path / "cpu.max") is None and cgroup_cpu_quota(tmp_path / "none") is None
+
+
+def test_a_named_kind_overrides_the_measured_one(monkeypatch) -> None:
+    """sweep-gpus names its kind for the shards (each sees one GPU of the parent's N)."""
+    monkeypatch.setenv(KIND_VARIABLE, "cuda_nvidia-h100_sm90_x2")
+    assert machine_kind("cuda") == "cuda_nvidia-h100_sm90_x2"
+    monkeypatch.setenv(KIND_VARIABLE, "../etc x")
+    assert "/" not in machine_kind("cpu") and " " not in machine_kind("cpu")
 
 
 def test_a_cuda_kind_names_the_gpu_its_compute_capability_and_count() -> None:
@@ -84,7 +113,8 @@ def test_this_machine_has_a_kind_a_directory_can_be_named_after() -> None:
 
 def test_the_stored_zen4_baseline_is_filed_under_the_kind_its_recorded_cpu_has() -> None:
     """The files measured on the Zen 4 before baselines were kept per kind: the CPU its run
-    recorded (brand, flags, 2 logical CPUs; 2 MiB of L2 at Zen 4's 1 MiB a core: 2 cores)."""
+    recorded (brand, flags, 2 logical CPUs). py-cpuinfo recorded no topology: 2 MiB of L2 at
+    Zen 4's 1 MiB a core says 2 cores, which the cpuinfo below states."""
     assert ZEN4_CPU["count"] == 2 and ZEN4_CPU["l2_cache_size"] == 2 * 1024 * 1024
     text = cpuinfo(ZEN4_CPU["vendor_id_raw"], ZEN4_CPU["brand_raw"], ZEN4_FLAGS, [(0, 0), (0, 1)])
     assert cpu_kind(text, {0, 1}) == ZEN4_DIR

@@ -135,11 +135,13 @@ FAKE_SWEEP = textwrap.dedent('''\
     path = os.path.join(out, "benchmark_results.csv")
     old = list(csv.DictReader(open(path))) if os.path.exists(path) else []
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, ["optimization_technique", "batch_size", "device", "latency_ms_per_batch", "engine_info"])
+        w = csv.DictWriter(f, ["optimization_technique", "batch_size", "device", "latency_ms_per_batch", "engine_info",
+                               "machine_kind"])
         w.writeheader()
-        w.writerows({k: r[k] for k in w.fieldnames} for r in old if r["engine_info"] == "seeded")
+        w.writerows({k: r.get(k) for k in w.fieldnames} for r in old if r["engine_info"] == "seeded")
         w.writerows({"optimization_technique": v, "batch_size": s, "device": "cuda", "latency_ms_per_batch": 1,
-                     "engine_info": "gpu=" + os.environ["CUDA_VISIBLE_DEVICES"]} for v in variants for s in sizes)
+                     "engine_info": "gpu=" + os.environ["CUDA_VISIBLE_DEVICES"],
+                     "machine_kind": os.environ.get("DENSENET_OPT_MACHINE_KIND")} for v in variants for s in sizes)
     json.dump({"machine_info": {"node": "x"}, "commit_info": {}, "benchmarks": [
         {"name": f"test_inference[{v}-bs{s}]", "fullname": f"t::test_inference[{v}-bs{s}]",
          # Every field pytest-benchmark 5 stores (the stored run's format is checked).
@@ -208,15 +210,21 @@ def test_on_the_cpu_sweep_gpus_is_a_plain_sweep(monkeypatch, tmp_path: Path) -> 
     assert cli.main(["sweep-gpus", "--device", "cpu", "--gpus", "0,1", "--output-dir", str(tmp_path)]) == 2
 
 
-def test_the_merged_run_is_stored_as_the_baseline(tmp_path: Path, fake_python: str) -> None:
+def test_the_merged_run_is_stored_as_the_baseline_of_the_parents_kind(tmp_path: Path, fake_python: str, monkeypatch) -> None:
+    """Each shard sees one GPU of two: the parent names the kind of both for them, and the
+    rows, the stored run and the speedups file under that kind."""
     from densenet_opt import baselines
 
+    kind = "cuda_fake-gpu_sm90_x2"  # what machine_kind("cuda") reads here (no GPU on this machine)
+    monkeypatch.setenv("DENSENET_OPT_MACHINE_KIND", kind)
     options = dataclasses.replace(_options(tmp_path, ("baseline", "pruned"), (1,)), save_baseline=True,
                                   baseline_dir=tmp_path / "store")
     assert shard.sweep_on_gpus(options, ["0", "1"], [], python=fake_python, environ={"PATH": "/usr/bin:/bin"}) == 0
-    (stored,) = baselines.check_benchmark_storage(tmp_path / "store")
+    assert {r.machine_kind for r in report.read_rows(options.output_dir / report.RESULTS_FILE)} == {kind}
+    (stored,) = baselines.check_benchmark_storage(tmp_path / "store" / kind)
     assert stored.name == "0001_cuda.json" and len(json.loads(stored.read_text())["benchmarks"]) == 2
-    assert baselines.load_speedups(baselines.speedups_file("cuda", tmp_path / "store")) == {"pruned": {"1": 1.0}}
+    assert baselines.load_speedups(baselines.speedups_file("cuda", tmp_path / "store" / kind)) == {"pruned": {"1": 1.0}}
+    assert json.loads(baselines.speedups_file("cuda", tmp_path / "store" / kind).read_text())["machine_kind"] == kind
 
 
 def test_merged_rows_get_the_speedup_a_shard_without_the_baseline_could_not_compute(tmp_path: Path) -> None:

@@ -45,18 +45,21 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def cpu_kind(cpuinfo: str, usable_cpus: Collection[int], machine: str = "x86_64") -> str:
-    """The machine kind of a CPU, from the text of its /proc/cpuinfo and the logical CPUs
-    the process may use (``os.sched_getaffinity(0)``): ``MODEL_FEATURES_CORES``, e.g.
-    ``intel-xeon_x86v4-avxvnni-vnni-bf16-fp16-amxbf16-amxint8_2c`` or
-    ``amd-epyc-7763_x86v3_1c2t``.
+def cpu_kind(cpuinfo: str, usable_cpus: Collection[int], machine: str = "x86_64", cpu_quota: int | None = None) -> str:
+    """The machine kind of a CPU, from the text of its /proc/cpuinfo, the logical CPUs the
+    process may use (``os.sched_getaffinity(0)``), the platform's architecture
+    (``platform.machine()``) and the CPUs a cgroup quota allows (``cpu_quota``; None: no
+    quota): ``MODEL_FEATURES_CORES``, e.g.
+    ``intel-xeon_x86v4-avxvnni-vnni-bf16-fp16-amxbf16-amxint8_2c`` or ``amd-epyc-7763_x86v3_1c2t``.
 
-    MODEL: the model name without trademarks, "Processor" or "N-Core", vendor first;
-    FEATURES: the x86-64 level (x86v4: AVX-512 F/BW/CD/DQ/VL; x86v3: AVX2+FMA; else x86v2
-    or x86v1) and the X86_FEATURES present (ARM: the ARM_FEATURES present); CORES: the physical cores among
-    the usable CPUs (distinct physical id and core id), ``{cores}c``, with ``{threads}t``
-    added where SMT gives the process more threads than cores. Two machines with one key
-    run the same kernels on the same number of cores; an unknown model reads ``machine``."""
+    MODEL: the model name without trademarks, "Processor" or "N-Core", vendor first (ARM,
+    which names none: the architecture, implementer and part, ``aarch64-0x41-0xd0c``;
+    POWER: its ``cpu`` line); FEATURES: on x86 the x86-64 level (x86v4: AVX-512
+    F/BW/CD/DQ/VL; x86v3: AVX2+FMA; else x86v2 or x86v1) and the X86_FEATURES present; on
+    ARM the ARM_FEATURES present (``armv8`` for none); elsewhere ``base``; CORES: the
+    physical cores among the usable CPUs (distinct physical id and core id), ``{cores}c``,
+    with ``{threads}t`` added where SMT gives the process more threads than cores. Two
+    machines with one key run the same kernels on the same number of cores."""
     processors: list[dict[str, str]] = []
     for block in cpuinfo.strip().split("\n\n"):
         fields = {}
@@ -64,22 +67,30 @@ def cpu_kind(cpuinfo: str, usable_cpus: Collection[int], machine: str = "x86_64"
             name, _, value = line.partition(":")
             fields[name.strip()] = value.strip()
         processors.append(fields)
-    first = processors[0] if processors else {}
+    first = next((p for p in processors if "processor" in p), processors[0] if processors else {})
+    architecture = _slug(machine) or "unknown"
     vendor = VENDORS.get(first.get("vendor_id", ""), "")
-    model = _slug(_NOISE.sub(" ", first.get("model name", ""))) or _slug(machine)
-    if vendor and not model.startswith(vendor):
-        model = f"{vendor}-{model}"
-    if "flags" not in first and "Features" in first:  # ARM: no x86 level; "armv8" where none of ours
-        flags = set(first["Features"].split())
-        features = [name for flag, name in ARM_FEATURES if flag in flags] or ["armv8"]
-    else:
+    named = first.get("model name") or (first.get("cpu", "").split(",")[0] if architecture.startswith("ppc") else "")
+    model = _slug(_NOISE.sub(" ", named))
+    if architecture in ("x86-64", "amd64", "i386", "i686"):
         flags = set(first.get("flags", "").split())
         level = ("x86v4" if X86_V4 <= flags else "x86v3" if X86_V3 <= flags
                  else "x86v2" if {"sse4_2", "popcnt"} <= flags else "x86v1")
         features = [level] + [name for flag, name in X86_FEATURES if flag in flags]
+    elif architecture in ("aarch64", "arm64") or architecture.startswith("arm"):
+        flags = set(first.get("Features", "").split())
+        features = [name for flag, name in ARM_FEATURES if flag in flags] or ["armv8"]
+        part = [first[k] for k in ("CPU implementer", "CPU part") if first.get(k)]
+        model = model or _slug("-".join([architecture, *part]))
+    else:
+        features = ["base"]
+    model = model or architecture
+    if vendor and not model.startswith(vendor):
+        model = f"{vendor}-{model}"
     usable = [p for p in processors if p.get("processor", "").isdigit() and int(p["processor"]) in usable_cpus]
-    cores = len({(p.get("physical id"), p.get("core id")) for p in usable if "core id" in p}) or len(usable_cpus)
-    threads = len(usable_cpus)
+    threads = max(1, min(len(usable_cpus), cpu_quota or len(usable_cpus)))
+    cores = len({(p.get("physical id"), p.get("core id")) for p in usable if "core id" in p}) or threads
+    cores = min(cores, threads)
     count = f"{cores}c" if cores == threads else f"{cores}c{threads}t"
     return f"{model}_{'-'.join(features)}_{count}"
 
@@ -87,8 +98,18 @@ def cpu_kind(cpuinfo: str, usable_cpus: Collection[int], machine: str = "x86_64"
 def cuda_kind(name: str, capability: tuple[int, int], count: int) -> str:
     """The machine kind of CUDA GPUs: ``cuda_NAME_smXY_xCOUNT``, e.g.
     ``cuda_nvidia-h100-80gb-hbm3_sm90_x1`` (``capability``: torch.cuda.get_device_capability;
-    ``count``: the GPUs the process sees)."""
+    ``count``: the GPUs the sweep uses). A MIG slice reads as its GPU."""
     return f"cuda_{_slug(name)}_sm{capability[0]}{capability[1]}_x{count}"
+
+
+def cgroup_cpu_quota(path: Path = Path("/sys/fs/cgroup/cpu.max")) -> int | None:
+    """The CPUs a cgroup v2 quota allows this process (``docker --cpus``: "150000 100000" ->
+    2, rounded up), None without one."""
+    try:
+        quota, period = path.read_text().split()[:2]
+        return None if quota == "max" else max(1, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        return None
 
 
 @cache
@@ -96,12 +117,22 @@ def _local_cpu_kind() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     text = cpuinfo.read_text() if cpuinfo.exists() else f"model name : {platform.processor() or platform.machine()}\n"
     usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    return cpu_kind(text, usable, platform.machine())
+    return cpu_kind(text, usable, platform.machine(), cgroup_cpu_quota())
+
+
+# Names the machine kind instead of measuring it (a kind directory's name): set by
+# sweep-gpus for its shards, so that each shard's one GPU files under the parent's kind.
+KIND_VARIABLE = "DENSENET_OPT_MACHINE_KIND"
 
 
 def machine_kind(device: torch.device | str) -> str:
-    """This machine's kind for ``device`` (cpu_kind or cuda_kind): the key its stored
-    baselines live under (benchmarks_baseline/KIND/) and the ``machine_kind`` column."""
+    """This machine's kind for ``device`` (cpu_kind or cuda_kind, over every GPU the
+    process sees), or $DENSENET_OPT_MACHINE_KIND where set: the key its stored baselines
+    live under (benchmarks_baseline/KIND/) and the ``machine_kind`` column. Raises
+    RuntimeError for cuda without a GPU (torch's)."""
+    named = os.environ.get(KIND_VARIABLE, "").strip()
+    if named:
+        return re.sub(r"[^A-Za-z0-9_.+-]+", "-", named)  # a directory name, whatever was set
     device = torch.device(device)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()

@@ -208,4 +208,5 @@ def stored_sweep_tables(baseline_dir: Path) -> str:
             f"{first.weights} weights; `{Path(baseline_dir).name}/{kind}/{results.parent.name}/{results.name}`. "
             "Samples/s (speedup over `baseline` at the same batch size, in the same sweep):\n\n"
             + throughput_matrix(rows, device))
-    return "\n\n".join(sections) or "No stored sweep yet: `nox -s bench -- --save-baseline` stores one for this machine kind."
+    return "\n\n".join(sections) or ("No stored sweep yet: `nox -s bench -- --save-baseline` (CPU) or "
+                                      "`nox -s gpu_bench -- --save-baseline` (CUDA) stores one for the machine kind it runs on.")
