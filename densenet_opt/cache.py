@@ -10,17 +10,36 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from densenet_opt import atomic
+from densenet_opt.errors import UserError
 
 NOT_CACHED = "not cached"
 # What a failed write into the cache tells the user to change.
 CACHE_OPTION = "--cache-dir"
 
+
+
+# Where synthetic weights and built artifacts are cached unless --cache-dir says otherwise.
+CACHE_VARIABLE = "DENSENET_OPT_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """$DENSENET_OPT_CACHE, else ~/.cache/densenet_opt. The home directory is looked up only
+    when the variable is unset: a container user with no home can set it. Raises UserError
+    when neither is available."""
+    named = os.environ.get(CACHE_VARIABLE)
+    if named:
+        return Path(named)
+    try:
+        return Path.home() / ".cache" / "densenet_opt"
+    except RuntimeError:  # no HOME and no passwd entry
+        raise UserError(f"there is no home directory to cache artifacts in: set {CACHE_VARIABLE} or pass --cache-dir") from None
 
 
 def file_sha256(path: Path) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from pathlib import Path
 import torch
 from pytest_benchmark.utils import parse_compare_fail
 
+from densenet_opt.cache import default_cache_dir  # re-exported: the CLI's and tools' default
 from densenet_opt.errors import UserError
 from densenet_opt.values import fraction, percent, positive_number, whole_number
 from densenet_opt.variants import STACKED, get_variant, parse_variant_options, registry
@@ -23,10 +23,6 @@ DEFAULT_BATCH_SIZES = (1, 4, 8, 16, 32)
 # engines read 2-15% on a quiet machine (ONNX Runtime's spinning threads beside torch's),
 # one busy loop beside them 36-70%.
 DEFAULT_MAX_CPU_PRESSURE = 30.0
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("DENSENET_OPT_CACHE", Path.home() / ".cache" / "densenet_opt"))
 
 
 @dataclass(frozen=True)

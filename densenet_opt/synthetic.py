@@ -18,7 +18,6 @@ between an optimised variant and fp32 sensitive to numeric regressions.
 from __future__ import annotations
 
 import math
-import os
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from densenet_opt import atomic, cache  # model imports this module lazily: no cycle
+from densenet_opt.cache import default_cache_dir
 from densenet_opt.preprocessing import IMAGE_SHAPE, IMAGENET_MEAN, IMAGENET_STD
 
 # Bump whenever anything below changes the produced weights: it is part of the cache key.
@@ -304,11 +304,6 @@ def build_synthetic_state_dict(seed: int = 0, progress: Callable[[str], None] = 
 # ---------------------------------------------------------------------------------------
 # Cache
 # ---------------------------------------------------------------------------------------
-
-
-def default_cache_dir() -> Path:
-    env = os.environ.get("DENSENET_OPT_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "densenet_opt"
 
 
 def _torch_major_minor() -> str:

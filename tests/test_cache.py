@@ -6,6 +6,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from densenet_opt.atomic import ABANDONED_AFTER_S, build_folder, write_atomic
 
 
@@ -33,3 +35,23 @@ def test_atomic_write_publishes_the_file_and_leaves_no_build_folder(tmp_path: Pa
     write_atomic(target, lambda tmp: tmp.write_bytes(b"weights"), option="--cache-dir")
     assert target.read_bytes() == b"weights"
     assert sorted(p.name for p in target.parent.iterdir()) == ["weights.pt"]
+
+
+def test_no_home_directory_is_needed_when_the_cache_is_named(monkeypatch, tmp_path: Path) -> None:
+    """A container user with no home (HOME unset, no passwd entry): Path.home() raises. With
+    $DENSENET_OPT_CACHE set nothing asks for it; without, one sentence says what to set."""
+    from densenet_opt.cache import default_cache_dir
+    from densenet_opt.config import options_from_mapping
+    from densenet_opt.errors import UserError
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    monkeypatch.setenv("DENSENET_OPT_CACHE", str(tmp_path / "cache"))
+    assert default_cache_dir() == tmp_path / "cache"
+    assert options_from_mapping({"device": "cpu"}).cache_dir == tmp_path / "cache"
+    monkeypatch.delenv("DENSENET_OPT_CACHE")
+    with pytest.raises(UserError, match="no home directory to cache artifacts in: set DENSENET_OPT_CACHE or pass --cache-dir"):
+        options_from_mapping({"device": "cpu"})
+    assert options_from_mapping({"device": "cpu", "cache_dir": str(tmp_path / "c2")}).cache_dir == tmp_path / "c2"
