@@ -345,8 +345,16 @@ def _bad_line(path: Path, line: int, problem: str) -> UserError:
 
 
 def _parse_records(path: Path, records: list[dict[str, str]]) -> list[Row]:
+    """Rows of ``records`` (csv.DictReader's); UserError naming the line for a line with
+    more or fewer fields than the header (cut short by a crash or a full disk, or two lines
+    run together): its last cell would otherwise read as a complete, wrong number."""
     rows = []
     for line, record in enumerate(records, start=2):  # line 1 is the header
+        fields = len(record) - (None in record)
+        if None in record or None in record.values():
+            given = fields - sum(value is None for value in record.values()) + len(record.get(None) or ())
+            raise _bad_line(path, line, f"it has {given} fields where the header has {fields} "
+                                        "(a line cut short or two lines run together)")
         try:
             rows.append(Row.from_csv(record))
         except ValueError as error:
@@ -359,7 +367,8 @@ def read_rows(path: Path) -> list[Row]:
 
     A UTF-8 byte-order mark (a spreadsheet's "CSV UTF-8") and CRLF line ends are
     accepted. Raises UserError for a file that is not UTF-8 CSV, and for a line whose
-    number column holds no number or that lacks a key column (naming line and column)."""
+    number column holds no number, that lacks a key column, or whose field count differs
+    from the header's (naming line and column)."""
     return _parse_records(path, _read_records(path))
 
 

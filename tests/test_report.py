@@ -173,6 +173,24 @@ def test_a_bad_line_in_a_results_file_is_one_sentence_naming_it(tmp_path: Path) 
         report.read_rows(path)
 
 
+@pytest.mark.parametrize("damage", ["cut", "joined"])
+def test_a_damaged_line_of_a_results_file_is_refused_naming_it(tmp_path: Path, damage: str) -> None:
+    """A crash or a full disk cut the file's last line inside a cell ("...,147.33,6"): it
+    read as an ok row of 6.0 samples/s where the file said 6.79. A line with a field too
+    many (two lines run together) is refused the same way."""
+    from densenet_opt.errors import UserError
+
+    path = tmp_path / report.RESULTS_FILE
+    rows = [report.Row(optimization_technique=v, batch_size=1, device="cpu", latency_ms_per_batch=147.33,
+                       throughput_samples_per_sec=6.79) for v in ("baseline", "onnx")]
+    report.write_rows(path, rows)
+    text = path.read_text()
+    damaged = text[: text.rindex("6.79") + 1] if damage == "cut" else text.rstrip("\n") + ",extra\n"
+    path.write_text(damaged)
+    with pytest.raises(UserError, match=r"line 3: it has \d+ fields where the header has \d+ \(a line cut short or two lines run together\)"):
+        report.read_rows(path)
+
+
 @pytest.mark.parametrize("order", [("onnx", "baseline"), ("baseline", "onnx")])
 def test_the_speedup_does_not_depend_on_the_order_rows_are_written(tmp_path: Path, order: tuple[str, str]) -> None:
     path = tmp_path / report.RESULTS_FILE
