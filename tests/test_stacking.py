@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torchvision.models import DenseNet
 
+from densenet_opt.flops import count_flops
 from densenet_opt.budgets import load_budgets
 from densenet_opt.config import parse_variants
 from densenet_opt.errors import UserError
@@ -109,6 +110,8 @@ def test_a_chain_deploys_the_transformed_model_under_its_own_cache_key(tiny_dens
         assert info["pruned_structured.amount"] == "0.5"
         assert info["pruned_structured.bottleneck_channels"] == pruned.info["bottleneck_channels"]
         assert info["provider"] == plain.info["provider"] == "CPUExecutionProvider"
+        # ... reports the pruned model's work per image (derived columns follow it) ...
+        assert info["gflops_per_image"] == pruned.info["gflops_per_image"] != f"{count_flops(tiny_densenet) / 1e9:.3f}"
         # ... and its export is its own, cached apart from the plain model's.
         assert info["export_cached"] == "false"
         assert len(list((tmp_path / "cache").rglob("*.onnx"))) == 2

@@ -38,6 +38,7 @@ from typing import Protocol
 import torch
 
 from densenet_opt.errors import UserError, VariantUnavailable
+from densenet_opt.flops import count_flops
 from densenet_opt.values import did_you_mean, one_of
 
 # Order matters: it is the order of the sweep and of the registry listing.
@@ -309,7 +310,11 @@ def _build_chain(ctx: BuildContext, first: Variant, then: Variant) -> Engine:
         ctx, reference_model=lambda: copy.deepcopy(model), report_dir=report_dir,
         weights_key=f"{ctx.weights_key}{CHAIN_SEPARATOR}{transformed.key}",
     ))
-    engine.info = {"chain": name, **{f"{first.name}.{key}": value for key, value in transformed.info.items()}, **engine.info}
+    # The work per image is the transformed model's (pruning removes some): the transform's
+    # own count, else the model's, not the reference's that a plain deployment reports.
+    gflops = transformed.info.get("gflops_per_image") or f"{count_flops(model) / 1e9:.3f}"
+    engine.info = {"chain": name, **{f"{first.name}.{key}": value for key, value in transformed.info.items()},
+                   "gflops_per_image": gflops, **engine.info}
     return engine
 
 
