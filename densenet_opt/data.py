@@ -135,6 +135,11 @@ def select_samples(
     return samples[skip : skip + num_samples]
 
 
+def count_samples(root: Path, ground_truth: Path | None = None) -> int:
+    """How many usable images the data set at ``root`` has (without decoding any)."""
+    return len(_list_samples(Path(root).expanduser(), ground_truth))
+
+
 def _check_counts(num_samples: int, skip: int) -> None:
     if num_samples < 1:
         raise UserError(f"num_samples must be at least 1 (got {num_samples}): pass a positive sample count.")

@@ -51,6 +51,13 @@ def preflight(options: SweepOptions) -> None:
         raise UserError(f"cannot write results to {options.output_dir} ({error.strerror}): choose another --output-dir") from None
     if options.imagenet_val is not None:
         data.select_samples(options.imagenet_val, options.num_samples, ground_truth=options.ground_truth)
+        calibrating = [v for v in options.variants if get_variant(v).calibrates]
+        if calibrating:  # their images come after the evaluated ones, never the same
+            try:
+                data.select_samples(options.imagenet_val, options.calibration_samples, skip=options.num_samples,
+                                    ground_truth=options.ground_truth)
+            except UserError:
+                raise UserError(calibration_shortage(options, options.calibration_samples, calibrating[0])) from None
     if options.compare_baseline:  # a corrupt, partial or (--require-baseline) missing stored baseline, before measuring
         directory = baselines.this_kind_dir(options.baseline_dir, options.device)
         if baselines.has_baseline(directory, options.device):
@@ -62,6 +69,15 @@ def preflight(options: SweepOptions) -> None:
     if options.weights not in (model.AUTO, model.SYNTHETIC, model.TORCHVISION):
         weights = model.resolve_weights(options.weights, cache_dir=options.cache_dir, allow_pickle=options.allow_unsafe_weights)
         model.check_compatible(model.densenet121(weights=None).state_dict(), weights)
+
+
+def calibration_shortage(options: SweepOptions, count: int, variant: str | None = None) -> str:
+    """The sentence for a data set with fewer than ``count`` images beyond the evaluated ones."""
+    have = data.count_samples(options.imagenet_val, options.ground_truth)
+    who = f"{variant} calibrates on" if variant else "a variant's calibration (and any search) needs"
+    return (f"{who} {count} images beyond the --num-samples {options.num_samples} evaluated ones, but "
+            f"{options.imagenet_val} has {have} usable images: lower --calibration-samples or --num-samples, "
+            "or point --imagenet-val at a larger folder")
 
 
 class ConfigFault(Exception):
@@ -164,7 +180,14 @@ class Sweep:
         return None
 
     def calibration_images(self, count: int) -> torch.Tensor:
-        """Images from the same source as the evaluated ones, but never the same images."""
+        """Images from the same source as the evaluated ones, but never the same images.
+        Raises UserError naming the options to change when the data set has too few."""
+        if self.options.imagenet_val is not None:
+            try:
+                data.select_samples(self.options.imagenet_val, count, skip=self.options.num_samples,
+                                    ground_truth=self.options.ground_truth)
+            except UserError:
+                raise UserError(calibration_shortage(self.options, count)) from None
         return data.load_eval_set(
             self.options.imagenet_val, count, skip=self.options.num_samples, ground_truth=self.options.ground_truth
         ).images

@@ -237,3 +237,28 @@ def test_the_full_validation_set_passes_validation(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="Asked for 50001 samples but .* has only 50000 usable images"):
         preflight(options_from_mapping({"imagenet_val": str(root), "num_samples": "50001", "variants": "baseline",
                                         "device": "cpu", "output_dir": str(tmp_path / "out")}))
+
+
+def test_too_few_images_to_calibrate_is_found_before_anything_is_built(tmp_path: Path) -> None:
+    """--calibration-samples beyond what the folder has after the evaluated images: found by
+    the preflight for a variant that calibrates (named with the options to change), not when
+    onnx_int8 builds after the variants before it have run; a sweep that does not calibrate
+    needs no more than its evaluated images."""
+    root = tmp_path / "val"
+    for wnid in data.imagenet_wnids()[:10]:
+        (root / wnid).mkdir(parents=True)
+        for i in range(3):
+            (root / wnid / f"ILSVRC2012_val_{i:08d}.JPEG").touch()
+
+    def options(variants: str, calibration: str = "128"):
+        return options_from_mapping({"imagenet_val": str(root), "num_samples": "20", "calibration_samples": calibration,
+                                     "variants": variants, "device": "cpu", "output_dir": str(tmp_path / "out")})
+
+    preflight(options("baseline,onnx"))
+    preflight(options("baseline,onnx_int8", calibration="10"))  # 20 + 10 of 30
+    for variants in ("baseline,onnx_int8", "pruned_structured+onnx", "int8"):
+        with pytest.raises(UserError) as error:
+            preflight(options(variants))
+        assert str(error.value) == (
+            f"{variants.split(',')[-1]} calibrates on 128 images beyond the --num-samples 20 evaluated ones, but {root} "
+            "has 30 usable images: lower --calibration-samples or --num-samples, or point --imagenet-val at a larger folder")

@@ -124,6 +124,8 @@ class Variant:
     ``transform``: for a model transform (pruning), the function giving the transformed
     fp32 module, which lets the variant head a chain (module docstring). ``parts``: for a
     chain, its transform and its deployment (whose options it reads); empty otherwise.
+    ``calibrates``: it needs images beyond the evaluated ones (calibration, recalibration,
+    distillation): the preflight checks that the data set has them.
     """
 
     name: str
@@ -134,6 +136,7 @@ class Variant:
     shared_prefix: str | None = None
     transform: Callable[[BuildContext], Transformed] | None = None
     parts: tuple[Variant, ...] = ()
+    calibrates: bool = False  # takes ctx.calibration_images (at least calibration_samples of them)
 
     def option(self, name: str) -> VariantOption:
         """The declaration of option ``name``; KeyError if this variant does not declare it."""
@@ -297,6 +300,7 @@ def chain(name: str) -> Variant:
     return Variant(
         f"{first.name}{CHAIN_SEPARATOR}{then.name}", f"{first.name}, then {then.name}: {then.description}",
         build=lambda ctx: _build_chain(ctx, first, then), devices=devices, parts=(first, then),
+        calibrates=first.calibrates or then.calibrates,
     )
 
 

@@ -600,5 +600,5 @@ VARIANTS = [
     Variant(OPENVINO_BF16, "OpenVINO with bf16 inference precision (CPUs with AVX-512 BF16 or AMX)",
             build_bf16, devices=("cpu",), options=(THREADS_OPTION, STREAMS_OPTION), shared_prefix=OPENVINO),
     Variant(OPENVINO_INT8, "OpenVINO int8 by NNCF post-training quantization (default preset) with accuracy control, CPU plugin",
-            build_int8, devices=("cpu",), options=INT8_OPTIONS, shared_prefix=OPENVINO),
+            build_int8, devices=("cpu",), options=INT8_OPTIONS, shared_prefix=OPENVINO, calibrates=True),
 ]

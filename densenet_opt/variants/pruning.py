@@ -564,5 +564,5 @@ VARIANTS = [
             transform=transform_pruned),
     Variant(PRUNED_STRUCTURED,
             "eager fp32, structured pruning of dense-layer bottleneck channels, recovered by distillation toward fp32",
-            build_pruned_structured, options=STRUCTURED_OPTIONS, transform=transform_pruned_structured),
+            build_pruned_structured, options=STRUCTURED_OPTIONS, transform=transform_pruned_structured, calibrates=True),
 ]

@@ -339,5 +339,6 @@ VARIANTS = [
         build,
         devices=("cpu",),
         options=OPTIONS,
+        calibrates=True,
     )
 ]

@@ -191,5 +191,5 @@ VARIANTS: list[Variant] = [
             options=OPTIONS, shared_prefix=ONNX),
     Variant(ONNX_INT8, "ONNX Runtime static int8, QDQ (TensorRT on CUDA, else the CPU provider), "
             "the nodes that cost most agreement kept in float", build_int8,
-            options=OPTIONS + INT8_OPTIONS, shared_prefix=ONNX),
+            options=OPTIONS + INT8_OPTIONS, shared_prefix=ONNX, calibrates=True),
 ]
