@@ -128,7 +128,9 @@ class Fidelity:
     top1: float
     top5: float
     agreement_top1: float  # % of samples whose top-1 class equals the reference's
-    relative_error: float  # ||logits - reference|| / ||reference|| over all samples
+    # ||logits - reference|| / ||reference|| over all samples; for a reference of all-zero
+    # logits (a collapsed model): 0 where the logits are zero too, else None (undefined).
+    relative_error: float | None
 
 
 def fidelity(
@@ -146,5 +148,20 @@ def fidelity(
         top1=in_top_k(logits, targets, 1).float().mean().item() * 100,
         top5=in_top_k(logits, targets, 5).float().mean().item() * 100,
         agreement_top1=agreement,
-        relative_error=(torch.linalg.vector_norm(logits - reference) / torch.linalg.vector_norm(reference)).item(),
+        relative_error=relative_error(logits, reference),
     )
+
+
+# engine_info's note where relative_error is undefined.
+UNDEFINED_RELATIVE_ERROR = "undefined: the fp32 reference's logits are all zero (a collapsed model) and these are not"
+
+
+def relative_error(logits: torch.Tensor, reference: torch.Tensor) -> float | None:
+    """||logits - reference|| / ||reference|| (float32 [N,1000] each, Frobenius norms). A
+    reference of all-zero logits (weights that collapsed: every image the same zero output)
+    has no scale: 0.0 when ``logits`` are zero too (identical), None otherwise."""
+    difference = torch.linalg.vector_norm(logits - reference).item()
+    scale = torch.linalg.vector_norm(reference).item()
+    if scale == 0:
+        return 0.0 if difference == 0 else None
+    return difference / scale

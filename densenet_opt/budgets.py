@@ -90,9 +90,9 @@ class Budget:
                 violations.append(self._message(f"{label} at batch {batch_size}", value, f"<= {limit}", key))
         return violations
 
-    def _check(self, key: str, label: str, value: float, kind: str) -> str | None:
+    def _check(self, key: str, label: str, value: float | None, kind: str) -> str | None:
         limit = self.limits.get(key)
-        if limit is None:
+        if limit is None or value is None:  # None: a figure that is undefined for this input
             return None
         if (kind == "min" and value < limit) or (kind == "max" and value > limit):
             return self._message(label, value, f"{'>=' if kind == 'min' else '<='} {limit}", key)
@@ -205,10 +205,10 @@ def budget_for(budgets: Mapping[str, Budget], variant: str) -> Budget:
 def fidelity_of(row: Row) -> Fidelity | None:
     """The Fidelity a sweep measured, rebuilt from a row's columns; None when the row lacks
     any of them (a fault row, a file of an older version) or its accuracy_kind is unknown."""
-    values = (row.accuracy_top_1, row.accuracy_top_5, row.agreement_top_1, row.logit_relative_error)
+    values = (row.accuracy_top_1, row.accuracy_top_5, row.agreement_top_1)
     if row.accuracy_kind not in (ACCURACY, AGREEMENT, SYNTHETIC_ACCURACY) or any(value is None for value in values):
         return None
-    return Fidelity(row.accuracy_kind, *values)
+    return Fidelity(row.accuracy_kind, *values, row.logit_relative_error)  # None: undefined (accuracy.relative_error)
 
 
 @dataclass(frozen=True)

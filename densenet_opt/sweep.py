@@ -18,7 +18,7 @@ from functools import cached_property
 import torch
 
 from densenet_opt import baselines, data, model
-from densenet_opt.accuracy import ACCURACY, SYNTHETIC_ACCURACY, Fidelity, NonFiniteLogits, fidelity, predict
+from densenet_opt.accuracy import ACCURACY, SYNTHETIC_ACCURACY, UNDEFINED_RELATIVE_ERROR, Fidelity, NonFiniteLogits, fidelity, predict
 from densenet_opt.config import SweepOptions
 from densenet_opt.flops import count_flops
 from densenet_opt.errors import UserError
@@ -433,7 +433,8 @@ class Sweep:
             cold_start_ms=memory.cold_start_ms,
             engine_info=";".join(f"{k}={v}" for k, v in {
                 **engine.info, **({SKIPPED_FOR_TIME: " / ".join(self._override_reasons[variant])}
-                                  if variant in self._override_reasons else {})}.items()),
+                                  if variant in self._override_reasons else {}),
+                **({"logit_relative_error": UNDEFINED_RELATIVE_ERROR} if accuracy.relative_error is None else {})}.items()),
             **self.environment,
             measured_at=utc_timestamp(),
             machine=self.machine,

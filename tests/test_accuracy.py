@@ -138,3 +138,20 @@ def test_synthetic_weights_are_scored_against_the_pseudo_classes(sweep) -> None:
     reference = sweep.reference_fidelity
     assert reference.kind == SYNTHETIC_ACCURACY and reference.agreement_top1 == 100.0
     assert reference.top1 >= 60.0 and reference.top5 >= reference.top1
+
+
+def test_a_collapsed_model_has_every_figure_defined_or_none() -> None:
+    """Weights whose logits are zero for every image (classifier weight and bias zero): the
+    reference has no scale, so 0/0 made the relative error NaN and the row writer refused the
+    row. Now: 0.0 for logits equal to the zero reference, None (an empty cell, with its
+    reason in engine_info) for any other, and every other figure as usual."""
+    from densenet_opt import report
+    from densenet_opt.accuracy import relative_error
+
+    zero = torch.zeros(4, 1000)
+    same = fidelity(zero.clone(), zero, torch.tensor([0, 1, 2, 3]))
+    assert same.relative_error == 0.0 and same.agreement_top1 == 100.0 and same.top1 == 0.0  # all-equal logits: a miss
+    moved = fidelity(torch.full((4, 1000), 0.5), zero, None)
+    assert moved.relative_error is None and relative_error(torch.ones(2, 3), torch.ones(2, 3) * 2) == 0.5
+    row = report.Row(optimization_technique="int8", batch_size=1, device="cpu", logit_relative_error=moved.relative_error)
+    assert report.Row.from_csv(row.as_csv()) == row  # written and read back, its cell empty
