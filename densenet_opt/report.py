@@ -261,7 +261,9 @@ def _checked(column: dataclasses.Field, value: object) -> object:
     if kind is str:
         if not isinstance(value, str):
             raise TypeError(f"{column.name} must be text, got {value!r}")
-        return None if value == "" and type(None) in typing.get_args(_TYPES[column.name]) else value
+        if value == "" and type(None) in typing.get_args(_TYPES[column.name]):
+            return None
+        return printable_path_text(value)
     if isinstance(value, bool) or not isinstance(value, int if kind is int else int | float):
         raise TypeError(f"{column.name} must be {'an int' if kind is int else 'a number'}, got {value!r}")
     if kind is int:
@@ -273,6 +275,18 @@ def _checked(column: dataclasses.Field, value: object) -> object:
     if column.metadata["digits"] is not None:
         return round(float(value), column.metadata["digits"])
     return float(value)
+
+
+def printable_path_text(text: str) -> str:
+    """``text`` as UTF-8 can hold it: a path whose bytes are not UTF-8 (a latin-1 ``val_été``
+    under ``LANG=C``) reaches Python with surrogate escapes, which no UTF-8 file can store;
+    those bytes become ``\\xe9`` escapes, the rest is kept as it is. Writing the row then
+    cannot fail, and the escapes name the original bytes."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _parse(name: str, text: str) -> object:

@@ -209,3 +209,16 @@ def test_speedups_pair_rows_of_the_same_batch_size_device_and_device_name() -> N
         report.Row(optimization_technique="int8", batch_size=1, device="cpu", status=report.OUT_OF_MEMORY, device_name="cpu A"),
     ])
     assert [r.speedup_vs_baseline for r in rows] == [2.333, 1.0, None, None, None]
+
+
+def test_a_path_that_is_not_utf8_is_written_without_loss(tmp_path: Path) -> None:
+    """A latin-1 folder name under LANG=C reaches Python with surrogate escapes: writing the
+    row failed with UnicodeEncodeError and the measured row was lost. Its bytes are kept as
+    escapes, and the row reads back equal."""
+    import os
+
+    name = os.fsdecode(b"/data/val_\xe9t\xe9")  # what os.listdir gives for those bytes under LANG=C
+    row = report.Row(optimization_technique="baseline", batch_size=1, device="cpu", data=f"imagenet-val {name} (first 8)")
+    assert row.data == "imagenet-val /data/val_\\xe9t\\xe9 (first 8)"
+    report.upsert_row(tmp_path / report.RESULTS_FILE, row)
+    assert report.read_rows(tmp_path / report.RESULTS_FILE) == [row]
