@@ -126,7 +126,9 @@ echo "$PROG: running the sweep in $image on every GPU into $output_dir" >&2
 status=0
 # The host's name, not the container's random one: every row names the machine that measured
 # it (the machine column), and a rerun into the same folder replaces that machine's rows.
-docker run --rm --gpus all --hostname "$HOSTNAME" \
+# --ipc=host: the data loader's workers hand decoded images over in shared memory, and
+# Docker's default /dev/shm (64 MB) is smaller than a few batches of them.
+docker run --rm --gpus all --hostname "$HOSTNAME" --ipc=host \
   --user "$(id -u):$(id -g)" \
   --volume "$output_dir:/results" \
   --volume "$cache_dir:/cache" \

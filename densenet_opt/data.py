@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import os
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -458,6 +459,18 @@ PREFETCH_CHUNKS = 2
 MAX_DEFAULT_WORKERS = 4
 
 
+def shared_memory_shortage(shm: Path = Path("/dev/shm")) -> str:
+    """The sentence for data loader workers that ran out of shared memory (Docker's default
+    /dev/shm is 64 MB), with its size where it can be read."""
+    try:
+        stats = os.statvfs(shm)
+        size = f" ({stats.f_blocks * stats.f_frsize / 2**20:.0f} MiB)"
+    except OSError:
+        size = ""
+    return (f"the data loader's workers ran out of shared memory{size}: pass --data-workers 0, or give the "
+            "machine more (in Docker: docker run --shm-size=2g or --ipc=host)")
+
+
 def default_num_workers() -> int:
     """min(4, CPUs this process may run on): decoding JPEGs keeps about 4 workers busy
     feeding an accelerator, and more would only compete with the engine for the CPU."""
@@ -589,9 +602,18 @@ class EvalStream:
             prefetch_factor=PREFETCH_CHUNKS if workers else None,
             worker_init_fn=_one_blas_thread if workers else None,
         )
-        chunks = iter(loader)
+        chunks = None
         try:
-            for chunk in chunks:
+            while True:
+                try:
+                    chunks = iter(loader) if chunks is None else chunks  # starts the workers
+                    chunk = next(chunks)
+                except StopIteration:
+                    return
+                except RuntimeError as error:
+                    if workers and "shared memory" in str(error).lower():
+                        raise UserError(shared_memory_shortage()) from None
+                    raise
                 if isinstance(chunk, _DecodeFailure):
                     raise UserError(chunk.message)
                 yield chunk

@@ -82,7 +82,7 @@ def test_with_docker_and_a_gpu_it_builds_and_runs_the_sweep_on_every_gpu(box: Sa
         "docker info",
         "nvidia-smi -L",
         f"docker build --tag densenet-opt:latest {REPO}",
-        f"docker run --rm --gpus all --hostname {socket.gethostname()} --user {user} --volume {out}:/results --volume {cache}:/cache densenet-opt:latest "
+        f"docker run --rm --gpus all --hostname {socket.gethostname()} --ipc=host --user {user} --volume {out}:/results --volume {cache}:/cache densenet-opt:latest "
         "sweep-gpus --device cuda --output-dir /results --variants baseline --batch-sizes 1,32",
     ]
     assert f"results in {out}" in result.stderr

@@ -85,6 +85,28 @@ def test_a_corrupt_image_is_one_sentence_naming_it_also_from_a_worker(image_fold
     assert "\n" not in message and "worker" not in message
 
 
+def test_workers_out_of_shared_memory_is_one_sentence_with_the_remedy(image_folder: Path, monkeypatch) -> None:
+    """Docker's default 64 MB /dev/shm with the default workers: torch's worker dies with a
+    bus error and a 140-line traceback followed; now one sentence names both remedies."""
+
+    class ShmExhausted:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def __iter__(self):
+            raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Bus error. It is possible that "
+                               "dataloader's workers are out of shared memory. Please try to raise your shared memory limit.")
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", ShmExhausted)
+    stream = data.open_eval_stream(image_folder, 9, num_workers=2)
+    with pytest.raises(UserError) as caught:
+        list(stream)
+    message = str(caught.value)
+    assert message.startswith("the data loader's workers ran out of shared memory")
+    assert message.endswith("pass --data-workers 0, or give the machine more (in Docker: docker run --shm-size=2g or --ipc=host)")
+    assert "\n" not in message
+
+
 @pytest.mark.parametrize("batch_size", [1, 3, 16, 20, 64])
 def test_predict_over_a_stream_equals_predict_over_the_tensor(batch_size: int) -> None:
     stream = data.open_eval_stream(None, 37, num_workers=0)
