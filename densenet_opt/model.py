@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import re
 from collections.abc import Callable, Mapping
@@ -12,7 +13,7 @@ from urllib.parse import urlparse
 import torch
 from torchvision.models import DenseNet121_Weights, densenet121
 
-from densenet_opt.cache import file_sha256
+from densenet_opt.cache import file_sha256, tensor_digest
 from densenet_opt.errors import UserError
 
 TORCHVISION = "torchvision"
@@ -31,7 +32,7 @@ _OLD_DENSE_LAYER_KEY = re.compile(
 class Weights:
     state_dict: Mapping[str, torch.Tensor]
     source: str  # "torchvision", "synthetic" or the file path, for people
-    key: str  # identifies these exact weights in cache keys
+    key: str  # identifies these exact weights (their bytes, whichever way named) in cache keys
     trained: bool  # True when the weights are a trained network's, so labels mean something
 
 
@@ -63,7 +64,7 @@ def resolve_weights(
         from densenet_opt.synthetic import RECIPE_VERSION, load_or_build_synthetic_state_dict
 
         state_dict = load_or_build_synthetic_state_dict(seed=0, cache_dir=cache_dir, progress=progress)
-        return Weights(state_dict, SYNTHETIC, f"synthetic-seed0-v{RECIPE_VERSION}", trained=False)
+        return Weights(state_dict, SYNTHETIC, f"synthetic-seed0-v{RECIPE_VERSION}-{state_dict_digest(state_dict)}", trained=False)
     if spec == TORCHVISION:
         path = torchvision_weights_path()
         if not path.exists():
@@ -72,10 +73,21 @@ def resolve_weights(
                 "copy densenet121-a639ec97.pth there from a machine with internet, or pass "
                 "--weights synthetic or --weights PATH"
             )
-        return Weights(load_state_dict_file(path), TORCHVISION, f"torchvision-{TORCHVISION_WEIGHTS.name}", True)
+        # The hub file's bytes, not its name: another file under that name (other DenseNet-121
+        # weights copied there) must not reuse artifacts built from the first.
+        return Weights(load_state_dict_file(path), TORCHVISION, f"torchvision-{TORCHVISION_WEIGHTS.name}-{file_sha256(path)[:16]}", True)
     path = Path(spec)
     state_dict = load_state_dict_file(path, allow_pickle=allow_pickle)
     return Weights(state_dict, str(path), f"file-{file_sha256(path)[:16]}", trained=True)
+
+
+def state_dict_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """16 hex digits identifying a state_dict's names, shapes, dtypes and values."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name]
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}:{tensor_digest(tensor)};".encode())
+    return digest.hexdigest()[:16]
 
 
 def load_state_dict_file(path: Path, *, allow_pickle: bool = False) -> dict[str, torch.Tensor]:

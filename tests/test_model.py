@@ -112,6 +112,22 @@ def test_torchvision_weights_from_the_local_hub_cache(tmp_path: Path, monkeypatc
     model.build_model(weights)
 
 
+def test_other_weights_under_the_hub_files_name_get_another_key(tmp_path: Path, monkeypatch, state_dict) -> None:
+    """--weights torchvision (and auto) keyed every artifact by the file's constant name: other
+    DenseNet-121 weights copied over the hub file then reused the first weights' ONNX export
+    (agreement 0.0%, exit 0). The key follows the file's bytes."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    path = model.torchvision_weights_path()
+    path.parent.mkdir(parents=True)
+    torch.save(state_dict, path)
+    first = model.resolve_weights(model.TORCHVISION, cache_dir=tmp_path)
+    assert model.resolve_weights(model.AUTO, cache_dir=tmp_path).key == first.key  # same bytes, same key
+    other = {name: tensor + 1 if tensor.is_floating_point() else tensor for name, tensor in state_dict.items()}
+    torch.save(other, path)
+    assert model.resolve_weights(model.TORCHVISION, cache_dir=tmp_path).key != first.key
+    assert model.state_dict_digest(other) != model.state_dict_digest(state_dict)
+
+
 def test_auto_falls_back_to_synthetic_with_a_notice(tmp_path: Path, monkeypatch, state_dict) -> None:
     import densenet_opt.synthetic as synthetic
 
