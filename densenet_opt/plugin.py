@@ -227,8 +227,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                    if options.time_budget_s is not None else
                    [(variant, size) for variant in options.variants for size in options.batch_sizes])
         if options.resume:
-            done = Sweep(options).completed_configs()
+            done, stale = Sweep(options).resume_plan()
             configs = [config for config in configs if config not in done]
+            writer = metafunc.config.pluginmanager.get_plugin("terminalreporter")
+            for option, measured in stale.items():
+                line = (f"[densenet-opt] --resume: {len(measured)} config(s) in the results were measured with another "
+                        f"{option} than this run's: measuring them again ({', '.join(f'{v} at batch {b}' for v, b in measured[:4])}"
+                        f"{' ...' if len(measured) > 4 else ''})")
+                writer.write_line(line) if writer is not None else print(line, flush=True)
         metafunc.parametrize(
             ENGINE_FIXTURE, configs, ids=[f"{v}-bs{b}" for v, b in configs], indirect=True, scope="session"
         )

@@ -100,6 +100,9 @@ class Row:
     num_samples: int | None = None
     weights: str | None = None
     data: str | None = None
+    # What else the row was measured with ("weights=KEY;calibration=N;options=k=v,..."): the
+    # weights' bytes, the calibration images, the variant's options; what --resume compares.
+    inputs: str | None = None
     vram_torch_peak_mb: float | None = _number(1)
     cold_start_ms: float | None = _number(1)
     engine_info: str | None = None  # "key=value;key=value"

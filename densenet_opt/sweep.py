@@ -429,6 +429,7 @@ class Sweep:
             num_samples=len(self.eval_set),
             weights=self.weights.source,
             data=self.eval_set.source,
+            inputs=self.inputs_of(variant),
             vram_torch_peak_mb=memory.vram_torch_peak_mb,
             cold_start_ms=memory.cold_start_ms,
             engine_info=";".join(f"{k}={v}" for k, v in {
@@ -459,6 +460,47 @@ class Sweep:
 
     def completed_configs(self) -> set[tuple[str, int]]:
         return {(r.variant, r.batch_size) for r in self.completed_rows()}
+
+    def inputs_of(self, variant: str) -> str:
+        """The ``inputs`` column of ``variant``'s rows: the weights' key (their bytes), the
+        calibration images (--calibration-samples, for a variant that calibrates) and the
+        variant's own options (its parts' and shared prefixes' keys of --variant-options,
+        with this run's overrides)."""
+        parts = get_variant(variant).parts or (get_variant(variant),)
+        names = {part.name for part in parts} | {part.shared_prefix for part in parts if part.shared_prefix}
+        given = self.options_for(variant).variant_options
+        own = ",".join(sorted(f"{key}={value}" for key, value in given.items() if key.partition(".")[0] in names))
+        calibration = self.options.calibration_samples if get_variant(variant).calibrates else "none"
+        return f"weights={self.weights.key};calibration={calibration};options={own}"
+
+    def resume_mismatch(self, row: Row) -> str | None:
+        """Why ``row`` (a completed row of this device, machine and kind) was not measured
+        with this run's inputs: the option that differs, or None when it was."""
+        if row.inputs is None:
+            return "nothing (a row of an older version, which recorded no inputs)"
+        recorded = dict(part.partition("=")[::2] for part in row.inputs.split(";"))
+        current = dict(part.partition("=")[::2] for part in self.inputs_of(row.variant).split(";"))
+        for key, option in (("weights", "--weights"), ("calibration", "--calibration-samples"), ("options", "--variant-options")):
+            if recorded.get(key) != current[key]:
+                return option
+        if row.num_samples != self.options.num_samples:
+            return "--num-samples"
+        if row.data != self.eval_set.source:
+            return "--imagenet-val"
+        return None
+
+    def resume_plan(self) -> tuple[set[tuple[str, int]], dict[str, list[tuple[str, int]]]]:
+        """--resume: the configs whose completed row was measured with this run's inputs
+        (skipped), and the others by the option that differs (measured again)."""
+        done: set[tuple[str, int]] = set()
+        stale: dict[str, list[tuple[str, int]]] = {}
+        for row in self.completed_rows():
+            differs = self.resume_mismatch(row)
+            if differs is None:
+                done.add((row.variant, row.batch_size))
+            else:
+                stale.setdefault(differs, []).append((row.variant, row.batch_size))
+        return done, stale
 
     def record_skipped_for_time(self, variant: str, batch_size: int, reason: str) -> None:
         """Write the row of a config not started because it would not fit in --time-budget,
