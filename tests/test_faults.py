@@ -268,3 +268,18 @@ def test_every_out_of_memory_pattern_is_exercised() -> None:
     messages = "\n".join(str(make()) for make in OUT_OF_MEMORY_FAULTS.values())
     for pattern, source in OUT_OF_MEMORY_PATTERNS:
         assert re.search(pattern, messages, re.I | re.M), f"no test message for {pattern!r} ({source})"
+
+
+def test_a_setup_time_problem_is_one_sentence_once_with_exit_2(tmp_path: Path, monkeypatch) -> None:
+    """A zero-byte torchvision hub file found when the first engine is built (after the
+    preflight): the sentence came twice inside pytest's "ERROR at setup", with chained
+    exceptions and torch's DEBUG lines, and exit 1 where the README documents 2."""
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / "densenet121-a639ec97.pth").write_bytes(b"")
+    result = subprocess.run(command(tmp_path / "out", "--batch-sizes", "1", "--weights", "torchvision"),
+                            capture_output=True, text=True, env={**os.environ, "TORCH_HOME": str(tmp_path / "torch")})
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert output.count("is not a readable PyTorch file") == 1, output[-3000:]
+    assert "Traceback" not in output and "DEBUG" not in output and "ERROR at setup" not in output, output[-3000:]
