@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -218,7 +219,14 @@ def shard_request(options: SweepOptions, fleet_shard: FleetShard, pytest_args: S
         device=fleet_shard.machine.device, machine_label=fleet_shard.machine.label,
         resume=False, save_baseline=False, compare_baseline=False,
     )
-    return {"options": own.to_dict(), "pytest_args": list(pytest_args), "name": fleet_shard.name, "node_cache": node_cache}
+    return {"options": own.to_dict(), "pytest_args": list(pytest_args), "name": fleet_shard.name, "node_cache": node_cache,
+            "threads": {name: os.environ.get(name) for name in THREAD_VARIABLES}}
+
+
+# The variables that set the engines' thread pools, which Ray sets in its workers (1 for a
+# task of num_cpus=1): a shard's sweep gets the driver's values (unset where it has none), so
+# that it measures as `densenet-opt sweep` does on that machine, not on one thread.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 # ---------------------------------------------------------------------------------------
@@ -236,8 +244,14 @@ def run_shard(request: Mapping, python: str | None = None) -> dict:
         options = {**request["options"], "output_dir": directory}
         if request.get("node_cache"):
             options["cache_dir"] = str(default_cache_dir())
+        environ = dict(os.environ)
+        for name, value in request.get("threads", {}).items():  # the driver's, not Ray's
+            if value is None:
+                environ.pop(name, None)
+            else:
+                environ[name] = value
         process = subprocess.Popen([python or sys.executable, *SHARD_COMMAND], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environ)
         process.stdin.write(json.dumps({"options": options, "pytest_args": list(request.get("pytest_args", []))}))
         process.stdin.close()
         log = []

@@ -263,6 +263,27 @@ def fake_python(tmp_path: Path) -> str:
     return str(launcher)
 
 
+def test_a_shard_measures_with_the_drivers_thread_variables_not_rays(tmp_path: Path, monkeypatch) -> None:
+    """Ray sets OMP_NUM_THREADS=1 in a worker of num_cpus=1: torch then ran on one thread in the
+    fleet (76 ms, onnx 2.12x) where a plain sweep used every core (onnx 3.96x). The shard's
+    sweep gets the driver's values: unset where the driver has none."""
+    script = tmp_path / "print_env.py"
+    script.write_text("import os, sys; sys.stdin.read(); print('OMP=' + str(os.environ.get('OMP_NUM_THREADS')) + "
+                      "' MKL=' + str(os.environ.get('MKL_NUM_THREADS')))\n")
+    launcher = tmp_path / "python"
+    launcher.write_text(f"#!/bin/sh\nshift 2\nexec {sys.executable} {script}\n")
+    launcher.chmod(0o755)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")  # set on the driver: kept
+    options = _options(tmp_path)
+    fleet_shard = cluster.plan_fleet([cluster.Machine("alpha", "cpu", 1)], options.variants, options.batch_sizes, {})[0]
+    request = cluster.shard_request(options, fleet_shard, [], node_cache=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Ray sets in the worker
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    result = cluster.run_shard(request, str(launcher))
+    assert "OMP=None MKL=3" in result["log"], result["log"]
+
+
 def test_two_machines_on_ray_a_dead_shard_and_resume(local_ray, tmp_path: Path, fake_python: str) -> None:
     options = _options(tmp_path)
     lines: list[str] = []
