@@ -284,3 +284,31 @@ def test_too_few_images_to_calibrate_is_found_before_anything_is_built(tmp_path:
         assert str(error.value) == (
             f"{variants.split(',')[-1]} calibrates on 128 images beyond the --num-samples 20 evaluated ones, but {root} "
             "has 30 usable images: lower --calibration-samples or --num-samples, or point --imagenet-val at a larger folder")
+
+
+def test_resume_names_the_option_a_row_was_measured_without(tmp_path: Path) -> None:
+    """What --resume compares (Sweep.resume_mismatch): a row measured with this run's inputs
+    resumes; one of another weights file, sample count, data set, calibration or options is
+    measured again, naming the option; a row of an older version (no inputs) too."""
+    import dataclasses
+
+    from densenet_opt import report
+    from densenet_opt.sweep import Sweep
+
+    options = options_from_mapping({"num_samples": "4", "weights": "synthetic", "device": "cpu",
+                                    "output_dir": str(tmp_path / "out"), "variants": "baseline,onnx_int8"})
+    sweep = Sweep(options)
+    row = report.Row(optimization_technique="onnx_int8", batch_size=1, device="cpu", num_samples=4,
+                     data=sweep.eval_set.source, inputs=sweep.inputs_of("onnx_int8"))
+    assert sweep.resume_mismatch(row) is None
+    other_weights = row.inputs.replace(f"weights={sweep.weights.key}", "weights=file-0123456789abcdef")
+    cases = {
+        "--weights": dataclasses.replace(row, inputs=other_weights),
+        "--calibration-samples": dataclasses.replace(row, inputs=row.inputs.replace("calibration=128", "calibration=16")),
+        "--variant-options": dataclasses.replace(row, inputs=row.inputs + "onnx_int8.float_nodes=0"),
+        "--num-samples": dataclasses.replace(row, num_samples=8),
+        "--imagenet-val": dataclasses.replace(row, data="imagenet-val /data/val (4 samples)"),
+        "nothing (a row of an older version, which recorded no inputs)": dataclasses.replace(row, inputs=None),
+    }
+    assert {option: sweep.resume_mismatch(case) for option, case in cases.items()} == {option: option for option in cases}
+    assert "calibration=none" in sweep.inputs_of("baseline")  # a variant that does not calibrate
