@@ -218,6 +218,7 @@ class LoadGenRow:
     data: str | None = None
     log_dir: str | None = None
     device_name: str | None = None
+    machine_kind: str | None = None  # measure.env.machine_kind: what decides speed
     cpu: str | None = None
     gpu_driver: str | None = None
     python: str | None = None
@@ -226,6 +227,9 @@ class LoadGenRow:
     cuda: str | None = None
     cudnn: str | None = None
     onnxruntime: str | None = None
+    openvino: str | None = None
+    nncf: str | None = None
+    torchao: str | None = None
     mlperf_loadgen: str | None = None
     measured_at: str | None = None
 
