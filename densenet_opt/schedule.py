@@ -358,6 +358,7 @@ def store_history(options, directory: Path) -> bool:
         document = document if isinstance(document, dict) else {}
     except (OSError, ValueError):
         document = {}
-    document[profile] = {"seconds": times, "searched": []}
+    stored, _ = _entry(document, profile)
+    document[profile] = {"seconds": {**stored, **times}, "searched": []}  # a partial run updates, never drops, stored configs
     atomic.write_text(path, json.dumps(document, indent=1, sort_keys=True) + "\n", option="--baseline-dir")
     return True
