@@ -229,12 +229,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if options.resume:
             done, stale = Sweep(options).resume_plan()
             configs = [config for config in configs if config not in done]
-            writer = metafunc.config.pluginmanager.get_plugin("terminalreporter")
+            capture = metafunc.config.pluginmanager.getplugin("capturemanager")
             for option, measured in stale.items():
-                line = (f"[densenet-opt] --resume: {len(measured)} config(s) in the results were measured with another "
-                        f"{option} than this run's: measuring them again ({', '.join(f'{v} at batch {b}' for v, b in measured[:4])}"
-                        f"{' ...' if len(measured) > 4 else ''})")
-                writer.write_line(line) if writer is not None else print(line, flush=True)
+                with capture.global_and_fixture_disabled():  # to the terminal, as the sweep's progress lines
+                    print(f"[densenet-opt] --resume: {len(measured)} config(s) in the results were measured with another "
+                          f"{option} than this run's: measuring them again "
+                          f"({', '.join(f'{v} at batch {b}' for v, b in measured[:4])}{' ...' if len(measured) > 4 else ''})",
+                          flush=True)
         metafunc.parametrize(
             ENGINE_FIXTURE, configs, ids=[f"{v}-bs{b}" for v, b in configs], indirect=True, scope="session"
         )
