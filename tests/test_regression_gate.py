@@ -73,7 +73,8 @@ def test_gate_passes_unchanged_and_fails_a_slowed_engine(tmp_path: Path) -> None
     # A build truly slowed fails, under the drift too: its latency and its paired speedup.
     drifted_slow = sweep(tmp_path, "drift-slow", "--compare-baseline", *TIGHT, faults=f"{PAD},{SLOWED},{DRIFT}")
     assert drifted_slow.returncode == 1, show(drifted_slow)
-    assert "LATENCY REGRESSION: a mean latency regressed beyond min:400%" in drifted_slow.stdout
+    assert "LATENCY REGRESSION: test_inference[pruned-bs1] (0001_cpu): Field 'min' has failed" in drifted_slow.stdout
+    assert "(beyond min:400% against the stored run;" in drifted_slow.stdout
     assert "the baseline gate FAILED (exit 1)" in drifted_slow.stdout
     assert "SPEEDUP REGRESSION: pruned at batch 1" in drifted_slow.stdout
 
