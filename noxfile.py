@@ -36,7 +36,7 @@ def tests(session: nox.Session) -> None:
     """CPU test suite: unit tests plus a small benchmark sweep (results in .nox/test-results)."""
     session.install("-e", ".[cpu,test]")
     # One cache for the tests and the sweeps they start: the synthetic weights take minutes to build.
-    session.env["DENSENET_OPT_CACHE"] = os.environ.get("DENSENET_OPT_CACHE", str(Path.home() / ".cache" / "densenet_opt"))
+    session.env["DENSENET_OPT_CACHE"] = os.environ.get("DENSENET_OPT_CACHE") or str(Path.home() / ".cache" / "densenet_opt")
     session.run("pytest", *TEST_SWEEP, "--output-dir=.nox/test-results", "--durations=30", *session.posargs)
 
 
@@ -86,5 +86,5 @@ def loadgen(session: nox.Session) -> None:
     """MLPerf LoadGen scenarios (SingleStream, Offline, Server search) on the CPU -> results-loadgen/;
     arguments after -- go to `densenet-opt loadgen`, e.g. -- --variants onnx_int8,int8 --latency-bound-ms 100."""
     session.install("-e", ".[cpu,loadgen]")
-    session.env["DENSENET_OPT_CACHE"] = os.environ.get("DENSENET_OPT_CACHE", str(Path.home() / ".cache" / "densenet_opt"))
+    session.env["DENSENET_OPT_CACHE"] = os.environ.get("DENSENET_OPT_CACHE") or str(Path.home() / ".cache" / "densenet_opt")
     session.run("python", "-m", "densenet_opt", "loadgen", "--device=cpu", *session.posargs)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from pytest_benchmark.stats import Stats
@@ -180,14 +180,19 @@ def software_changes(stored: Mapping[str, str], now: Mapping[str, str]) -> list[
 
 
 def speedup_regressions(
-    rows: Sequence[Row], device: str, stored: Mapping[str, Mapping[str, float]], max_drop: float
+    rows: Sequence[Row], device: str, stored: Mapping[str, Mapping[str, float]], max_drop: float,
+    judged: Collection[tuple[str, int]] | None = None,
 ) -> list[str]:
     """Configs of ``device`` whose speedup fell below the stored one (``stored`` as
     load_speedups returns it) by more than ``max_drop`` (a fraction) AND by more than the
     measured noise: the interquartile range of the run's per-pair ratios (2 x
-    ``speedup_spread``; 0 for an unpaired speedup). One sentence each."""
+    ``speedup_spread``; 0 for an unpaired speedup). One sentence each. ``judged``: the
+    (variant, batch size) configs to check (None: all); the other rows only pair (an
+    unpaired speedup is recomputed from the baseline row, report.with_speedups)."""
     problems = []
     for row in with_speedups(r for r in rows if r.device == device):
+        if judged is not None and (row.variant, row.batch_size) not in judged:
+            continue
         now = row.speedup_vs_baseline
         before = stored.get(row.variant, {}).get(str(row.batch_size))
         if row.variant == BASELINE or now is None or before is None:

@@ -131,7 +131,7 @@ def with_kind_overrides(budgets: Mapping[str, Budget], kind: str | None, path: P
     """``budgets`` (loaded from ``path``; None: the file they name) with machine kind
     ``kind``'s overrides applied, where ``KIND/budgets.toml`` exists beside that file."""
     merged = dict(budgets)
-    if not kind or not merged:
+    if not kind or (path is None and not merged):
         return merged
     path = path or next(iter(merged.values())).source
     overrides = path.parent / kind / path.name
@@ -245,6 +245,15 @@ def within_budget(row: Row, budgets: Mapping[str, Budget] | None, baseline_row: 
     return check_row(row, budgets, baseline_row).within is True
 
 
+def _overrides_or_shared(budgets: Mapping[str, Budget], kind: str | None) -> Mapping[str, Budget]:
+    """with_kind_overrides, or the shared budgets where the kind's file cannot be read: a
+    summary is still worth writing (load_budgets names that file's fault to the tests)."""
+    try:
+        return with_kind_overrides(budgets, kind)
+    except UserError:
+        return budgets
+
+
 def check_budgets(rows: Sequence[Row], budgets: Mapping[str, Budget] | None) -> dict[Row, BudgetCheck]:
     """Each measured row against its budget (check_row), with its machine kind's overrides
     (with_kind_overrides); accuracy drops are measured against the first baseline row with
@@ -255,7 +264,7 @@ def check_budgets(rows: Sequence[Row], budgets: Mapping[str, Budget] | None) -> 
         if row.variant == BASELINE and fidelity_of(row) is not None:
             baselines.setdefault((row.device, row.machine), row)
     # Each row against its machine kind's budgets (with_kind_overrides), loaded once a kind.
-    by_kind = {kind: with_kind_overrides(budgets, kind) for kind in {r.machine_kind for r in rows}} if budgets else {}
+    by_kind = {kind: _overrides_or_shared(budgets, kind) for kind in {r.machine_kind for r in rows}} if budgets else {}
     return {row: check_row(row, by_kind.get(row.machine_kind, budgets), baselines.get((row.device, row.machine)))
             for row in rows}
 

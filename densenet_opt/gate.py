@@ -64,7 +64,8 @@ def baseline_refusal(options: SweepOptions) -> str | None:
     results = options.output_dir / RESULTS_FILE
     if not results.exists():
         return None
-    rows = [r for r in read_rows(results) if r.device == options.device and r.measured]
+    kind = machine_kind(options.device)  # the rows a baseline of this kind stores (close_sweep)
+    rows = [r for r in read_rows(results) if r.device == options.device and r.measured and r.machine_kind == kind]
     return contention_refusal(((r.label, r.cpu_pressure_pct, r.load_per_core) for r in rows), options.max_cpu_pressure)
 
 
@@ -135,7 +136,12 @@ def close_sweep(options: SweepOptions, *, measured_ok: bool, write=print, starte
               "or skipped), or store a baseline of these configs with --save-baseline")
         return True
     write(f"compared {len(compared)} of {len(measured)} measured config(s) with the stored baseline of {directory.name}")
-    problems = baselines.speedup_regressions(measured, options.device, stored, options.max_speedup_drop)
+    # The baseline rows of this machine and kind pair with them (with_speedups recomputes an
+    # unpaired speedup), also one an earlier run measured; only this run's configs are judged.
+    pairs = measured + [r for r in rows if r.variant == BASELINE and r.measured and r.device == options.device
+                        and r.machine_kind == kind and r.machine in (None, here) and r not in measured]
+    problems = baselines.speedup_regressions(pairs, options.device, stored, options.max_speedup_drop,
+                                             judged={(r.variant, r.batch_size) for r in measured})
     for problem in problems:
         write(f"SPEEDUP REGRESSION: {problem}")
     return bool(problems)

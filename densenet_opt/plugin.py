@@ -25,7 +25,7 @@ from densenet_opt.config import SweepOptions, add_sweep_options, options_from_ma
 from densenet_opt.errors import UserError, VariantUnavailable
 from densenet_opt.report import utc_timestamp
 from densenet_opt.measure.env import machine_kind, software_versions
-from densenet_opt.sweep import Sweep, preflight
+from densenet_opt.sweep import OLDER_VERSION, Sweep, preflight
 from densenet_opt.variants import Engine
 
 OPTIONS_KEY = pytest.StashKey[SweepOptions]()
@@ -117,12 +117,22 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
                 if name in settings:
                     setattr(benchmarks, name.removeprefix("benchmark_"), settings[name])
             benchmarks.handle_loading()
-        baselines.route_benchmark_writes(benchmarks, refusal=lambda: gate.baseline_refusal(options))
+        baselines.route_benchmark_writes(benchmarks, refusal=lambda: stored_run_refusal(config, options))
     except baselines.BaselineMissing as error:
         config.stash[IS_SWEEP_KEY] = False  # nothing measured, nothing to close: the sentence once
         pytest.exit(f"densenet-opt: {error}", returncode=1)
     except UserError as error:
         raise pytest.UsageError(str(error)) from None
+
+
+def stored_run_refusal(config: pytest.Config, options: SweepOptions) -> str | None:
+    """Why pytest-benchmark's run must not be stored as the kind's baseline: a sweep that did
+    not end cleanly (a failed config, an early exit: close_sweep stores no speedups then, and
+    a stored run without them would break every later gate), or gate.baseline_refusal."""
+    session = config.stash.get(SESSION_KEY, None)
+    if session is not None and session.exitstatus != 0:
+        return "the sweep did not end cleanly"
+    return gate.baseline_refusal(options)
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)
@@ -230,15 +240,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                    if options.time_budget_s is not None else
                    [(variant, size) for variant in options.variants for size in options.batch_sizes])
         if options.resume:
-            done, stale = Sweep(options).resume_plan()
+            try:
+                done, stale = Sweep(options).resume_plan(set(configs))
+            except UserError as error:  # the weights or data it compares with: one sentence
+                raise pytest.UsageError(str(error)) from None
             configs = [config for config in configs if config not in done]
             capture = metafunc.config.pluginmanager.getplugin("capturemanager")
             for option, measured in stale.items():
+                what = ("by an older version, which recorded no inputs" if option == OLDER_VERSION
+                        else f"with another {option} than this run's")
                 with capture.global_and_fixture_disabled():  # to the terminal, as the sweep's progress lines
-                    print(f"[densenet-opt] --resume: {len(measured)} config(s) in the results were measured with another "
-                          f"{option} than this run's: measuring them again "
-                          f"({', '.join(f'{v} at batch {b}' for v, b in measured[:4])}{' ...' if len(measured) > 4 else ''})",
-                          flush=True)
+                    print(f"[densenet-opt] --resume: {len(measured)} config(s) in the results were measured {what}: "
+                          f"measuring them again ({', '.join(f'{v} at batch {b}' for v, b in measured[:4])}"
+                          f"{' ...' if len(measured) > 4 else ''})", flush=True)
         metafunc.parametrize(
             ENGINE_FIXTURE, configs, ids=[f"{v}-bs{b}" for v, b in configs], indirect=True, scope="session"
         )

@@ -12,7 +12,7 @@ import gc
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from functools import cached_property
 
 import torch
@@ -28,8 +28,8 @@ from densenet_opt.measure.memory import MIB
 from densenet_opt.measure.probe import ProbeResult, run_probe
 from densenet_opt.measure.timing import LatencyStats, PairedSpeedup, benchmark_call
 from densenet_opt.report import (
-    BASELINE, NON_FINITE_LOGITS, OK, OUT_OF_MEMORY, RESULTS_FILE, SKIPPED_FOR_TIME, Row, read_rows, upsert_row,
-    utc_timestamp,
+    BASELINE, NON_FINITE_LOGITS, OK, OUT_OF_MEMORY, RESULTS_FILE, SKIPPED_FOR_TIME, Row, printable_path_text, read_rows,
+    upsert_row, utc_timestamp,
 )
 from densenet_opt.variants import BuildContext, Engine, get_variant, parse_variant_options
 from densenet_opt.variants.torch_engine import TorchEngine
@@ -78,6 +78,10 @@ def calibration_shortage(options: SweepOptions, count: int, variant: str | None 
     return (f"{who} {count} images beyond the --num-samples {options.num_samples} evaluated ones, but "
             f"{options.imagenet_val} has {have} usable images: lower --calibration-samples or --num-samples, "
             "or point --imagenet-val at a larger folder")
+
+
+# Sweep.resume_mismatch's answer for a row written before rows recorded their inputs.
+OLDER_VERSION = "older version"
 
 
 class ConfigFault(Exception):
@@ -477,7 +481,7 @@ class Sweep:
         """Why ``row`` (a completed row of this device, machine and kind) was not measured
         with this run's inputs: the option that differs, or None when it was."""
         if row.inputs is None:
-            return "nothing (a row of an older version, which recorded no inputs)"
+            return OLDER_VERSION
         recorded = dict(part.partition("=")[::2] for part in row.inputs.split(";"))
         current = dict(part.partition("=")[::2] for part in self.inputs_of(row.variant).split(";"))
         for key, option in (("weights", "--weights"), ("calibration", "--calibration-samples"), ("options", "--variant-options")):
@@ -485,16 +489,19 @@ class Sweep:
                 return option
         if row.num_samples != self.options.num_samples:
             return "--num-samples"
-        if row.data != self.eval_set.source:
+        if row.data != printable_path_text(self.eval_set.source):  # as the row holds it
             return "--imagenet-val"
         return None
 
-    def resume_plan(self) -> tuple[set[tuple[str, int]], dict[str, list[tuple[str, int]]]]:
-        """--resume: the configs whose completed row was measured with this run's inputs
-        (skipped), and the others by the option that differs (measured again)."""
+    def resume_plan(self, configs: Collection[tuple[str, int]]) -> tuple[set[tuple[str, int]], dict[str, list[tuple[str, int]]]]:
+        """--resume over ``configs`` (this run's): those whose completed row was measured with
+        this run's inputs (skipped), and the others by the option that differs (measured
+        again; OLDER_VERSION for rows that recorded no inputs)."""
         done: set[tuple[str, int]] = set()
         stale: dict[str, list[tuple[str, int]]] = {}
         for row in self.completed_rows():
+            if (row.variant, row.batch_size) not in configs:
+                continue
             differs = self.resume_mismatch(row)
             if differs is None:
                 done.add((row.variant, row.batch_size))
@@ -510,7 +517,8 @@ class Sweep:
             return
         self.write_row(Row(model_name=MODEL_NAME, batch_size=batch_size, optimization_technique=variant,
                            device=self.device.type, status=SKIPPED_FOR_TIME, engine_info=f"reason={reason}",
-                           device_name=self.environment["device_name"], measured_at=utc_timestamp(), machine=self.machine))
+                           device_name=self.environment["device_name"], machine_kind=self.environment["machine_kind"],
+                           measured_at=utc_timestamp(), machine=self.machine))
 
     def record_fault(self, variant: str, batch_size: int, error: BaseException) -> str | None:
         """Write a row saying why a config has no measurement (out of memory, NaN logits);
@@ -524,7 +532,7 @@ class Sweep:
                 torch.cuda.empty_cache()
         self.write_row(Row(model_name=MODEL_NAME, batch_size=batch_size, optimization_technique=variant,
                            device=self.device.type, status=kind, device_name=self.environment["device_name"],
-                           measured_at=utc_timestamp(), machine=self.machine))
+                           machine_kind=self.environment["machine_kind"], measured_at=utc_timestamp(), machine=self.machine))
         return kind
 
 

@@ -99,6 +99,8 @@ def test_a_named_kind_overrides_the_measured_one(monkeypatch) -> None:
     assert machine_kind("cuda") == "cuda_nvidia-h100_sm90_x2"
     monkeypatch.setenv(KIND_VARIABLE, "../etc x")
     assert "/" not in machine_kind("cpu") and " " not in machine_kind("cpu")
+    monkeypatch.setenv(KIND_VARIABLE, "..")
+    assert machine_kind("cpu") not in ("..", ".") and machine_kind("cpu").count("_") == 2  # the measured kind
 
 
 def test_a_cuda_kind_names_the_gpu_its_compute_capability_and_count() -> None:

@@ -301,6 +301,7 @@ def test_resume_names_the_option_a_row_was_measured_without(tmp_path: Path) -> N
     row = report.Row(optimization_technique="onnx_int8", batch_size=1, device="cpu", num_samples=4,
                      data=sweep.eval_set.source, inputs=sweep.inputs_of("onnx_int8"))
     assert sweep.resume_mismatch(row) is None
+    assert sweep.resume_plan({("baseline", 1)}) == (set(), {})  # only this run's configs are looked at
     other_weights = row.inputs.replace(f"weights={sweep.weights.key}", "weights=file-0123456789abcdef")
     cases = {
         "--weights": dataclasses.replace(row, inputs=other_weights),
@@ -308,7 +309,7 @@ def test_resume_names_the_option_a_row_was_measured_without(tmp_path: Path) -> N
         "--variant-options": dataclasses.replace(row, inputs=row.inputs + "onnx_int8.float_nodes=0"),
         "--num-samples": dataclasses.replace(row, num_samples=8),
         "--imagenet-val": dataclasses.replace(row, data="imagenet-val /data/val (4 samples)"),
-        "nothing (a row of an older version, which recorded no inputs)": dataclasses.replace(row, inputs=None),
+        "older version": dataclasses.replace(row, inputs=None),
     }
     assert {option: sweep.resume_mismatch(case) for option, case in cases.items()} == {option: option for option in cases}
     assert "calibration=none" in sweep.inputs_of("baseline")  # a variant that does not calibrate

@@ -98,7 +98,7 @@ def cpu_kind(cpuinfo: str, usable_cpus: Collection[int], machine: str = "x86_64"
 def cuda_kind(name: str, capability: tuple[int, int], count: int) -> str:
     """The machine kind of CUDA GPUs: ``cuda_NAME_smXY_xCOUNT``, e.g.
     ``cuda_nvidia-h100-80gb-hbm3_sm90_x1`` (``capability``: torch.cuda.get_device_capability;
-    ``count``: the GPUs the sweep uses). A MIG slice reads as its GPU."""
+    ``count``: the GPUs the process sees, which sweep-gpus shares out). A MIG slice reads as its GPU."""
     return f"cuda_{_slug(name)}_sm{capability[0]}{capability[1]}_x{count}"
 
 
@@ -130,9 +130,9 @@ def machine_kind(device: torch.device | str) -> str:
     process sees), or $DENSENET_OPT_MACHINE_KIND where set: the key its stored baselines
     live under (benchmarks_baseline/KIND/) and the ``machine_kind`` column. Raises
     RuntimeError for cuda without a GPU (torch's)."""
-    named = os.environ.get(KIND_VARIABLE, "").strip()
-    if named:
-        return re.sub(r"[^A-Za-z0-9_.+-]+", "-", named)  # a directory name, whatever was set
+    named = re.sub(r"[^A-Za-z0-9_.+-]+", "-", os.environ.get(KIND_VARIABLE, "").strip())  # a directory name
+    if named.strip("."):  # "." or ".." would name the baseline dir itself or its parent
+        return named
     device = torch.device(device)
     if device.type == "cuda":
         index = device.index if device.index is not None else torch.cuda.current_device()

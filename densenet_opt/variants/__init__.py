@@ -318,7 +318,7 @@ def _build_chain(ctx: BuildContext, first: Variant, then: Variant) -> Engine:
     # own count, else the model's, not the reference's that a plain deployment reports.
     gflops = transformed.info.get("gflops_per_image") or f"{count_flops(model) / 1e9:.3f}"
     engine.info = {"chain": name, **{f"{first.name}.{key}": value for key, value in transformed.info.items()},
-                   "gflops_per_image": gflops, **engine.info}
+                   **engine.info, "gflops_per_image": gflops}
     return engine
 
 
