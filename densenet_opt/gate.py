@@ -90,6 +90,9 @@ def close_sweep(options: SweepOptions, *, measured_ok: bool, write=print, starte
     kind = machine_kind(options.device)
     directory = kind_baseline(options)
     path = baselines.speedups_file(options.device, directory)
+    if options.save_baseline and not measured_ok:
+        write("not storing the baseline: the sweep did not end cleanly (a config failed, or it was stopped); "
+              "fix that and rerun with --save-baseline")
     if options.save_baseline and measured_ok:
         refusal = baseline_refusal(options)
         if refusal is not None:

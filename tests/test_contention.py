@@ -203,3 +203,13 @@ def test_a_sweep_timed_under_contention_is_measured_but_not_stored(tmp_path: Pat
 def test_a_limit_of_100_turns_the_check_off_without_psi_too() -> None:
     assert Contention(None, 3.0).contended() and not Contention(None, 3.0).contended(100.0)
     assert contention_refusal([("a", None, 3.0)], 100.0) is None
+
+
+def test_a_sweep_that_did_not_end_cleanly_is_not_stored_and_says_so(tmp_path: Path) -> None:
+    options = options_from_mapping({"device": "cpu", "output_dir": str(tmp_path / "out"), "save_baseline": True,
+                                    "baseline_dir": str(tmp_path / "baseline")})
+    report.write_rows(tmp_path / "out" / report.RESULTS_FILE, [row("baseline", 1.0), row("pruned", 1.0, speedup_vs_baseline=1.0)])
+    lines: list[str] = []
+    assert gate.close_sweep(options, measured_ok=False, write=lines.append) is False
+    assert any(line.startswith("not storing the baseline: the sweep did not end cleanly") for line in lines)
+    assert not (tmp_path / "baseline").exists()
