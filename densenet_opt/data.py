@@ -611,7 +611,10 @@ class EvalStream:
                 except StopIteration:
                     return
                 except RuntimeError as error:
-                    if workers and "shared memory" in str(error).lower():
+                    text = str(error).lower()
+                    # torch's worker messages: a bus error "out of shared memory", or a full
+                    # /dev/shm ("unable to write to file </torch_...>: No space left on device").
+                    if workers and ("shared memory" in text or ("/torch_" in text and "no space left" in text)):
                         raise UserError(shared_memory_shortage()) from None
                     raise
                 if isinstance(chunk, _DecodeFailure):

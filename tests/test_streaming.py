@@ -85,17 +85,23 @@ def test_a_corrupt_image_is_one_sentence_naming_it_also_from_a_worker(image_fold
     assert "\n" not in message and "worker" not in message
 
 
-def test_workers_out_of_shared_memory_is_one_sentence_with_the_remedy(image_folder: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("torch_message", [
+    "DataLoader worker (pid 4242) is killed by signal: Bus error. It is possible that dataloader's workers are out of "
+    "shared memory. Please try to raise your shared memory limit.",
+    "Caught RuntimeError in DataLoader worker process 0. RuntimeError: unable to write to file </torch_4242_1_0>: "
+    "No space left on device (28)",
+])
+def test_workers_out_of_shared_memory_is_one_sentence_with_the_remedy(image_folder: Path, monkeypatch, torch_message: str) -> None:
     """Docker's default 64 MB /dev/shm with the default workers: torch's worker dies with a
-    bus error and a 140-line traceback followed; now one sentence names both remedies."""
+    bus error, or cannot write its tensor there, and a 140-line traceback followed; now one
+    sentence names both remedies."""
 
     class ShmExhausted:
         def __init__(self, *args, **kwargs) -> None:
             pass
 
         def __iter__(self):
-            raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Bus error. It is possible that "
-                               "dataloader's workers are out of shared memory. Please try to raise your shared memory limit.")
+            raise RuntimeError(torch_message)
 
     monkeypatch.setattr(torch.utils.data, "DataLoader", ShmExhausted)
     stream = data.open_eval_stream(image_folder, 9, num_workers=2)
