@@ -116,8 +116,8 @@ def close_sweep(options: SweepOptions, *, measured_ok: bool, write=print, starte
     # This run's rows (--resume: with those it resumes), of this machine and kind.
     since = None if options.resume else started_at
     here = machine_name(options.machine_label)
-    on_device = [r for r in rows if r.device == options.device and r.machine_kind == kind and r.machine in (None, here)
-                 and (since is None or (r.measured_at or "") >= since)]
+    ours = [r for r in rows if r.device == options.device and r.machine_kind == kind and r.machine in (None, here)]
+    on_device = [r for r in ours if since is None or (r.measured_at or "") >= since]
     skipped = [r for r in on_device if r.status == SKIPPED_FOR_TIME]
     unsearched = [r for r in on_device if SKIPPED_FOR_TIME in r.engine_details]
     if skipped or unsearched:
@@ -141,8 +141,7 @@ def close_sweep(options: SweepOptions, *, measured_ok: bool, write=print, starte
     write(f"compared {len(compared)} of {len(measured)} measured config(s) with the stored baseline of {directory.name}")
     # The baseline rows of this machine and kind pair with them (with_speedups recomputes an
     # unpaired speedup), also one an earlier run measured; only this run's configs are judged.
-    pairs = measured + [r for r in rows if r.variant == BASELINE and r.measured and r.device == options.device
-                        and r.machine_kind == kind and r.machine in (None, here) and r not in measured]
+    pairs = measured + [r for r in ours if r.variant == BASELINE and r.measured and r not in measured]
     problems = baselines.speedup_regressions(pairs, options.device, stored, options.max_speedup_drop,
                                              judged={(r.variant, r.batch_size) for r in measured})
     for problem in problems:
