@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import csv
 import math
+import signal
 import statistics
+import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -36,7 +39,7 @@ from densenet_opt.serving.runner import Point, import_loadgen, run_loadgen, run_
 from densenet_opt.serving.settings import (  # noqa: E402
     MULTI_STREAM, OFFLINE, SERVER, SINGLE_STREAM, LoadGenSettings, settings_from_mapping,
 )
-from densenet_opt.serving.sut import BatchPolicy, SystemUnderTest  # noqa: E402
+from densenet_opt.serving.sut import BatchPolicy, SystemUnderTest, TestAbandoned  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -292,11 +295,11 @@ def test_batcher_pads_to_the_engine_batch_and_waits_at_most_the_delay() -> None:
     assert sut.stats.padded == 1 and sut.stats.padded_fraction == 0.25
 
 
-def test_an_interrupt_while_serving_returns_only_after_the_test_has_ended() -> None:
+def test_an_interrupt_while_serving_abandons_the_test_at_once() -> None:
     """Ctrl-C (here: the first QuerySamplesComplete raising KeyboardInterrupt) on the serving
-    thread must not return while LoadGen's test still runs on the helper: run_test destroys
-    the SUT and QSL once serve_during returns. What the test still issues is answered without
-    the engine; the interrupt is raised by raise_failure afterwards."""
+    thread raises TestAbandoned at once, while LoadGen's test still runs on the helper (a
+    Server test can run for minutes: LoadGen has no call that stops it); what the test
+    issues afterwards is completed at once without the engine, so LoadGen never waits."""
     completed: list[int] = []
     calls = [0]
 
@@ -308,23 +311,67 @@ def test_an_interrupt_while_serving_returns_only_after_the_test_has_ended() -> N
 
     engine = SleepEngine(0.0)
     sut = SystemUnderTest(engine, library(), BatchPolicy(1), fake_loadgen(complete))
-    ended: list[bool] = []
+    go_on, ended = threading.Event(), threading.Event()
 
     def test() -> None:
         sut.issue_query([Sample(1, 0)])
-        while calls[0] == 0:
-            time.sleep(0.001)
-        sut.issue_query([Sample(2, 1)])
-        while 2 not in completed:
-            time.sleep(0.001)
-        time.sleep(0.05)
-        ended.append(True)
+        go_on.wait(10)
+        sut.issue_query([Sample(2, 1)])  # after the interrupt: completed on this thread
+        ended.set()
 
-    sut.serve_during(test)
-    assert ended == [True] and completed == [2]
+    with pytest.raises(TestAbandoned):
+        sut.serve_during(test)
+    assert not ended.is_set()  # raised while the test still ran
+    go_on.set()
+    assert ended.wait(10) and completed == [2]
     assert engine.batch_sizes == [1]  # after the interrupt the engine is not called again
-    with pytest.raises(KeyboardInterrupt):
-        sut.raise_failure()
+
+
+def test_ctrl_c_during_a_server_test_ends_within_seconds_keeping_finished_rows(tmp_path: Path) -> None:
+    """`densenet-opt loadgen`'s Ctrl-C path (serving.command.exit_interrupted) in a real
+    process with the real LoadGen: SingleStream finishes, a Server test that would run for
+    half an hour is under way, SIGINT. Exit 130 within seconds, one line saying what was
+    kept, the SingleStream row on disk, no traceback and no C++ terminate (exit 139)."""
+    script = textwrap.dedent("""
+        import sys, time, torch
+        from pathlib import Path
+        from densenet_opt.serving import command
+        from densenet_opt.serving.qsl import QuerySampleLibrary
+        from densenet_opt.serving.runner import run_loadgen
+        from densenet_opt.serving.settings import LoadGenSettings
+
+        def engine(batch):
+            time.sleep(0.005)
+            return torch.zeros(len(batch), 1000)
+
+        out = Path(sys.argv[1])
+        images = QuerySampleLibrary(torch.zeros(8, 3, 4, 4), "test images")
+        settings = LoadGenSettings(scenarios=("SingleStream", "Server"), min_duration_ms=300, latency_bound_ms=1000,
+                                   min_query_count={"SingleStream": 20, "Server": 100000}, server_start_qps=50)
+        try:
+            run_loadgen(settings, variants=["sleep"], batch_sizes=[1], build_engine=lambda variant, size: engine,
+                        library=images, device=torch.device("cpu"), output_dir=out, progress=print)
+        except KeyboardInterrupt as interrupt:
+            sys.exit(command.exit_interrupted(out, interrupt))
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    results = tmp_path / LOADGEN_RESULTS_FILE
+    deadline = time.monotonic() + 120
+    while not results.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert results.exists(), process.communicate(timeout=5)
+    time.sleep(1.5)  # the Server test (100000 queries at 50 QPS) is under way
+    assert process.poll() is None
+    interrupted = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, (out, err)
+    assert time.monotonic() - interrupted < 10
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines == [f"densenet-opt loadgen: interrupted (Ctrl-C): the LoadGen test under way was abandoned; "
+                     f"the rows of the scenarios that finished are in {results}"], err
+    assert [(row.scenario, row.variant) for row in read_loadgen_rows(results)] == [(SINGLE_STREAM, "sleep")]
 
 
 def test_engine_failure_completes_the_test_then_raises(tmp_path: Path) -> None:

@@ -8,6 +8,9 @@ before any test (qsl.load_library), and calls runner.run_loadgen.
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from densenet_opt.serving.qsl import load_library
 from densenet_opt.serving.results import LOADGEN_RESULTS_FILE, SERVER_POINTS_FILE
 from densenet_opt.serving.runner import LOGS_DIR, LoadGenReport, import_loadgen, run_loadgen
 from densenet_opt.serving.settings import LoadGenSettings
+from densenet_opt.serving.sut import LOADGEN_THREAD, TestAbandoned
 
 DEFAULT_OUTPUT_DIR = "results-loadgen"
 # Sweep options whose meaning or default differs here.
@@ -109,11 +113,34 @@ def run_from_options(options: SweepOptions, settings: LoadGenSettings, progress:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """The ``loadgen`` subcommand: prints progress and the files written; UserError for bad input."""
+    """The ``loadgen`` subcommand: prints progress and the files written; UserError for
+    bad input; Ctrl-C: exit_interrupted."""
     settings = lg_settings.settings_from_mapping(vars(args))
     options = options_from_mapping(vars(args))
-    report = run_from_options(options, settings)
+    try:
+        report = run_from_options(options, settings)
+    except KeyboardInterrupt as interrupt:
+        return exit_interrupted(Path(options.output_dir), interrupt)
     for path in report.files:
         print(path)
     print(Path(options.output_dir) / LOGS_DIR)
     return 0
+
+
+def exit_interrupted(output_dir: Path, interrupt: KeyboardInterrupt) -> int:
+    """Ctrl-C: one line on stderr saying what was kept, then exit code 130 (128 + SIGINT).
+
+    When a LoadGen test was running (sut.TestAbandoned) its threads still run inside the
+    mlperf_loadgen extension; letting the interpreter shut down under them ends in
+    "terminate called without an active exception" and a segfault. The rows of finished
+    scenarios are already on disk (runner.run_loadgen writes each as it finishes), so the
+    process then ends at once with os._exit(130), after flushing stdout and stderr."""
+    results = output_dir / LOADGEN_RESULTS_FILE
+    kept = (f"the rows of the scenarios that finished are in {results}" if results.exists()
+            else "no scenario had finished, nothing was written")
+    stopped = "the LoadGen test under way was abandoned; " if isinstance(interrupt, TestAbandoned) else ""
+    print(f"densenet-opt loadgen: interrupted (Ctrl-C): {stopped}{kept}", file=sys.stderr, flush=True)
+    if any(thread.name == LOADGEN_THREAD and thread.is_alive() for thread in threading.enumerate()):
+        sys.stdout.flush()
+        os._exit(130)
+    return 130

@@ -48,7 +48,7 @@ from densenet_opt.serving.results import (
 from densenet_opt.serving.settings import (
     MULTI_STREAM, OFFLINE, SERVER, SERVER_LATENCY_PERCENTILE, SINGLE_STREAM, LoadGenSettings,
 )
-from densenet_opt.serving.sut import BatcherStats, BatchPolicy, SystemUnderTest, measure_service_time
+from densenet_opt.serving.sut import BatcherStats, BatchPolicy, SystemUnderTest, TestAbandoned, measure_service_time
 from densenet_opt.variants import Engine
 
 LOGS_DIR = "loadgen_logs"
@@ -181,13 +181,21 @@ def run_test(
     try:
         # A path that does not exist: no audit.config from the working directory changes the test.
         sut.serve_during(lambda: lg.StartTestWithLogSettings(sut_handle, qsl_handle, test, logs, str(log_dir / "no-audit.config")))
-    finally:
-        lg.DestroyQSL(qsl_handle)
-        lg.DestroySUT(sut_handle)
+    except TestAbandoned:
+        raise  # the test still runs on LoadGen's thread and uses both handles: not destroyed
+    except BaseException:
+        _destroy(lg, sut_handle, qsl_handle)
+        raise
+    _destroy(lg, sut_handle, qsl_handle)
     sut.raise_failure()
     if not settings.keep_trace:
         (log_dir / "mlperf_log_trace.json").unlink(missing_ok=True)
     return parse_detail_log(log_dir), sut.stats
+
+
+def _destroy(lg: ModuleType, sut_handle, qsl_handle) -> None:
+    lg.DestroyQSL(qsl_handle)
+    lg.DestroySUT(sut_handle)
 
 
 @dataclass(frozen=True)
@@ -274,6 +282,15 @@ class _Context:
         # The machine and software columns of the main CSV (measure/env.py) that this CSV has.
         self.env = {k: v for k, v in {**environment_info(device), "mlperf_loadgen": loadgen_version()}.items() if k in columns}
 
+    def keep(self, row: LoadGenRow, points: Sequence[LoadGenRow] = ()) -> None:
+        """Write a finished scenario's row, and a Server search's points, as soon as they
+        are measured: Ctrl-C or a failure later keeps them. A Server row that met no bound
+        waits for run_loadgen, which writes it only when some engine met the bound."""
+        if row.status != BOUND_NOT_MET:
+            write_loadgen_rows(self.output_dir / LOADGEN_RESULTS_FILE, [row])
+        if points:
+            write_loadgen_rows(self.output_dir / SERVER_POINTS_FILE, list(points))
+
     def row(self, unit: EngineUnderTest, scenario: str, result: LogResult | None, stats: BatcherStats | None,
             log_dir: Path | None, **extra) -> LoadGenRow:
         latency = result.latency_ms if result else {}
@@ -332,13 +349,15 @@ def run_loadgen(
     the decoded images. SingleStream runs with the batch-1 policy only: one query is in
     flight at a time, so a batcher has nothing to batch, and its figure would only be the
     padded batch's time plus the delay. Writes OUTPUT_DIR/loadgen_results.csv and
-    OUTPUT_DIR/loadgen_server_points.csv (after each engine: an interrupted run keeps
+    OUTPUT_DIR/loadgen_server_points.csv (after each scenario: an interrupted run keeps
     what finished), LoadGen's logs under OUTPUT_DIR/loadgen_logs/, and the plots.
 
     Raises UserError: LoadGen not installed (with the install command); no engine could
     be built here; the Server scenario asked for and no engine kept its p99 under the
     bound at any offered QPS (its rows are then not written: the other scenarios' are).
-    Anything the engine raises propagates after LoadGen has finished its test.
+    Anything the engine raises propagates after LoadGen has finished its test. Ctrl-C
+    during a LoadGen test raises sut.TestAbandoned at once (the rows of the scenarios that
+    finished are already written; serving.command ends the process).
     """
     lg = import_loadgen()
     output_dir = Path(output_dir)
@@ -374,10 +393,6 @@ def run_loadgen(
                     close()
             done = [r for r in unit_rows if r.status != BOUND_NOT_MET]
             unmet += [(r, unit_points) for r in unit_rows if r.status == BOUND_NOT_MET]
-            if done:
-                write_loadgen_rows(output_dir / LOADGEN_RESULTS_FILE, done)
-            if unit_points:
-                write_loadgen_rows(output_dir / SERVER_POINTS_FILE, unit_points)
             rows += done
             points += unit_points
     if SERVER in settings.scenarios and unmet and not any(r.scenario == SERVER for r in rows):
@@ -434,11 +449,13 @@ def _run_unit(lg: ModuleType, unit: EngineUnderTest, context: _Context, clock: P
                                          expected_qps=OFFLINE_RERUN_MARGIN * result.samples_per_sec)
                 clock.done()
             rows.append(context.row(unit, scenario, result, stats, log_dir))
+            context.keep(rows[-1])
             _say(clock, rows[-1])
             continue
-        rows_and_points = _search(lg, sut, unit, context, clock)
-        rows.append(rows_and_points[0])
-        points += rows_and_points[1]
+        row, search_points = _search(lg, sut, unit, context, clock)
+        context.keep(row, search_points)
+        rows.append(row)
+        points += search_points
     return rows, points
 
 

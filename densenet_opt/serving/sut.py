@@ -43,6 +43,15 @@ from densenet_opt.serving.qsl import QuerySampleLibrary
 from densenet_opt.variants import Engine
 
 T = TypeVar("T")
+# The name of the thread that runs LoadGen's StartTest (serving.command looks for it).
+LOADGEN_THREAD = "densenet-opt-loadgen"
+
+
+class TestAbandoned(KeyboardInterrupt):
+    """Ctrl-C during a LoadGen test: the test still runs on the LOADGEN_THREAD thread,
+    answered without the engine (SystemUnderTest.serve_during)."""
+
+    __test__ = False  # not a pytest test class
 
 
 @dataclass(frozen=True)
@@ -113,12 +122,20 @@ class SystemUnderTest:
         self._pending: deque[tuple] = deque()
         self._ready = threading.Condition()
         self._stopped = False
+        self._abandoned = False
 
     def serve_during(self, test: Callable[[], T]) -> T:
         """Run ``test`` (which issues queries and returns when they are all complete, as
         LoadGen's StartTest does) on a helper thread while this thread serves the queue
         (forms batches, runs the engine); return ``test``'s result or raise its exception
-        once it has returned. The module docstring says why the engine stays on this thread."""
+        once it has returned. The module docstring says why the engine stays on this thread.
+
+        Raises TestAbandoned at once on Ctrl-C (KeyboardInterrupt on this thread, while
+        waiting or while the engine runs): LoadGen has no call that stops a test, and a
+        Server test offers its queries on a fixed schedule, so waiting for it could take
+        minutes. The test is left running on the helper with this SUT answering what it
+        still issues without the engine; its SUT and QSL must then not be destroyed, and
+        the process must end without running C++ destructors (serving.command does)."""
         outcome: dict[str, object] = {}
 
         def run() -> None:
@@ -133,20 +150,31 @@ class SystemUnderTest:
 
         with self._ready:
             self._stopped = False
-        helper = threading.Thread(target=run, name="densenet-opt-loadgen", daemon=True)
+        helper = threading.Thread(target=run, name=LOADGEN_THREAD, daemon=True)
         helper.start()
         try:
             self._serve()
-        except BaseException as error:  # noqa: BLE001 - Ctrl-C while waiting: raised by raise_failure
-            # LoadGen's test still runs on the helper, using the SUT and QSL that run_test
-            # destroys once this returns: answer what it still issues, without the engine,
-            # until it ends, and only then return.
-            self.failure = self.failure or error
-            self._serve()
+        except KeyboardInterrupt as interrupt:
+            self._abandon()
+            raise TestAbandoned("LoadGen's test was abandoned on Ctrl-C") from interrupt
         helper.join()
         if "error" in outcome:
             raise outcome["error"]  # type: ignore[misc]
         return outcome["value"]  # type: ignore[return-value]
+
+    def _abandon(self) -> None:
+        """From now on every sample is completed as it is issued, without the engine, so
+        that LoadGen's thread never waits on this SUT."""
+        with self._ready:
+            self._abandoned = True
+            waiting = list(self._pending)
+            self._pending.clear()
+        self._complete(waiting)
+
+    def _complete(self, items: list[tuple]) -> None:
+        if items:
+            lg = self.loadgen
+            lg.QuerySamplesComplete([lg.QuerySampleResponse(item[0], 0, 0) for item in items])
 
     def reset_stats(self) -> None:
         self.stats = BatcherStats()
@@ -156,8 +184,11 @@ class SystemUnderTest:
         all of them at once."""
         now = time.perf_counter()
         with self._ready:
-            self._pending.extend((sample.id, sample.index, now) for sample in samples)
-            self._ready.notify()
+            if not self._abandoned:
+                self._pending.extend((sample.id, sample.index, now) for sample in samples)
+                self._ready.notify()
+                return
+        self._complete([(sample.id, sample.index, now) for sample in samples])
 
     def flush_queries(self) -> None:
         """LoadGen's FlushQueries callback: every queued sample is served anyway."""
@@ -186,7 +217,9 @@ class SystemUnderTest:
             return [self._pending.popleft() for _ in range(min(len(self._pending), self.policy.max_batch_size))]
 
     def _serve(self) -> None:
-        lg = self.loadgen
+        """Serve batches until the test has ended. An engine's exception is kept for
+        raise_failure (the rest of the test is answered without the engine); Ctrl-C
+        (KeyboardInterrupt) propagates at once."""
         while (batch := self._next_batch()) is not None:
             if self.failure is None:
                 try:
@@ -197,9 +230,9 @@ class SystemUnderTest:
                     self.stats.batches += 1
                     self.stats.samples += len(batch)
                     self.stats.padded += padded
-                except BaseException as error:  # noqa: BLE001 - re-raised by raise_failure after the test
+                except Exception as error:  # noqa: BLE001 - re-raised by raise_failure after the test
                     self.failure = error
-            lg.QuerySamplesComplete([lg.QuerySampleResponse(item[0], 0, 0) for item in batch])
+            self._complete(batch)
 
 
 @dataclass(frozen=True)
