@@ -1,4 +1,4 @@
-"""nox sessions: `tests` (CPU test suite, what CI runs), `bench` (the full sweep), `gpu_bench` (the CUDA sweep), `loadgen` (MLPerf LoadGen scenarios)."""
+"""nox sessions: `tests` (CPU test suite, what CI runs), `bench` (the full sweep), `gpu_bench` (the CUDA sweep), `loadgen` (MLPerf LoadGen scenarios), `compare` (A/B of two versions on this machine)."""
 
 from __future__ import annotations
 
@@ -88,3 +88,12 @@ def loadgen(session: nox.Session) -> None:
     session.install("-e", ".[cpu,loadgen]")
     session.env["DENSENET_OPT_CACHE"] = os.environ.get("DENSENET_OPT_CACHE") or str(Path.home() / ".cache" / "densenet_opt")
     session.run("python", "-m", "densenet_opt", "loadgen", "--device=cpu", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def compare(session: nox.Session) -> None:
+    """A/B on this machine, no stored baseline (densenet_opt/compare.py): the working tree against
+    --base (default: main), interleaved round by round -> results-compare/; e.g. -- --base HEAD~1 --variants onnx."""
+    session.install("-e", ".[cpu]")
+    base = [] if any(arg.startswith("--base") and not arg.startswith("--base-python") for arg in session.posargs) else ["--base", "main"]
+    session.run("python", "-m", "densenet_opt", "compare", *base, *session.posargs)

@@ -17,6 +17,7 @@ import json
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pytest_benchmark.stats import Stats
 from pytest_benchmark.storage.file import FileStorage
@@ -25,7 +26,11 @@ from pytest_benchmark.utils import get_machine_id, safe_dumps
 from densenet_opt import atomic
 from densenet_opt.errors import UserError
 from densenet_opt.measure.env import SOFTWARE, machine_kind
+from densenet_opt.measure.timing import parse_per_round
 from densenet_opt.report import BASELINE, RESULTS_FILE, Row, with_speedups, write_rows
+
+if TYPE_CHECKING:
+    from densenet_opt.verdict import Verdict
 
 BASELINE_DIR = Path(__file__).resolve().parent.parent / "benchmarks_baseline"
 DEFAULT_MAX_REGRESSION = "mean:25%"  # runs on shared 2-core machines vary by 10-15%
@@ -109,6 +114,16 @@ def speedups(rows: Iterable[Row]) -> dict[str, dict[str, float]]:
     return result
 
 
+def speedup_rounds(rows: Iterable[Row]) -> dict[str, dict[str, list[float]]]:
+    """{variant: {batch size as text: per-round paired speedups}} of the paired rows among
+    ``rows`` (the caller filters by device): what the gate's interval resamples."""
+    result: dict[str, dict[str, list[float]]] = {}
+    for row in rows:
+        if row.variant != BASELINE and row.measured and row.speedup_per_round:
+            result.setdefault(row.variant, {})[str(row.batch_size)] = parse_per_round(row.speedup_per_round)
+    return result
+
+
 def save_speedups(rows: Sequence[Row], device: str, path: Path) -> dict[str, dict[str, float]]:
     """Store the speedups of ``device``'s rows in ``path``, atomically, with the device_name
     they were measured on; returns them. Raises UserError when no variant was measured
@@ -124,7 +139,8 @@ def save_speedups(rows: Sequence[Row], device: str, path: Path) -> dict[str, dic
         raise UserError(f"no variant was measured beside the baseline on {device}: nothing to store in {path}")
     first = next(r for r in on_device if r.measured)
     document = {"device": device, "machine_kind": first.machine_kind, "measured_on": first.device_name,
-                "software": software_of(first), "speedup_over_baseline": measured}
+                "software": software_of(first), "speedup_over_baseline": measured,
+                "speedup_per_round": speedup_rounds(on_device)}
     atomic.write_text(path, json.dumps(document, indent=2, sort_keys=True) + "\n", option=BASELINE_OPTION)
     return measured
 
@@ -145,6 +161,22 @@ def load_speedups(path: Path) -> dict[str, dict[str, float]]:
                 raise UserError(f"stored speedups {path}: {variant} at batch {size} is {value}, not a positive finite "
                                 "speedup: restore the file from git or save a new baseline")
     return speedups
+
+
+def load_speedup_rounds(path: Path) -> dict[str, dict[str, list[float]]]:
+    """The per-round speedups a stored speedups file kept ({} for files of versions that
+    kept none); read after load_speedups checked the file. Raises UserError for rounds that
+    are not positive finite numbers."""
+    stored = json.loads(path.read_text()).get("speedup_per_round") or {}
+    try:
+        rounds = {str(v): {str(b): [float(x) for x in xs] for b, xs in by_size.items()} for v, by_size in stored.items()}
+    except (TypeError, AttributeError, ValueError) as error:
+        raise UserError(f"stored speedups {path}: speedup_per_round is not a table of numbers ({error!r}): "
+                        "restore the file from git or save a new baseline") from None
+    if any(not math.isfinite(x) or x <= 0 for by_size in rounds.values() for xs in by_size.values() for x in xs):
+        raise UserError(f"stored speedups {path}: speedup_per_round holds a figure that is not a positive finite "
+                        "speedup: restore the file from git or save a new baseline")
+    return rounds
 
 
 def sweep_file(device: str, directory: Path) -> Path:
@@ -179,32 +211,30 @@ def software_changes(stored: Mapping[str, str], now: Mapping[str, str]) -> list[
             for name in SOFTWARE if (stored.get(name) or None) != (now.get(name) or None) and name in {*stored, *now}]
 
 
-def speedup_regressions(
+def speedup_verdicts(
     rows: Sequence[Row], device: str, stored: Mapping[str, Mapping[str, float]], max_drop: float,
-    judged: Collection[tuple[str, int]] | None = None,
-) -> list[str]:
-    """Configs of ``device`` whose speedup fell below the stored one (``stored`` as
-    load_speedups returns it) by more than ``max_drop`` (a fraction) AND by more than the
-    measured noise: the interquartile range of the run's per-pair ratios (2 x
-    ``speedup_spread``; 0 for an unpaired speedup). One sentence each. ``judged``: the
-    (variant, batch size) configs to check (None: all); the other rows only pair (an
-    unpaired speedup is recomputed from the baseline row, report.with_speedups)."""
-    problems = []
+    judged: Collection[tuple[str, int]] | None = None, stored_rounds: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
+) -> list[Verdict]:
+    """The verdict (densenet_opt/verdict.py) on each config of ``device`` with a stored
+    speedup (``stored`` as load_speedups returns it; ``stored_rounds`` as load_speedup_rounds
+    does, {} or None for a file that kept no rounds): this run's per-round paired speedups
+    (or its one unpaired speedup, recomputed from the baseline row: report.with_speedups)
+    against the stored ones, ``max_drop`` the threshold (a fraction). ``judged``: the
+    (variant, batch size) configs to judge (None: all); the other rows only pair."""
+    from densenet_opt.verdict import judge  # scipy: only when a gate compares
+
+    stored_rounds = stored_rounds or {}
+    verdicts = []
     for row in with_speedups(r for r in rows if r.device == device):
         if judged is not None and (row.variant, row.batch_size) not in judged:
             continue
-        now = row.speedup_vs_baseline
         before = stored.get(row.variant, {}).get(str(row.batch_size))
-        if row.variant == BASELINE or now is None or before is None:
+        if row.variant == BASELINE or row.speedup_vs_baseline is None or before is None:
             continue
-        noise = 2 * (row.speedup_spread or 0.0)
-        if now < before * (1 - max_drop) and before - now > noise:
-            measured = f"{now:.2f}x" + (f" (+-{row.speedup_spread:.2f}, paired)" if row.speedup_spread is not None else "")
-            problems.append(
-                f"{row.variant} at batch {row.batch_size}: speedup over baseline {measured}, stored {before:.2f}x "
-                f"(more than {max_drop:.0%} lower, and beyond the measured noise)"
-            )
-    return problems
+        now = parse_per_round(row.speedup_per_round) or row.speedup_vs_baseline
+        then = stored_rounds.get(row.variant, {}).get(str(row.batch_size)) or before
+        verdicts.append(judge(row.variant, row.batch_size, now, then, max_drop))
+    return verdicts
 
 
 def check_benchmark_storage(storage: Path) -> list[Path]:

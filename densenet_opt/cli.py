@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
-from densenet_opt import cluster, profiling, render, runner, shard
+from densenet_opt import cluster, compare, profiling, render, runner, shard
 from densenet_opt.serving import command as loadgen
 from densenet_opt.recommend import recommend_from_results, recommend_qps
 from densenet_opt.render import markdown, plots
 from densenet_opt.report import RESULTS_FILE
-from densenet_opt.config import add_sweep_options, options_from_mapping
+from densenet_opt.config import add_sweep_options, option_dests, options_from_mapping
 from densenet_opt.baselines import BaselineMissing
 from densenet_opt.errors import UserError
 from densenet_opt.values import positive_number
@@ -49,6 +50,7 @@ def add_tool_commands(commands: argparse._SubParsersAction) -> None:
     add_report_commands(commands)
     profiling.add_command(commands)
     loadgen.add_command(commands)
+    add_compare_command(commands)
     shard.add_command(commands)  # after "sweep": it takes the sweep's arguments
     cluster.add_command(commands)  # after "sweep" too; Ray is imported only when it runs
 
@@ -85,6 +87,61 @@ def add_report_commands(commands: argparse._SubParsersAction) -> None:
                                 help="the sweep's output directory (default: %(default)s)")
     summary_parser.add_argument("--budgets", type=Path, help="budgets file (default: the repository's benchmarks_baseline/budgets.toml)")
     summary_parser.set_defaults(handler=run_summary)
+
+
+# Sweep options that only the sweep's own timing, storage or data loader read: not offered by compare.
+_NOT_FOR_COMPARE = frozenset({
+    "--speedup-pairing", "--time-budget", "--resume", "--save-baseline", "--compare-baseline", "--require-baseline",
+    "--baseline-dir", "--max-regression", "--max-cpu-pressure", "--machine-label", "--cache-dir", "--data-workers",
+    "--torch-threads",
+})
+_COMPARE_DEFAULTS = {"--variants": "baseline,pruned,onnx,openvino", "--batch-sizes": "1", "--rounds": "20",
+                     "--output-dir": "results-compare"}
+
+
+def add_compare_command(commands: argparse._SubParsersAction) -> None:
+    """``compare``: A/B of two versions on this machine, interleaved (densenet_opt/compare.py)."""
+    parser = commands.add_parser(
+        "compare",
+        help="A/B: time two versions (revisions, trees or environments) round by round on this machine and judge each config",
+        description="Builds each (variant, batch size) with two versions of the suite, each in its own worker process "
+        "and artifact cache: --base (a git revision of this repository, or a source tree) and --head (default: this "
+        "working tree); --base-python/--head-python run a side under another environment. The two engines of a config "
+        "are timed interleaved, round by round (ABBA), so drift and other processes land on both; each config's speed "
+        "ratio (base seconds / head seconds per round, its median) gets a 99% bootstrap interval and a verdict: "
+        "REGRESSED when the whole interval lies below 1 - --max-speedup-drop. Writes OUTPUT_DIR/compare.csv; exit 1 "
+        "when a config regressed. No stored baseline is needed: the answer for CI runners of changing kinds.",
+    )
+
+    def add(name: str, **kwargs) -> None:
+        if name in _NOT_FOR_COMPARE:
+            return
+        if name in _COMPARE_DEFAULTS:
+            kwargs["default"] = _COMPARE_DEFAULTS[name]
+            kwargs["help"] = kwargs["help"].split(" (default:")[0] + f" (default: {kwargs['default']})"
+        parser.add_argument(name, **kwargs)
+
+    add_sweep_options(add)
+    parser.add_argument("--base", required=True, help="the version compared with: a git revision (main, HEAD~1, a tag) or a source tree")
+    parser.add_argument("--head", help="the version judged: a git revision or a source tree (default: this working tree)")
+    parser.add_argument("--base-python", help="the interpreter of the base side, e.g. another venv's (default: this one)")
+    parser.add_argument("--head-python", help="the interpreter of the head side (default: this one)")
+    parser.set_defaults(handler=run_compare)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """The ``compare`` subcommand: one verdict line per config; exit 1 when one regressed."""
+    raw = {dest: value for dest, value in vars(args).items() if dest in option_dests()}
+    options = options_from_mapping(raw)
+    repository = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory(prefix="densenet-opt-compare-") as scratch:
+        base = compare.resolve_side("base", args.base, args.base_python, repository, Path(scratch))
+        head = compare.resolve_side("head", args.head, args.head_python, repository, Path(scratch))
+        raw["output_dir"] = str(options.output_dir.resolve())
+        raw["weights"] = compare.shared_weights(options, Path(scratch))
+        verdicts = compare.compare_sides(options, raw, base, head, max_drop=options.max_speedup_drop, scratch=Path(scratch))
+    print(options.output_dir / compare.COMPARE_FILE)
+    return 1 if any(v.regressed for v in verdicts) else 0
 
 
 def positive_limit(option: str, text: str | None) -> float | None:

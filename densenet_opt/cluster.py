@@ -15,8 +15,10 @@ so pytest-benchmark works as in a local run, in a temporary directory of the nod
 returns its results CSV, pytest-benchmark JSON and log as data (the driver may be on another
 host). The driver plans with shard.plan_shards, merges with shard.merge_results (keyed by
 machine) and writes, per shard, OUTPUT_DIR/shards/LABEL-K/. A shard whose task fails (its
-node died, its worker was killed) is one printed line; the other shards' rows are kept and
-``--resume`` runs only the configs that have no ``ok`` row for their machine.
+node died, its worker was killed) is one printed line; the other shards' rows are kept.
+``--resume`` hands each shard its machine's earlier rows: its sweep skips the configs that
+have an ``ok`` row measured with this run's inputs (weights, images, options) and measures
+the others, as ``densenet-opt sweep --resume`` does where the weights and images are.
 
 Without an address, a local Ray instance is started whose one node offers every requested
 machine's resource: the same code path on one machine, which is what the tests exercise.
@@ -43,7 +45,7 @@ from densenet_opt.config import SweepOptions, default_cache_dir, options_from_ma
 from densenet_opt.errors import UserError
 from densenet_opt.measure.env import machine_name
 from densenet_opt.render import fleet
-from densenet_opt.report import OK, OUTPUT_OPTION, RESULTS_FILE, Row, load_table, read_rows
+from densenet_opt.report import OUTPUT_OPTION, RESULTS_FILE, Row, csv_text, load_table, read_rows
 from densenet_opt.shard import BENCHMARK_JSON, SHARD_COMMAND, SHARDS_DIR, Shard, merge_benchmark_json, merge_results, plan_shards
 from densenet_opt.sweep import preflight
 
@@ -176,51 +178,44 @@ def discover_machines(specs: Sequence[MachineSpec], nodes: Sequence[Mapping], de
     return machines
 
 
-def completed_configs(rows: Sequence[Row], machines: Sequence[Machine]) -> dict[str, set[tuple[str, int]]]:
-    """Per machine label: the (variant, batch size) with an ``ok`` row of that machine on its
-    device in ``rows``, what --resume does not measure again."""
-    done: dict[str, set[tuple[str, int]]] = {machine.label: set() for machine in machines}
-    devices = {machine.label: machine.device for machine in machines}
-    for row in rows:
-        if row.status == OK and row.machine in devices and row.device == devices[row.machine]:
-            done[row.machine].add((row.variant, row.batch_size))
-    return done
-
-
-def plan_fleet(machines: Sequence[Machine], variants: Sequence[str], batch_sizes: Sequence[int],
-               done: Mapping[str, set[tuple[str, int]]] | None = None) -> list[FleetShard]:
-    """Every machine's shards of the sweep: the configs not in ``done[label]``, shared out
-    among the machine's slots by shard.plan_shards (whole variants where possible; several
-    shards of one slot run one after another). Variants missing the same batch sizes are
-    planned together. [] when nothing is missing."""
-    done = done or {}
+def plan_fleet(machines: Sequence[Machine], variants: Sequence[str], batch_sizes: Sequence[int]) -> list[FleetShard]:
+    """Every machine's shards of the sweep: its configs shared out among the machine's slots
+    by shard.plan_shards (whole variants where possible; several shards of one slot run one
+    after another)."""
     planned = []
     for machine in machines:
-        finished = done.get(machine.label, set())
-        groups: dict[tuple[int, ...], list[str]] = {}
-        for variant in variants:
-            sizes = tuple(size for size in batch_sizes if (variant, size) not in finished)
-            if sizes:
-                groups.setdefault(sizes, []).append(variant)
         slots = [str(slot) for slot in range(machine.slots)]
-        for sizes, names in groups.items():
-            for shard in plan_shards(names, sizes, slots):
-                planned.append(FleetShard(machine, shard, len([p for p in planned if p.machine == machine]) + 1))
+        for shard in plan_shards(list(variants), list(batch_sizes), slots):
+            planned.append(FleetShard(machine, shard, len([p for p in planned if p.machine == machine]) + 1))
     return planned
 
 
-def shard_request(options: SweepOptions, fleet_shard: FleetShard, pytest_args: Sequence[str], *, node_cache: bool) -> dict:
+def earlier_rows(rows: Sequence[Row], fleet_shard: FleetShard) -> list[Row]:
+    """The rows in ``rows`` of ``fleet_shard``'s machine, device and configs: what its sweep
+    resumes from (--resume)."""
+    configs = set(fleet_shard.shard.configs)
+    return [row for row in rows if row.machine == fleet_shard.machine.label and row.device == fleet_shard.machine.device
+            and (row.variant, row.batch_size) in configs]
+
+
+def shard_request(options: SweepOptions, fleet_shard: FleetShard, pytest_args: Sequence[str], *, node_cache: bool,
+                  resume_from: Sequence[Row] = ()) -> dict:
     """What one task receives: its share of the options as data (device, machine label,
-    variants and batch sizes its own; no resume, no baseline gate: the driver planned what
-    is missing, and baselines are per machine), the pytest arguments, its name, and whether
-    to use the node's own cache directory (``node_cache``: --cache-dir was not given)."""
+    variants and batch sizes its own; no baseline gate: baselines are per machine), the
+    pytest arguments, its name, whether to use the node's own cache directory
+    (``node_cache``: --cache-dir was not given), the driver's thread variables, and with
+    ``options.resume`` the earlier rows it resumes from (earlier_rows, as CSV text): its
+    sweep, where the weights and images are, skips the configs measured with this run's
+    inputs and measures the others again, naming the option that differs, as
+    ``densenet-opt sweep --resume`` does."""
     own = dataclasses.replace(
         options, variants=fleet_shard.shard.variants, batch_sizes=fleet_shard.shard.batch_sizes,
         device=fleet_shard.machine.device, machine_label=fleet_shard.machine.label,
-        resume=False, save_baseline=False, compare_baseline=False,
+        save_baseline=False, compare_baseline=False,
     )
     return {"options": own.to_dict(), "pytest_args": list(pytest_args), "name": fleet_shard.name, "node_cache": node_cache,
-            "threads": {name: os.environ.get(name) for name in THREAD_VARIABLES}}
+            "threads": {name: os.environ.get(name) for name in THREAD_VARIABLES},
+            "results_csv": csv_text(resume_from) if options.resume and resume_from else None}
 
 
 # The variables that set the engines' thread pools, which Ray sets in its workers (1 for a
@@ -242,6 +237,8 @@ def run_shard(request: Mapping, python: str | None = None) -> dict:
     may be on another host."""
     with tempfile.TemporaryDirectory(prefix="densenet-opt-shard-") as directory:
         options = {**request["options"], "output_dir": directory}
+        if request.get("results_csv"):  # the rows --resume starts from
+            Path(directory, RESULTS_FILE).write_text(request["results_csv"], encoding="utf-8")
         if request.get("node_cache"):
             options["cache_dir"] = str(default_cache_dir())
         environ = dict(os.environ)
@@ -427,8 +424,8 @@ def sweep_on_cluster(
     address: str | None = None, device: str | None = None, node_cache: bool = True, python: str | None = None,
     num_cpus: int | None = None, progress: Callable[[str], None] = print,
 ) -> int:
-    """The fleet sweep: plan every machine's shards (only the missing configs with
-    ``options.resume``), run them as Ray tasks, merge their rows into OUTPUT_DIR's results
+    """The fleet sweep: plan every machine's shards (with ``options.resume``, each resumes
+    from its machine's earlier rows: shard_request), run them as Ray tasks, merge their rows into OUTPUT_DIR's results
     file (keyed by machine: nothing is overwritten by another machine's rows; speedups per
     machine and device), each machine's pytest-benchmark JSON into benchmark-LABEL.json,
     and write fleet.md and fleet_throughput.png. ``device``: the device of specs naming
@@ -442,15 +439,14 @@ def sweep_on_cluster(
     connected = connect(ray, address, specs, device=device, num_cpus=num_cpus)
     try:
         machines = discover_machines(specs, ray.nodes(), device)
-        done = completed_configs(read_rows(results), machines) if options.resume else {}
-        planned = plan_fleet(machines, options.variants, options.batch_sizes, done)
-        if not planned:
-            progress(f"nothing to measure: every config has an ok row for {', '.join(m.label for m in machines)} in {results}")
-            return 0
+        earlier = read_rows(results) if options.resume else []
+        planned = plan_fleet(machines, options.variants, options.batch_sizes)
         shutil.rmtree(output_dir / SHARDS_DIR, ignore_errors=True)  # a stale shard would merge old rows back
         progress(f"sweeping {len(planned)} shards on {', '.join(f'{m.label} ({m.device})' for m in machines)}; "
-                 f"shard files in {output_dir / SHARDS_DIR}")
-        requests = [(s, shard_request(options, s, pytest_args, node_cache=node_cache)) for s in planned]
+                 f"shard files in {output_dir / SHARDS_DIR}"
+                 + ("; --resume: each shard skips the configs its machine measured with this run's inputs" if options.resume else ""))
+        requests = [(s, shard_request(options, s, pytest_args, node_cache=node_cache, resume_from=earlier_rows(earlier, s)))
+                    for s in planned]
         outcomes = run_tasks(ray, requests, python=python, progress=progress)
     finally:
         if connected:

@@ -13,13 +13,13 @@ from pathlib import Path
 
 from pytest_benchmark.utils import get_machine_id, parse_compare_fail, parse_save
 
-from densenet_opt import baselines, schedule
+from densenet_opt import atomic, baselines, schedule, verdict
 from densenet_opt.config import SweepOptions
 from densenet_opt.errors import UserError
 from densenet_opt.measure.contention import contention_refusal
 from densenet_opt.measure.env import machine_kind, machine_name
-from densenet_opt.report import BASELINE, RESULTS_FILE, SKIPPED_FOR_TIME, read_rows
-from densenet_opt.render import summarize_after_sweep
+from densenet_opt.report import BASELINE, OUTPUT_OPTION, RESULTS_FILE, SKIPPED_FOR_TIME, read_rows
+from densenet_opt.render import markdown, summarize_after_sweep
 
 BENCHMARK_JSON = "benchmark.json"
 
@@ -106,6 +106,7 @@ def close_sweep(options: SweepOptions, *, measured_ok: bool, write=print, starte
             write(f"stored the config times (the next cold run's estimates): {schedule.history_path(directory, options.device)}")
     if not options.compare_baseline:
         return False
+    (options.output_dir / verdict.VERDICTS_FILE).unlink(missing_ok=True)  # an earlier run's verdicts
     if not baselines.has_baseline(directory, options.device):
         write(baselines.no_baseline_line(options.baseline_dir, options.device))
         return False
@@ -142,11 +143,16 @@ def close_sweep(options: SweepOptions, *, measured_ok: bool, write=print, starte
     # The baseline rows of this machine and kind pair with them (with_speedups recomputes an
     # unpaired speedup), also one an earlier run measured; only this run's configs are judged.
     pairs = measured + [r for r in ours if r.variant == BASELINE and r.measured and r not in measured]
-    problems = baselines.speedup_regressions(pairs, options.device, stored, options.max_speedup_drop,
-                                             judged={(r.variant, r.batch_size) for r in measured})
-    for problem in problems:
-        write(f"SPEEDUP REGRESSION: {problem}")
-    return bool(problems)
+    verdicts = baselines.speedup_verdicts(pairs, options.device, stored, options.max_speedup_drop,
+                                          judged={(r.variant, r.batch_size) for r in measured},
+                                          stored_rounds=baselines.load_speedup_rounds(path))
+    write(f"speedups against the stored ones (densenet_opt/verdict.py: a regression is a {verdict.CONFIDENCE:.0%} "
+          f"interval wholly below 1 - {options.max_speedup_drop:g}):")
+    for one in verdicts:
+        write(f"{'SPEEDUP REGRESSION: ' if one.regressed else '  '}{one.line()}")
+    markdown.append_gate_table(options.output_dir, verdicts, directory.name)
+    atomic.write_text(options.output_dir / verdict.VERDICTS_FILE, verdict.verdicts_csv(verdicts), option=OUTPUT_OPTION)
+    return any(one.regressed for one in verdicts)
 
 
 def _configs(configs: list[tuple[str, int]], most: int = 6) -> str:

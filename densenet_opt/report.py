@@ -78,6 +78,9 @@ class Row:
     status: str = OK
     speedup_vs_baseline: float | None = _number(3)
     speedup_spread: float | None = _number(3)  # half the IQR of the paired ratios; None: unpaired
+    # The paired ratios themselves, in the order the rounds ran (verdict.per_round_text): what
+    # the regression gate's confidence interval resamples (densenet_opt/verdict.py).
+    speedup_per_round: str | None = None
     gflops_per_image: float | None = _number(3)
     achieved_gflops_per_sec: float | None = _number(1)
     latency_ms_stddev: float | None = _number(2)
@@ -464,12 +467,17 @@ def write_rows(path: Path, rows: Iterable[Row]) -> None:
     """Write ``rows`` as the whole CSV at ``path`` (header COLUMNS), atomically, as they are:
     callers that change rows pass them through with_speedups first. Raises UserError when
     the file cannot be written (disk full, read-only); the old file is then left as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, csv_text(rows))
+
+
+def csv_text(rows: Iterable[Row]) -> str:
+    """``rows`` as the text of a results CSV (header COLUMNS), as write_rows writes it."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
     writer.writeheader()
     writer.writerows(row.as_csv() for row in rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def upsert_row(path: Path, row: Row) -> None:

@@ -26,7 +26,7 @@ from densenet_opt.measure.contention import Contention, PressureMark, free_cores
 from densenet_opt.measure.env import environment_info, machine_kind, machine_name
 from densenet_opt.measure.memory import MIB
 from densenet_opt.measure.probe import ProbeResult, run_probe
-from densenet_opt.measure.timing import LatencyStats, PairedSpeedup, benchmark_call
+from densenet_opt.measure.timing import LatencyStats, PairedSpeedup, benchmark_call, per_round_text
 from densenet_opt.report import (
     BASELINE, NON_FINITE_LOGITS, OK, OUT_OF_MEMORY, RESULTS_FILE, SKIPPED_FOR_TIME, Row, printable_path_text, read_rows,
     upsert_row, utc_timestamp,
@@ -237,7 +237,8 @@ class Sweep:
         row = dataclasses.replace(row, cpu_pressure_pct=contention.cpu_pressure_pct, load_per_core=contention.load_per_core,
                                   torch_threads=threads)
         if paired is not None:
-            row = dataclasses.replace(row, speedup_vs_baseline=paired.speedup, speedup_spread=paired.spread)
+            row = dataclasses.replace(row, speedup_vs_baseline=paired.speedup, speedup_spread=paired.spread,
+                                      speedup_per_round=per_round_text(paired.ratios) or None)
         self.write_row(row)
         self.progress(
             f"{variant} batch {batch_size}: {row.latency_ms_per_batch} ms/batch, "

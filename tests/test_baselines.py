@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pytest
 from pytest_benchmark.stats import Stats
 from pytest_benchmark.utils import get_machine_id
 
+from densenet_opt.measure.timing import per_round_text
 from densenet_opt import baselines, gate, report
 from densenet_opt.config import options_from_mapping
 from densenet_opt.errors import UserError
@@ -35,9 +37,10 @@ def test_round_trip_and_regressions(tmp_path: Path) -> None:
     baselines.save_speedups(rows(60.0), "cpu", path)
     stored = baselines.load_speedups(path)
     assert stored == {"onnx": {"1": 3.0, "8": 4.0}, "pruned": {"1": 1.0}}
-    assert baselines.speedup_regressions(rows(70.0), "cpu", stored, 0.25) == []
-    (problem,) = baselines.speedup_regressions(rows(120.0), "cpu", stored, 0.25)
-    assert problem == "pruned at batch 1: speedup over baseline 0.50x, stored 1.00x (more than 25% lower, and beyond the measured noise)"
+    assert [v.outcome for v in baselines.speedup_verdicts(rows(70.0), "cpu", stored, 0.25)] == ["unchanged"] * 3
+    verdicts = baselines.speedup_verdicts(rows(120.0), "cpu", stored, 0.25)
+    assert [v.line() for v in verdicts if v.regressed] == [
+        "pruned at batch 1: speed ratio 0.500 (no interval (unpaired)) vs stored: REGRESSED (threshold -25%)"]
 
 
 # A benchmark's stats as pytest-benchmark 5 stores them (every field its tables read).
@@ -100,21 +103,29 @@ def test_a_file_storage_outside_the_working_directory_has_a_location(tmp_path: P
     assert storage.location == "baseline"
 
 
-def test_a_paired_speedup_within_its_noise_is_not_a_regression() -> None:
-    stored = {"pruned": {"1": 1.0}}
+def test_paired_rounds_decide_by_their_interval_and_are_stored_with_the_baseline(tmp_path: Path) -> None:
+    """0.70x is 30% below 1.00x: past a 25% threshold, but with rounds as noisy as 0.45-0.95
+    the interval reaches above 0.75, so it is no regression; with tight rounds it is."""
     base = report.Row(optimization_technique="baseline", batch_size=1, device="cpu", latency_ms_per_batch=60.0,
                       device_name="x", speedup_vs_baseline=1.0, speedup_spread=0.0)
 
-    def pruned(speedup: float, spread: float) -> report.Row:
+    def pruned(rounds: list[float]) -> report.Row:
         return report.Row(optimization_technique="pruned", batch_size=1, device="cpu", latency_ms_per_batch=90.0,
-                          device_name="x", speedup_vs_baseline=speedup, speedup_spread=spread)
+                          device_name="x", speedup_vs_baseline=statistics.median(rounds), speedup_spread=0.01,
+                          speedup_per_round=per_round_text(rounds))
 
-    # 0.70x is 30% below 1.00x: past a 25% threshold, but within the run's noise of +-0.2.
-    assert baselines.speedup_regressions([base, pruned(0.70, 0.2)], "cpu", stored, 0.25) == []
-    (problem,) = baselines.speedup_regressions([base, pruned(0.70, 0.05)], "cpu", stored, 0.25)
-    assert problem.startswith("pruned at batch 1: speedup over baseline 0.70x (+-0.05, paired)")
+    path = baselines.speedups_file("cpu", tmp_path)
+    baselines.save_speedups([base, pruned([0.99, 1.0, 1.01, 1.0, 0.98, 1.02])], "cpu", path)
+    stored, stored_rounds = baselines.load_speedups(path), baselines.load_speedup_rounds(path)
+    assert stored_rounds == {"pruned": {"1": [0.99, 1.0, 1.01, 1.0, 0.98, 1.02]}}
+    noisy = [0.45, 0.95, 0.7, 0.5, 0.9, 0.6, 0.8, 0.7]
+    (verdict,) = baselines.speedup_verdicts([base, pruned(noisy)], "cpu", stored, 0.25, stored_rounds=stored_rounds)
+    assert verdict.ratio == pytest.approx(0.7) and verdict.high > 0.75 and verdict.outcome == "unchanged"
+    tight = [0.69, 0.71, 0.7, 0.7, 0.68, 0.72, 0.7, 0.71]
+    (verdict,) = baselines.speedup_verdicts([base, pruned(tight)], "cpu", stored, 0.25, stored_rounds=stored_rounds)
+    assert verdict.regressed and verdict.line().startswith("pruned at batch 1: speed ratio 0.700 (99% CI 0.6")
     # The paired figure is used, not the ratio of the rows' own latencies (60 / 90).
-    assert report.with_speedups([base, pruned(1.02, 0.01)])[1].speedup_vs_baseline == 1.02
+    assert report.with_speedups([base, pruned([1.02])])[1].speedup_vs_baseline == 1.02
 
 
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "0", "-1.5"])

@@ -119,19 +119,28 @@ def test_machines_are_found_by_their_resource() -> None:
         cluster.discover_machines([cluster.MachineSpec("epyc", "cuda")], nodes)
 
 
-def test_each_machine_gets_every_config_and_resume_plans_only_what_is_missing() -> None:
+def test_each_machine_gets_every_config_and_resume_hands_each_shard_its_machines_rows(tmp_path: Path) -> None:
+    """--resume is decided by each shard's own sweep, where the weights and images are (the
+    driver cannot know the weights' bytes): the driver hands it the earlier rows of its
+    machine, device and configs, and asks it to resume."""
     machines = [cluster.Machine("epyc", "cpu"), cluster.Machine("h100", "cuda", 2)]
     planned = cluster.plan_fleet(machines, ("baseline", "pruned"), (1, 8))
     for machine in machines:
         configs = sorted(c for p in planned if p.machine == machine for c in p.shard.configs)
         assert configs == [("baseline", 1), ("baseline", 8), ("pruned", 1), ("pruned", 8)]
     assert [p.name for p in planned] == ["epyc-1", "h100-1", "h100-2"]
-    done = {"epyc": {("baseline", 1), ("baseline", 8), ("pruned", 1)}, "h100": {("baseline", 1), ("baseline", 8), ("pruned", 1), ("pruned", 8)}}
-    (missing,) = cluster.plan_fleet(machines, ("baseline", "pruned"), (1, 8), done)
-    assert (missing.machine.label, missing.shard.configs) == ("epyc", [("pruned", 8)])
     rows = [_row("baseline", 1, 1, "epyc"), _row("pruned", 1, 1, "epyc", status=report.OUT_OF_MEMORY),
-            _row("pruned", 8, 1, "h100", device="cpu")]  # a fault, and a row of another device: still to do
-    assert cluster.completed_configs(rows, machines) == {"epyc": {("baseline", 1)}, "h100": set()}
+            _row("pruned", 8, 1, "h100", device="cpu"), _row("baseline", 1, 1, "h100", device="cuda")]
+    epyc = planned[0]
+    assert [(r.variant, r.batch_size) for r in cluster.earlier_rows(rows, epyc)] == [("baseline", 1), ("pruned", 1)]
+    options = _options(tmp_path)
+    assert cluster.shard_request(options, epyc, [], node_cache=False, resume_from=rows[:2])["results_csv"] is None  # no --resume
+    request = cluster.shard_request(dataclasses.replace(options, resume=True), epyc, [], node_cache=False,
+                                    resume_from=cluster.earlier_rows(rows, epyc))
+    assert request["options"]["resume"] is True
+    seeded = tmp_path / "seeded.csv"
+    seeded.write_text(request["results_csv"])
+    assert report.read_rows(seeded) == cluster.earlier_rows(rows, epyc)
 
 
 class FakeRay:
@@ -236,20 +245,23 @@ FAKE_SWEEP = textwrap.dedent('''\
     latency = {("alpha", "baseline"): 10, ("alpha", "pruned"): 5, ("beta", "baseline"): 40, ("beta", "pruned"): 10}
     columns = ["optimization_technique", "batch_size", "device", "latency_ms_per_batch", "throughput_samples_per_sec",
                "ram_usage_mb", "vram_usage_mb", "machine"]
-    with open(os.path.join(options["output_dir"], "benchmark_results.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, columns)
+    path = os.path.join(options["output_dir"], "benchmark_results.csv")
+    kept = list(csv.DictReader(open(path))) if options["resume"] and os.path.exists(path) else []  # a stand-in for --resume
+    done = {(r["optimization_technique"], int(r["batch_size"])) for r in kept}
+    todo = [(v, s) for v in options["variants"] for s in options["batch_sizes"] if (v, s) not in done]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, columns, extrasaction="ignore")
         w.writeheader()
-        for v in options["variants"]:
-            for s in options["batch_sizes"]:
-                ms = latency[(machine, v)]
-                w.writerow({"optimization_technique": v, "batch_size": s, "device": options["device"],
-                            "latency_ms_per_batch": ms, "throughput_samples_per_sec": s * 1e3 / ms,
-                            "ram_usage_mb": 1, "vram_usage_mb": 0, "machine": machine})
+        w.writerows(kept)
+        for v, s in todo:
+            ms = latency[(machine, v)]
+            w.writerow({"optimization_technique": v, "batch_size": s, "device": options["device"],
+                        "latency_ms_per_batch": ms, "throughput_samples_per_sec": s * 1e3 / ms,
+                        "ram_usage_mb": 1, "vram_usage_mb": 0, "machine": machine})
     json.dump({"machine_info": {"node": machine}, "commit_info": {}, "benchmarks": [
         {"name": f"test_inference[{v}-bs{s}]", "fullname": f"t::test_inference[{v}-bs{s}]", "stats": {}}
-        for v in options["variants"] for s in options["batch_sizes"]]},
-        open(os.path.join(options["output_dir"], "benchmark.json"), "w"))
-    print("measured", machine, flush=True)
+        for v, s in todo]}, open(os.path.join(options["output_dir"], "benchmark.json"), "w"))
+    print("measured", machine, len(todo), flush=True)
 ''')
 
 
@@ -276,12 +288,17 @@ def test_a_shard_measures_with_the_drivers_thread_variables_not_rays(tmp_path: P
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("MKL_NUM_THREADS", "3")  # set on the driver: kept
     options = _options(tmp_path)
-    fleet_shard = cluster.plan_fleet([cluster.Machine("alpha", "cpu", 1)], options.variants, options.batch_sizes, {})[0]
+    fleet_shard = cluster.plan_fleet([cluster.Machine("alpha", "cpu", 1)], options.variants, options.batch_sizes)[0]
     request = cluster.shard_request(options, fleet_shard, [], node_cache=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Ray sets in the worker
     monkeypatch.setenv("MKL_NUM_THREADS", "1")
     result = cluster.run_shard(request, str(launcher))
     assert "OMP=None MKL=3" in result["log"], result["log"]
+
+
+def shard_logs(options) -> dict[str, str]:
+    """Each shard's log (OUTPUT_DIR/shards/NAME/sweep.log), stripped."""
+    return {d.name: (d / cluster.SHARD_LOG).read_text().strip() for d in sorted((options.output_dir / shard.SHARDS_DIR).iterdir())}
 
 
 def test_two_machines_on_ray_a_dead_shard_and_resume(local_ray, tmp_path: Path, fake_python: str) -> None:
@@ -300,18 +317,19 @@ def test_two_machines_on_ray_a_dead_shard_and_resume(local_ray, tmp_path: Path, 
     code = cluster.sweep_on_cluster(dataclasses.replace(options, resume=True), MACHINES, [], python=fake_python,
                                     node_cache=False, progress=lines.append)
     assert code == 0, lines
-    assert [line for line in lines if "queued" in line] == ["[beta-1] queued: baseline, pruned at batch 1 on beta (cpu)"]
+    assert shard_logs(options) == {"alpha-1": "measured alpha 0", "beta-1": "measured beta 2"}
     rows = report.read_rows(results)
     assert {(r.machine, r.variant): r.speedup_vs_baseline for r in rows} == {
         ("alpha", "baseline"): 1.0, ("alpha", "pruned"): 2.0, ("beta", "baseline"): 1.0, ("beta", "pruned"): 4.0}
     assert json.loads(cluster.benchmark_file(options.output_dir, "beta").read_text())["machine_info"] == {"node": "beta"}
     assert (options.output_dir / fleet.FLEET_FILE).is_file() and (options.output_dir / fleet.FLEET_PLOT).is_file()
     assert any(line.startswith("  fastest within budget on beta (cpu)") for line in lines)
-    # Nothing left to measure: no task at all.
+    # Nothing left to measure: each shard resumes and measures nothing; the rows stay.
     lines.clear()
     assert cluster.sweep_on_cluster(dataclasses.replace(options, resume=True), MACHINES, [], python=fake_python,
                                     node_cache=False, progress=lines.append) == 0
-    assert lines[0].startswith("nothing to measure")
+    assert shard_logs(options) == {"alpha-1": "measured alpha 0", "beta-1": "measured beta 0"}
+    assert report.read_rows(results) == rows
 
 
 def test_a_real_tiny_sweep_on_two_machines_a_killed_shard_and_resume(local_ray, tmp_path: Path) -> None:

@@ -84,6 +84,7 @@ class PairedSpeedup:
     speedup: float
     spread: float
     pairs: int
+    ratios: tuple[float, ...] = ()  # the per-pair ratios, in the order the rounds ran (verdict.judge resamples them)
 
     @classmethod
     def from_seconds(cls, baseline: Sequence[float], variant: Sequence[float]) -> PairedSpeedup:
@@ -93,9 +94,22 @@ class PairedSpeedup:
             raise ValueError(f"paired rounds must match: {len(baseline)} baseline, {len(variant)} variant")
         if min(*baseline, *variant) <= 0:
             raise ValueError("paired rounds must have positive durations")
-        ratios = sorted(b / v for b, v in zip(baseline, variant, strict=True))
+        in_order = tuple(b / v for b, v in zip(baseline, variant, strict=True))
+        ratios = sorted(in_order)
         return cls(
             speedup=statistics.median(ratios),
             spread=(percentile(ratios, 75) - percentile(ratios, 25)) / 2,
             pairs=len(ratios),
+            ratios=in_order,
         )
+
+
+def per_round_text(ratios: Sequence[float]) -> str:
+    """Per-round speedups as the results CSV's ``speedup_per_round`` cell: space-separated,
+    4 significant digits, in the order the rounds ran."""
+    return " ".join(f"{r:.4g}" for r in ratios)
+
+
+def parse_per_round(text: str | None) -> list[float]:
+    """The inverse of per_round_text ([] for an empty cell); ValueError for a bad number."""
+    return [float(part) for part in (text or "").split()]

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from densenet_opt import atomic
 from densenet_opt.accuracy import AGREEMENT, SYNTHETIC_ACCURACY
 from densenet_opt.budgets import BudgetCheck
 from densenet_opt.config import DEFAULT_MAX_CPU_PRESSURE
 from densenet_opt.measure.contention import CONTENDED_LOAD_PER_CORE
 from densenet_opt.render.plots import ACCURACY_LABELS
-from densenet_opt.report import BASELINE, SKIPPED_FOR_TIME, Row, read_rows
+from densenet_opt.report import BASELINE, OUTPUT_OPTION, SKIPPED_FOR_TIME, Row, read_rows
+
+if TYPE_CHECKING:
+    from densenet_opt.verdict import Verdict
 
 SUMMARY_FILE = "summary.md"
 FASTEST_HEADING = "## Fastest within its budget (accuracy, size, memory), per batch size"
@@ -210,3 +215,31 @@ def stored_sweep_tables(baseline_dir: Path) -> str:
             + throughput_matrix(rows, device))
     return "\n\n".join(sections) or ("No stored sweep yet: `nox -s bench -- --save-baseline` (CPU) or "
                                       "`nox -s gpu_bench -- --save-baseline` (CUDA) stores one for the machine kind it runs on.")
+
+
+GATE_HEADING = "## Regression gate"
+
+
+def gate_table(verdicts: Sequence[Verdict], kind: str) -> str:
+    """The gate's verdicts as a summary.md section: per config the speed ratio (this run's
+    speedup / the stored one), its interval and the verdict (densenet_opt/verdict.py)."""
+    lines = [f"{GATE_HEADING} (stored baseline of {kind})", "",
+             "Speed ratio: this run's speedup over `baseline` / the stored one (below 1: slower). "
+             "A regression is an interval wholly below 1 - threshold (densenet_opt/verdict.py).", ""]
+    table = [{"variant": v.variant, "batch": str(v.batch_size), "speed ratio": f"{v.ratio:.3f}",
+              "interval": v.interval_text, "rounds": str(v.rounds or "-"), "threshold": f"-{v.max_drop:.0%}",
+              "verdict": f"**{v.outcome}**" if v.regressed else v.outcome} for v in verdicts]
+    columns = ["variant", "batch", "speed ratio", "interval", "rounds", "threshold", "verdict"]
+    return "\n".join(lines) + (markdown_table(table, columns) if table else "No config had a stored speedup.") + "\n"
+
+
+def append_gate_table(output_dir: Path, verdicts: Sequence[Verdict], kind: str) -> Path | None:
+    """Add gate_table to OUTPUT_DIR/summary.md (replacing an earlier gate section); None
+    when there is no summary.md. Raises UserError when it cannot be written."""
+    path = Path(output_dir) / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    text = text.split(f"\n{GATE_HEADING}", 1)[0].rstrip("\n") + "\n\n"
+    atomic.write_text(path, text + gate_table(verdicts, kind), option=OUTPUT_OPTION)
+    return path
