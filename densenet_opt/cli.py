@@ -12,13 +12,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from densenet_opt import cluster, compare, profiling, render, runner, shard
+from densenet_opt import baselines, cluster, compare, history, profiling, render, runner, shard
 from densenet_opt.serving import command as loadgen
 from densenet_opt.recommend import recommend_from_results, recommend_qps
 from densenet_opt.render import markdown, plots
 from densenet_opt.report import RESULTS_FILE
-from densenet_opt.config import add_sweep_options, option_dests, options_from_mapping
-from densenet_opt.baselines import BaselineMissing
+from densenet_opt.config import add_sweep_options, option_dests, options_from_mapping, parse_batch_sizes
+from densenet_opt.measure.env import machine_kind
 from densenet_opt.errors import UserError
 from densenet_opt.values import positive_number
 from densenet_opt.sweep import preflight
@@ -51,6 +51,7 @@ def add_tool_commands(commands: argparse._SubParsersAction) -> None:
     profiling.add_command(commands)
     loadgen.add_command(commands)
     add_compare_command(commands)
+    add_history_command(commands)
     shard.add_command(commands)  # after "sweep": it takes the sweep's arguments
     cluster.add_command(commands)  # after "sweep" too; Ray is imported only when it runs
 
@@ -144,6 +145,40 @@ def run_compare(args: argparse.Namespace) -> int:
     return 1 if any(v.regressed for v in verdicts) else 0
 
 
+def add_history_command(commands: argparse._SubParsersAction) -> None:
+    """``history``: a config's speed over a machine kind's stored runs (densenet_opt/history.py)."""
+    parser = commands.add_parser(
+        "history",
+        help="each config's speedup and latency over the stored baselines of a machine kind, change points marked",
+        description="Reads every pytest-benchmark run stored for a machine kind (each --save-baseline adds one) and "
+        "prints, per config, its paired speedup over the baseline variant and median latency run by run, marking "
+        "change points of the speedup (binary segmentation with Welch's t-test, as Apache Otava; needs 6 or more runs).",
+    )
+    parser.add_argument("--baseline-dir", type=Path, default=Path("benchmarks_baseline"), help="(default: %(default)s)")
+    parser.add_argument("--kind", help="the machine kind (default: this machine's)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="(default: %(default)s)")
+    parser.add_argument("--variants", help="only these variants, comma-separated")
+    parser.add_argument("--batch-sizes", help="only these batch sizes, comma-separated")
+    parser.set_defaults(handler=run_history)
+
+
+def run_history(args: argparse.Namespace) -> int:
+    """The ``history`` subcommand; UserError for a kind with no stored run."""
+    kind = args.kind or machine_kind(args.device)
+    directory = baselines.kind_dir(args.baseline_dir, kind)
+    found = history.stored_history(directory, args.device)
+    if not found:
+        stored = ", ".join(baselines.stored_kinds(args.baseline_dir, args.device)) or "none"
+        raise UserError(f"no stored {args.device} run of machine kind {kind} in {args.baseline_dir} (kinds stored: {stored}): "
+                        "pass --kind, or store one with densenet-opt sweep --save-baseline")
+    variants = set(args.variants.split(",")) if args.variants else None
+    sizes = {int(size) for size in parse_batch_sizes(args.batch_sizes)} if args.batch_sizes else None
+    configs = [key for key in found if (variants is None or key[0] in variants) and (sizes is None or key[1] in sizes)]
+    print(f"{kind}, {args.device}: {len({p.run for points in found.values() for p in points})} stored run(s) in {directory}")
+    print("\n".join(history.history_lines(found, configs)))
+    return 0
+
+
 def positive_limit(option: str, text: str | None) -> float | None:
     """``text`` given to ``option`` as a positive finite number, None when not given; UserError otherwise."""
     if text is None:
@@ -209,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         return runner.run_sweep(options, args.pytest_args)
     except UserError as error:
         print(f"densenet-opt: error: {error}", file=sys.stderr)
-        return 1 if isinstance(error, BaselineMissing) else 2
+        return 1 if isinstance(error, baselines.BaselineMissing) else 2
 
 
 if __name__ == "__main__":
