@@ -276,6 +276,7 @@ def test_aotinductor_package(tmp_path: Path, monkeypatch) -> None:
 # ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("fault_plugin_on_path")  # the shim imports tests/full_disk.py
 def test_a_sweep_whose_benchmark_json_hits_a_full_disk_says_so_in_one_sentence(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
@@ -284,8 +285,7 @@ def test_a_sweep_whose_benchmark_json_hits_a_full_disk_says_so_in_one_sentence(t
             "from densenet_opt.cli import main; sys.exit(main(sys.argv[1:]))")
     command = [sys.executable, "-c", shim, "sweep", "--variants", "baseline", "--batch-sizes", "1", "--num-samples", "4",
                "--rounds", "2", "--warmup-rounds", "0", "--weights", "synthetic", "--output-dir", str(out)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    result = subprocess.run(command, capture_output=True, text=True)
     shown = result.stdout[-3000:] + result.stderr[-3000:]
     assert result.returncode == 2, shown
     assert "Traceback" not in result.stdout + result.stderr, shown

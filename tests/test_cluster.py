@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import textwrap
 from pathlib import Path
@@ -21,8 +20,6 @@ from densenet_opt.config import options_from_mapping
 from densenet_opt.errors import UserError
 from densenet_opt.recommend import recommend_from_results
 from densenet_opt.render import fleet
-
-TESTS = Path(__file__).resolve().parent
 
 
 def _row(variant: str, size: int, latency: float, machine: str | None, device: str = "cpu", **fields) -> report.Row:
@@ -119,7 +116,7 @@ def test_machines_are_found_by_their_resource() -> None:
         cluster.discover_machines([cluster.MachineSpec("epyc", "cuda")], nodes)
 
 
-def test_each_machine_gets_every_config_and_resume_hands_each_shard_its_machines_rows(tmp_path: Path) -> None:
+def test_each_machine_gets_every_config_and_resume_hands_each_shard_its_machines_rows(tmp_path: Path, artifact_cache: Path) -> None:
     """--resume is decided by each shard's own sweep, where the weights and images are (the
     driver cannot know the weights' bytes): the driver hands it the earlier rows of its
     machine, device and configs, and asks it to resume."""
@@ -133,7 +130,7 @@ def test_each_machine_gets_every_config_and_resume_hands_each_shard_its_machines
             _row("pruned", 8, 1, "h100", device="cpu"), _row("baseline", 1, 1, "h100", device="cuda")]
     epyc = planned[0]
     assert [(r.variant, r.batch_size) for r in cluster.earlier_rows(rows, epyc)] == [("baseline", 1), ("pruned", 1)]
-    options = _options(tmp_path)
+    options = _options(tmp_path, artifact_cache)
     assert cluster.shard_request(options, epyc, [], node_cache=False, resume_from=rows[:2])["results_csv"] is None  # no --resume
     request = cluster.shard_request(dataclasses.replace(options, resume=True), epyc, [], node_cache=False,
                                     resume_from=cluster.earlier_rows(rows, epyc))
@@ -207,12 +204,12 @@ def test_without_ray_the_command_says_what_to_install(monkeypatch, tmp_path: Pat
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def local_ray(fault_plugin_pythonpath: str):
     """One local Ray instance for the module: 2 CPUs, a node offering machine:alpha and
     machine:beta; its workers see tests/ on PYTHONPATH (for -p fault_plugin)."""
     ray = pytest.importorskip("ray")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+        patch.setenv("PYTHONPATH", fault_plugin_pythonpath)
         patch.setenv("RAY_AUTH_MODE", "disabled")
         ray.init(num_cpus=2, num_gpus=0, resources={"machine:alpha": 1, "machine:beta": 1},
                  include_dashboard=False, configure_logging=False)
@@ -220,18 +217,18 @@ def local_ray():
     ray.shutdown()
 
 
-def _options(tmp_path: Path, **changes):
+def _options(tmp_path: Path, cache: Path, **changes):
     options = options_from_mapping({
         "device": "cpu", "variants": "baseline,pruned", "batch_sizes": "1", "num_samples": "4", "rounds": "2",
-        "warmup_rounds": "1", "weights": "synthetic", "output_dir": str(tmp_path / "fleet"),
-        "cache_dir": os.environ.get("DENSENET_OPT_CACHE") or str(tmp_path / "cache"),
+        "warmup_rounds": "1", "weights": "synthetic", "output_dir": str(tmp_path / "fleet"), "cache_dir": str(cache),
     })
     return dataclasses.replace(options, **changes)
 
 
 MACHINES = [cluster.MachineSpec("alpha"), cluster.MachineSpec("beta")]
 
-# A stand-in for a shard's `python -m densenet_opt.runner` (its request as JSON on stdin):
+# A stand-in for a shard's `python -m densenet_opt.runner` (its request as JSON on stdin; conftest.py's
+# fake_python runs it):
 # a row per config, baseline 10 ms on alpha and 40 ms on beta, pruned 5 ms and 10 ms; on a
 # machine named after --kill in its pytest arguments it kills its parent, the Ray worker.
 FAKE_SWEEP = textwrap.dedent('''\
@@ -265,17 +262,7 @@ FAKE_SWEEP = textwrap.dedent('''\
 ''')
 
 
-@pytest.fixture
-def fake_python(tmp_path: Path) -> str:
-    script = tmp_path / "fake_sweep.py"
-    script.write_text(FAKE_SWEEP)
-    launcher = tmp_path / "python"
-    launcher.write_text(f"#!/bin/sh\nshift 2\nexec {sys.executable} {script} \"$@\"\n")  # drop `-m densenet_opt.runner`
-    launcher.chmod(0o755)
-    return str(launcher)
-
-
-def test_a_shard_measures_with_the_drivers_thread_variables_not_rays(tmp_path: Path, monkeypatch) -> None:
+def test_a_shard_measures_with_the_drivers_thread_variables_not_rays(tmp_path: Path, monkeypatch, artifact_cache: Path) -> None:
     """Ray sets OMP_NUM_THREADS=1 in a worker of num_cpus=1: torch then ran on one thread in the
     fleet (76 ms, onnx 2.12x) where a plain sweep used every core (onnx 3.96x). The shard's
     sweep gets the driver's values: unset where the driver has none."""
@@ -287,7 +274,7 @@ def test_a_shard_measures_with_the_drivers_thread_variables_not_rays(tmp_path: P
     launcher.chmod(0o755)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("MKL_NUM_THREADS", "3")  # set on the driver: kept
-    options = _options(tmp_path)
+    options = _options(tmp_path, artifact_cache)
     fleet_shard = cluster.plan_fleet([cluster.Machine("alpha", "cpu", 1)], options.variants, options.batch_sizes)[0]
     request = cluster.shard_request(options, fleet_shard, [], node_cache=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Ray sets in the worker
@@ -301,8 +288,8 @@ def shard_logs(options) -> dict[str, str]:
     return {d.name: (d / cluster.SHARD_LOG).read_text().strip() for d in sorted((options.output_dir / shard.SHARDS_DIR).iterdir())}
 
 
-def test_two_machines_on_ray_a_dead_shard_and_resume(local_ray, tmp_path: Path, fake_python: str) -> None:
-    options = _options(tmp_path)
+def test_two_machines_on_ray_a_dead_shard_and_resume(local_ray, tmp_path: Path, fake_python: str, artifact_cache: Path) -> None:
+    options = _options(tmp_path, artifact_cache)
     lines: list[str] = []
     code = cluster.sweep_on_cluster(options, MACHINES, ["--kill", "beta"], python=fake_python, node_cache=False,
                                     progress=lines.append)
@@ -332,11 +319,11 @@ def test_two_machines_on_ray_a_dead_shard_and_resume(local_ray, tmp_path: Path, 
     assert report.read_rows(results) == rows
 
 
-def test_a_real_tiny_sweep_on_two_machines_a_killed_shard_and_resume(local_ray, tmp_path: Path) -> None:
+def test_a_real_tiny_sweep_on_two_machines_a_killed_shard_and_resume(local_ray, tmp_path: Path, artifact_cache: Path) -> None:
     """The library sweep (pytest-benchmark in a subprocess) in each task; beta's worker is
     killed by tests/fault_plugin.py at its first engine call, alpha's rows are kept, and
     --resume measures beta only."""
-    options = _options(tmp_path)
+    options = _options(tmp_path, artifact_cache)
     lines: list[str] = []
     faults = ["-p", "fault_plugin", "--inject-fault", "baseline@1=kill_worker:beta"]
     code = cluster.sweep_on_cluster(options, MACHINES, faults, node_cache=False, progress=lines.append)

@@ -176,19 +176,18 @@ def test_pytest_benchmark_does_not_store_a_refused_run(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "baseline" / "machine").glob("*.json")] == ["0001_cpu.json"]
 
 
+@pytest.mark.usefixtures("fault_plugin_on_path")
 def test_a_sweep_timed_under_contention_is_measured_but_not_stored(tmp_path: Path) -> None:
     """End to end: a tiny sweep whose CPU pressure reads 60% (tests/fault_plugin.py) writes
     its row and summary, stores no baseline, and says why once, with exit code 2."""
-    import os
     import subprocess
     import sys
 
-    plugin_path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "densenet_opt", "sweep", "--variants", "baseline", "--batch-sizes", "1",
                "--num-samples", "4", "--rounds", "2", "--warmup-rounds", "0", "--weights", "synthetic",
                "--output-dir", str(tmp_path / "out"), "--baseline-dir", str(tmp_path / "baseline"), "--save-baseline",
                "--", "-p", "fault_plugin", "--fake-cpu-pressure", "60"]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": plugin_path})
+    result = subprocess.run(command, capture_output=True, text=True)
     output = result.stdout + result.stderr
     assert result.returncode == 2, output[-3000:]
     assert output.count("not storing the baseline") == 1, output[-3000:]

@@ -15,7 +15,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import DenseNet
 
 from densenet_opt.errors import UserError
 from densenet_opt.variants import BuildContext, Engine, get_variant, parse_variant_options, pruning
@@ -75,11 +74,10 @@ def pool() -> torch.Tensor:
     return structured_images(TRAIN + HELDOUT)
 
 
-def tiny_teacher(images: torch.Tensor) -> nn.Module:
-    """The tiny DenseNet of test_pruning, its BatchNorm statistics fit to ``images`` and
-    its logits scaled up (same top-1) so that softened probabilities are not all flat."""
-    torch.manual_seed(0)
-    model = DenseNet(growth_rate=8, block_config=(2, 2, 2, 2), num_init_features=16, bn_size=4).eval()
+def tiny_teacher(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """A new tiny DenseNet (conftest.py's ``make_tiny_densenet``), its BatchNorm statistics fit
+    to ``images`` and its logits scaled up (same top-1) so that softened probabilities are not
+    all flat."""
     recalibrate_batchnorm(model, images)
     with torch.no_grad():
         model.classifier.weight.mul_(10.0)
@@ -87,8 +85,8 @@ def tiny_teacher(images: torch.Tensor) -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def teacher(pool: torch.Tensor) -> nn.Module:
-    return tiny_teacher(pool[:TRAIN])
+def teacher(pool: torch.Tensor, make_tiny_densenet) -> nn.Module:
+    return tiny_teacher(make_tiny_densenet(), pool[:TRAIN])
 
 
 def pruned(teacher: nn.Module) -> nn.Module:
@@ -277,8 +275,8 @@ def build_pool() -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def build_teacher(build_pool: torch.Tensor) -> nn.Module:
-    return tiny_teacher(build_pool[:DISTILL_BATCH])
+def build_teacher(build_pool: torch.Tensor, make_tiny_densenet) -> nn.Module:
+    return tiny_teacher(make_tiny_densenet(), build_pool[:DISTILL_BATCH])
 
 
 class Calls:

@@ -27,22 +27,20 @@ TINY = ["--variants", "baseline", "--num-samples", "4", "--rounds", "2", "--warm
 
 
 def command(out: Path, *args: str, faults: str = "") -> list[str]:
-    """The tiny sweep; ``faults`` (VARIANT@BATCH=KIND[:ARG],...) go to tests/fault_plugin.py."""
+    """The tiny sweep; ``faults`` (VARIANT@BATCH=KIND[:ARG],...) go to tests/fault_plugin.py, which
+    a test that injects any finds through conftest.py's ``fault_plugin_on_path``."""
     pytest_args = ["--", "-p", "fault_plugin", "--inject-fault", faults] if faults else []
     return [sys.executable, "-m", "densenet_opt", "sweep", *TINY, "--output-dir", str(out), *args, *pytest_args]
-
-
-# Where the sweeps these tests start find tests/fault_plugin.py.
-FAULT_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
 
 
 def statuses(out: Path) -> dict[str, str]:
     return {str(row.batch_size): row.status for row in report.read_rows(out / report.RESULTS_FILE)}
 
 
+@pytest.mark.usefixtures("fault_plugin_on_path")
 def test_oom_and_nan_are_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
     result = subprocess.run(command(tmp_path, "--batch-sizes", "1,2,3", faults="baseline@1=oom,baseline@2=nan"),
-                            capture_output=True, text=True, env=FAULT_ENV)
+                            capture_output=True, text=True)
     assert result.returncode == 1, result.stdout[-3000:]  # the NaN config is a failure of that variant
     assert statuses(tmp_path) == {"1": "out_of_memory", "2": "non_finite_logits", "3": "ok"}
     assert "baseline at batch 1: out of memory, recorded as out_of_memory" in result.stdout
@@ -70,10 +68,10 @@ def test_resume_measures_again_a_row_of_other_inputs(tmp_path: Path) -> None:
     assert after["pruned"].inputs.endswith("options=pruned.amount=0.2")
 
 
+@pytest.mark.usefixtures("fault_plugin_on_path")
 def test_a_killed_sweep_keeps_completed_rows_and_resume_skips_them(tmp_path: Path) -> None:
     sweep = subprocess.Popen(command(tmp_path, "--batch-sizes", "1,2", faults="baseline@2=delay:3000"),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=FAULT_ENV,
-                             start_new_session=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     results = tmp_path / report.RESULTS_FILE
     deadline = time.monotonic() + 600
     while not results.exists() and time.monotonic() < deadline and sweep.poll() is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torchvision.models import densenet121
 
 from densenet_opt.flops import count_flops, count_params, weight_sparsity
 
@@ -13,11 +12,6 @@ from densenet_opt.flops import count_flops, count_params, weight_sparsity
 # multiply-add) and torchvision's parameter count.
 DENSENET121_FLOPS = 5.668e9
 DENSENET121_PARAMS = 7_978_856
-
-
-@pytest.fixture(scope="module")
-def densenet() -> nn.Module:
-    return densenet121(weights=None).eval()
 
 
 def test_densenet121_flops_per_image(densenet: nn.Module) -> None:

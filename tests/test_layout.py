@@ -1,7 +1,9 @@
 """The house rules that keep the package installable and simple to follow.
 
 No import cycle among densenet_opt's modules (function-level imports included), nothing
-imported from tests/, and no test-only switch read on the production path.
+imported from tests/, and no test-only switch read on the production path. The tests' shared
+fixtures live in the top-level conftest.py; the sweep's fixtures, options and hooks only in
+the plugin (densenet_opt/plugin.py), which an installed copy has too.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "densenet_opt"
+CONFTEST = PACKAGE.parent / "conftest.py"
+PLUGIN = PACKAGE / "plugin.py"
 
 
 def module_name(path: Path) -> str:
@@ -90,3 +94,33 @@ def test_the_package_needs_nothing_from_tests_and_reads_no_test_switch() -> None
         imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         assert not [name for name in imported if name == "tests" or name.startswith(("tests.", "conftest", "fault_plugin"))], path
         assert "DENSENET_OPT_TEST" not in text, path
+
+
+def fixture_names(path: Path) -> set[str]:
+    """The fixtures ``path`` defines: functions decorated with ``pytest.fixture`` (bare or called)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for decorator in node.decorator_list:
+                target = decorator.func if isinstance(decorator, ast.Call) else decorator
+                if (isinstance(target, ast.Attribute) and target.attr == "fixture") or (isinstance(target, ast.Name) and target.id == "fixture"):
+                    names.add(node.name)
+    return names
+
+
+def hook_names(path: Path) -> set[str]:
+    """The pytest hooks ``path`` implements: its top-level ``pytest_*`` functions."""
+    tree = ast.parse(path.read_text())
+    return {node.name for node in tree.body if isinstance(node, ast.FunctionDef) and node.name.startswith("pytest_")}
+
+
+def test_conftest_holds_the_shared_fixtures_and_the_plugin_owns_the_sweeps() -> None:
+    shared = fixture_names(CONFTEST)
+    sweep_fixtures = fixture_names(PLUGIN)
+    assert {"sweep", "engine_config"} <= sweep_fixtures and {"tiny_densenet", "fault_plugin_on_path"} <= shared
+    # Nothing registered twice: the plugin alone defines the sweep's fixtures, options and hooks.
+    assert not shared & sweep_fixtures, shared & sweep_fixtures
+    assert "pytest_addoption" in hook_names(PLUGIN) and not hook_names(CONFTEST), hook_names(CONFTEST)
+    # One copy of each shared fixture: no test file defines its own under the same name.
+    for path in sorted(CONFTEST.parent.glob("tests/*.py")):
+        assert not fixture_names(path) & shared, (path.name, fixture_names(path) & shared)

@@ -13,31 +13,25 @@ from densenet_opt import model
 from densenet_opt.errors import UserError
 
 
-@pytest.fixture(scope="module")
-def state_dict() -> dict[str, torch.Tensor]:
-    torch.manual_seed(1)
-    return densenet121(weights=None).state_dict()
-
-
 def _logits(module: torch.nn.Module) -> torch.Tensor:
     with torch.inference_mode():
         return module.eval()(torch.ones(1, 3, 64, 64))
 
 
-def test_state_dict_file_round_trips(tmp_path: Path, state_dict) -> None:
+def test_state_dict_file_round_trips(tmp_path: Path, densenet_state_dict) -> None:
     path = tmp_path / "weights.pt"
-    torch.save(state_dict, path)
+    torch.save(densenet_state_dict, path)
     weights = model.resolve_weights(str(path), cache_dir=tmp_path)
     assert weights.trained and weights.source == str(path) and weights.key.startswith("file-")
     reference = densenet121(weights=None)
-    reference.load_state_dict(state_dict)
+    reference.load_state_dict(densenet_state_dict)
     assert torch.equal(_logits(model.build_model(weights)), _logits(reference))
 
 
-def test_checkpoint_with_dataparallel_prefix_and_old_keys(tmp_path: Path, state_dict) -> None:
+def test_checkpoint_with_dataparallel_prefix_and_old_keys(tmp_path: Path, densenet_state_dict) -> None:
     # The old torchvision naming ('norm.1.weight') and a DataParallel 'module.' prefix.
     old_style = {}
-    for key, value in state_dict.items():
+    for key, value in densenet_state_dict.items():
         if key.endswith("num_batches_tracked"):  # old checkpoints predate it
             continue
         for new, old in (("norm1.", "norm.1."), ("norm2.", "norm.2."), ("conv1.", "conv.1."), ("conv2.", "conv.2.")):
@@ -47,9 +41,9 @@ def test_checkpoint_with_dataparallel_prefix_and_old_keys(tmp_path: Path, state_
     path = tmp_path / "checkpoint.pth"
     torch.save({"epoch": 3, "state_dict": old_style}, path)
     loaded = model.load_state_dict_file(path)
-    assert loaded.keys() == {k for k in state_dict if not k.endswith("num_batches_tracked")}
+    assert loaded.keys() == {k for k in densenet_state_dict if not k.endswith("num_batches_tracked")}
     weights = model.Weights(loaded, str(path), "test", trained=True)
-    assert torch.equal(_logits(model.build_model(weights)), _logits(model.build_model(model.Weights(state_dict, "", "", True))))
+    assert torch.equal(_logits(model.build_model(weights)), _logits(model.build_model(model.Weights(densenet_state_dict, "", "", True))))
 
 
 def test_wrong_architecture_names_the_mismatched_keys(tmp_path: Path) -> None:
@@ -59,8 +53,8 @@ def test_wrong_architecture_names_the_mismatched_keys(tmp_path: Path) -> None:
         model.build_model(model.resolve_weights(str(path), cache_dir=tmp_path))
 
 
-def test_wrong_shape_is_reported(tmp_path: Path, state_dict) -> None:
-    bad = dict(state_dict)
+def test_wrong_shape_is_reported(tmp_path: Path, densenet_state_dict) -> None:
+    bad = dict(densenet_state_dict)
     bad["classifier.weight"] = torch.zeros(10, 1024)
     bad["classifier.bias"] = torch.zeros(10)
     path = tmp_path / "ten_classes.pt"
@@ -69,11 +63,11 @@ def test_wrong_shape_is_reported(tmp_path: Path, state_dict) -> None:
         model.build_model(model.resolve_weights(str(path), cache_dir=tmp_path))
 
 
-def test_missing_and_truncated_files(tmp_path: Path, state_dict) -> None:
+def test_missing_and_truncated_files(tmp_path: Path, densenet_state_dict) -> None:
     with pytest.raises(UserError, match="does not exist"):
         model.resolve_weights(str(tmp_path / "nope.pt"), cache_dir=tmp_path)
     path = tmp_path / "truncated.pt"
-    torch.save(state_dict, path)
+    torch.save(densenet_state_dict, path)
     path.write_bytes(path.read_bytes()[: 100_000])
     with pytest.raises(UserError, match="truncated"):
         model.resolve_weights(str(path), cache_dir=tmp_path)
@@ -99,40 +93,40 @@ def test_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-def test_torchvision_weights_from_the_local_hub_cache(tmp_path: Path, monkeypatch, state_dict) -> None:
+def test_torchvision_weights_from_the_local_hub_cache(tmp_path: Path, monkeypatch, densenet_state_dict) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(UserError, match="not in the local torch hub cache"):
         model.resolve_weights(model.TORCHVISION, cache_dir=tmp_path)
     path = model.torchvision_weights_path()
     assert path.is_relative_to(tmp_path) and path.name == "densenet121-a639ec97.pth"
     path.parent.mkdir(parents=True)
-    torch.save(state_dict, path)
+    torch.save(densenet_state_dict, path)
     weights = model.resolve_weights(model.AUTO, cache_dir=tmp_path)
     assert weights.source == model.TORCHVISION and weights.trained
     model.build_model(weights)
 
 
-def test_other_weights_under_the_hub_files_name_get_another_key(tmp_path: Path, monkeypatch, state_dict) -> None:
+def test_other_weights_under_the_hub_files_name_get_another_key(tmp_path: Path, monkeypatch, densenet_state_dict) -> None:
     """--weights torchvision (and auto) keyed every artifact by the file's constant name: other
     DenseNet-121 weights copied over the hub file then reused the first weights' ONNX export
     (agreement 0.0%, exit 0). The key follows the file's bytes."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     path = model.torchvision_weights_path()
     path.parent.mkdir(parents=True)
-    torch.save(state_dict, path)
+    torch.save(densenet_state_dict, path)
     first = model.resolve_weights(model.TORCHVISION, cache_dir=tmp_path)
     assert model.resolve_weights(model.AUTO, cache_dir=tmp_path).key == first.key  # same bytes, same key
-    other = {name: tensor + 1 if tensor.is_floating_point() else tensor for name, tensor in state_dict.items()}
+    other = {name: tensor + 1 if tensor.is_floating_point() else tensor for name, tensor in densenet_state_dict.items()}
     torch.save(other, path)
     assert model.resolve_weights(model.TORCHVISION, cache_dir=tmp_path).key != first.key
-    assert model.state_dict_digest(other) != model.state_dict_digest(state_dict)
+    assert model.state_dict_digest(other) != model.state_dict_digest(densenet_state_dict)
 
 
-def test_auto_falls_back_to_synthetic_with_a_notice(tmp_path: Path, monkeypatch, state_dict) -> None:
+def test_auto_falls_back_to_synthetic_with_a_notice(tmp_path: Path, monkeypatch, densenet_state_dict) -> None:
     import densenet_opt.synthetic as synthetic
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(synthetic, "load_or_build_synthetic_state_dict", lambda **kwargs: state_dict)
+    monkeypatch.setattr(synthetic, "load_or_build_synthetic_state_dict", lambda **kwargs: densenet_state_dict)
     notices: list[str] = []
     weights = model.resolve_weights(model.AUTO, cache_dir=tmp_path, progress=notices.append)
     assert weights.source == model.SYNTHETIC and not weights.trained

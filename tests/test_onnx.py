@@ -98,15 +98,8 @@ def ctx(sweep: Sweep) -> BuildContext:
     )
 
 
-@pytest.fixture(scope="module")
-def images(sweep: Sweep) -> torch.Tensor:
-    return sweep.eval_set.head(min(BATCH, len(sweep.eval_set)))
-
-
-@pytest.fixture(scope="module")
-def reference(sweep: Sweep, images: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
-        return sweep.reference_model()(images)
+# eval_images (the sweep's first BATCH images) and reference_logits (the fp32 model's on them)
+# come from conftest.py.
 
 
 @pytest.fixture(scope="module")
@@ -126,17 +119,17 @@ def fp32_model(ctx: BuildContext) -> onnx_export.Artifact:
 # ---------------------------------------------------------------------------------------
 
 
-def test_fp32_matches_torch(fp32_engine, images: torch.Tensor, reference: torch.Tensor) -> None:
-    result = fidelity(fp32_engine(images), reference, None)
+def test_fp32_matches_torch(fp32_engine, eval_images: torch.Tensor, reference_logits: torch.Tensor) -> None:
+    result = fidelity(fp32_engine(eval_images), reference_logits, None)
     assert result.agreement_top1 == 100.0
     assert result.relative_error < FP32_RELATIVE_ERROR_MAX
 
 
-def test_one_session_takes_any_batch_size(fp32_engine, images: torch.Tensor, reference: torch.Tensor) -> None:
+def test_one_session_takes_any_batch_size(fp32_engine, eval_images: torch.Tensor, reference_logits: torch.Tensor) -> None:
     for size in (1, 3):
-        logits = fp32_engine(images[:size])
-        assert logits.shape == (size, reference.shape[1]) and logits.dtype == torch.float32
-        torch.testing.assert_close(logits, reference[:size], rtol=0, atol=1e-3 * reference.abs().max().item())
+        logits = fp32_engine(eval_images[:size])
+        assert logits.shape == (size, reference_logits.shape[1]) and logits.dtype == torch.float32
+        torch.testing.assert_close(logits, reference_logits[:size], rtol=0, atol=1e-3 * reference_logits.abs().max().item())
 
 
 def test_engine_records_provider_and_build_times(fp32_engine) -> None:
@@ -166,7 +159,7 @@ def test_model_size_counts_external_data(fp32_model, tmp_path: Path) -> None:
     assert model_size_bytes(split) == pytest.approx(model_size_bytes(fp32_model.path), rel=0.05)
 
 
-def test_fp16_model_keeps_float32_inputs_and_outputs(ctx: BuildContext, fp32_model, images, reference) -> None:
+def test_fp16_model_keeps_float32_inputs_and_outputs(ctx: BuildContext, fp32_model, eval_images, reference_logits) -> None:
     fp16 = onnx_export.fp16_artifact(fp32_model, cache_dir=ctx.cache_dir, progress=quiet)
     model = onnx.load(str(fp16.path))
     assert [value.type.tensor_type.elem_type for value in (*model.graph.input, *model.graph.output)] == [
@@ -177,8 +170,8 @@ def test_fp16_model_keeps_float32_inputs_and_outputs(ctx: BuildContext, fp32_mod
     assert fp16.size_bytes < 0.55 * fp32_model.size_bytes
     # ORT's CPU provider runs it too (slowly), which checks the numbers without a GPU.
     session = ort.InferenceSession(str(fp16.path), providers=[PROVIDERS["cpu"]])
-    logits = torch.from_numpy(session.run(None, {onnx_export.INPUT_NAME: images.numpy()})[0])
-    assert fidelity(logits, reference, None).relative_error < 0.02
+    logits = torch.from_numpy(session.run(None, {onnx_export.INPUT_NAME: eval_images.numpy()})[0])
+    assert fidelity(logits, reference_logits, None).relative_error < 0.02
 
 
 # ---------------------------------------------------------------------------------------
@@ -345,12 +338,12 @@ def test_without_onnxscript_the_export_says_what_to_install(monkeypatch, tmp_pat
 # ---------------------------------------------------------------------------------------
 
 
-def test_device_io_matches_plain_run(fp32_engine, images: torch.Tensor) -> None:
+def test_device_io_matches_plain_run(fp32_engine, eval_images: torch.Tensor) -> None:
     io = DeviceIO(fp32_engine.session, ort, "cpu", 0)
-    expected = fp32_engine(images)
-    first = io(images.numpy())
-    small = io(images[:1].numpy())
-    again = io(images.numpy())
+    expected = fp32_engine(eval_images)
+    first = io(eval_images.numpy())
+    small = io(eval_images[:1].numpy())
+    again = io(eval_images.numpy())
     torch.testing.assert_close(first, expected)
     torch.testing.assert_close(small, expected[:1])
     assert first.data_ptr() != again.data_ptr()  # each call returns its own host array
@@ -420,22 +413,22 @@ def test_int8_graph_is_int8_end_to_end(int8_model, fp32_model) -> None:
     assert int8_ops["QuantizeLinear"] <= 2 and int8_ops["DequantizeLinear"] <= 2  # at the ends only
 
 
-def test_int8_engine(ctx: BuildContext, int8_model, images: torch.Tensor, reference: torch.Tensor) -> None:
+def test_int8_engine(ctx: BuildContext, int8_model, eval_images: torch.Tensor, reference_logits: torch.Tensor) -> None:
     engine = build_int8(ctx)
     try:
         assert engine.info["quantization"].startswith("qdq-u8s8-per-channel")
         assert engine.info["calibration_images"] == str(ctx.calibration_samples)
         assert engine.model_size_bytes == model_size_bytes(int8_model.path)
         assert engine.model_size_bytes < model_size_bytes(ort_variants.fp32_model(ctx).path) / 3
-        logits = engine(images)
-        assert logits.shape == reference.shape and torch.isfinite(logits).all()
+        logits = engine(eval_images)
+        assert logits.shape == reference_logits.shape and torch.isfinite(logits).all()
     finally:
         engine.close()
 
 
-def test_int8_key_follows_the_calibration_images_and_target(fp32_model, images: torch.Tensor) -> None:
-    key = onnx_export.key_digest(int8_key(fp32_model, RECIPES[CPU], images))
-    assert key == onnx_export.key_digest(int8_key(fp32_model, RECIPES[CPU], images.clone()))
-    assert key != onnx_export.key_digest(int8_key(fp32_model, RECIPES[CPU], images + 1e-3))
-    assert key != onnx_export.key_digest(int8_key(fp32_model, RECIPES[CPU], images[:-1]))
-    assert key != onnx_export.key_digest(int8_key(fp32_model, RECIPES[TENSORRT], images))
+def test_int8_key_follows_the_calibration_images_and_target(fp32_model, eval_images: torch.Tensor) -> None:
+    key = onnx_export.key_digest(int8_key(fp32_model, RECIPES[CPU], eval_images))
+    assert key == onnx_export.key_digest(int8_key(fp32_model, RECIPES[CPU], eval_images.clone()))
+    assert key != onnx_export.key_digest(int8_key(fp32_model, RECIPES[CPU], eval_images + 1e-3))
+    assert key != onnx_export.key_digest(int8_key(fp32_model, RECIPES[CPU], eval_images[:-1]))
+    assert key != onnx_export.key_digest(int8_key(fp32_model, RECIPES[TENSORRT], eval_images))

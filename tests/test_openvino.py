@@ -188,22 +188,15 @@ def ctx(sweep: Sweep, ov) -> BuildContext:
                                options=parse_variant_options({"openvino_int8.accuracy_control": "off"}))
 
 
-@pytest.fixture(scope="module")
-def images(sweep: Sweep) -> torch.Tensor:
-    return sweep.eval_set.head(min(BATCH, len(sweep.eval_set)))
+# eval_images (the sweep's first BATCH images) and reference_logits (the fp32 model's on them)
+# come from conftest.py.
 
 
-@pytest.fixture(scope="module")
-def reference(sweep: Sweep, images: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
-        return sweep.reference_model()(images)
-
-
-def test_openvino_fp32_is_the_reference(ctx: BuildContext, images: torch.Tensor, reference: torch.Tensor) -> None:
+def test_openvino_fp32_is_the_reference(ctx: BuildContext, eval_images: torch.Tensor, reference_logits: torch.Tensor) -> None:
     engine = get_variant(OPENVINO).build_engine(ctx)
     try:
-        logits = engine(images)
-        measured = fidelity(logits, reference, None)
+        logits = engine(eval_images)
+        measured = fidelity(logits, reference_logits, None)
         assert measured.agreement_top1 == 100.0 and measured.relative_error < 1e-4, measured
         assert engine.info["inference_precision_hint"] == "f32" and engine.info["source"] == "onnx export"
         assert engine.model_size_bytes > 30 * 2**20  # the fp32 weights
@@ -211,26 +204,26 @@ def test_openvino_fp32_is_the_reference(ctx: BuildContext, images: torch.Tensor,
         engine.close()
 
 
-def test_openvino_bf16_runs_or_says_why(ctx: BuildContext, images: torch.Tensor, reference: torch.Tensor, ov) -> None:
+def test_openvino_bf16_runs_or_says_why(ctx: BuildContext, eval_images: torch.Tensor, reference_logits: torch.Tensor, ov) -> None:
     if "BF16" not in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         with pytest.raises(VariantUnavailable, match="needs a CPU with native bf16"):
             get_variant(OPENVINO_BF16).build_engine(ctx)
         return
     engine = get_variant(OPENVINO_BF16).build_engine(ctx)
     try:
-        assert fidelity(engine(images), reference, None).relative_error < 0.05
+        assert fidelity(engine(eval_images), reference_logits, None).relative_error < 0.05
     finally:
         engine.close()
 
 
-def test_openvino_int8_is_cached_and_close(ctx: BuildContext, images: torch.Tensor, reference: torch.Tensor) -> None:
+def test_openvino_int8_is_cached_and_close(ctx: BuildContext, eval_images: torch.Tensor, reference_logits: torch.Tensor) -> None:
     engine = get_variant(OPENVINO_INT8).build_engine(ctx)
     again = get_variant(OPENVINO_INT8).build_engine(ctx)
     try:
-        logits = engine(images)
-        assert logits.shape == reference.shape and torch.isfinite(logits).all()
-        assert fidelity(logits, reference, None).relative_error < 0.5
-        assert again.info["int8_cache"] == "hit" and torch.equal(again(images), logits)
+        logits = engine(eval_images)
+        assert logits.shape == reference_logits.shape and torch.isfinite(logits).all()
+        assert fidelity(logits, reference_logits, None).relative_error < 0.5
+        assert again.info["int8_cache"] == "hit" and torch.equal(again(eval_images), logits)
         assert engine.model_size_bytes < 16 * 2**20  # int8 weights: about a quarter of fp32's
         assert engine.info["calibration_images"] == str(CALIBRATION)
         assert engine.info["accuracy_control"] == "off" and int(engine.info["fake_quantize_ops"]) > 100
@@ -239,14 +232,14 @@ def test_openvino_int8_is_cached_and_close(ctx: BuildContext, images: torch.Tens
         again.close()
 
 
-def test_two_streams_give_the_logits_of_one(ctx: BuildContext, images: torch.Tensor) -> None:
+def test_two_streams_give_the_logits_of_one(ctx: BuildContext, eval_images: torch.Tensor) -> None:
     one = get_variant(OPENVINO_INT8).build_engine(ctx)
     two = get_variant(OPENVINO_INT8).build_engine(
         dataclasses.replace(ctx, options=parse_variant_options(dict(ctx.options) | {"openvino.streams": "2"})))
     try:
         assert (two.info["performance_hint"], two.info["num_streams"], two.info["requests_per_call"]) == ("THROUGHPUT", "2", "2")
         assert one.info["requests_per_call"] == "1"
-        torch.testing.assert_close(two(images), one(images), rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(two(eval_images), one(eval_images), rtol=1e-3, atol=1e-3)
     finally:
         one.close()
         two.close()

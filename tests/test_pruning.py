@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torchvision.models import DenseNet, densenet121
 
 from densenet_opt.errors import UserError
 from densenet_opt.flops import count_flops, count_params
@@ -31,17 +30,8 @@ from densenet_opt.variants.pruning import (
 SMALL_IMAGES = (2, 3, 64, 64)
 
 
-@pytest.fixture(scope="module")
-def densenet() -> nn.Module:
-    torch.manual_seed(0)
-    return densenet121(weights=None).eval()
-
-
-@pytest.fixture(scope="module")
-def tiny_densenet() -> nn.Module:
-    """Same structure, a fraction of the cost: for tests of the build wiring."""
-    torch.manual_seed(0)
-    return DenseNet(growth_rate=8, block_config=(2, 2, 2, 2), num_init_features=16, bn_size=4).eval()
+# densenet (a seeded random DenseNet-121) and tiny_densenet (same structure, a fraction of the
+# cost: for tests of the build wiring) come from conftest.py.
 
 
 @pytest.fixture(scope="module")

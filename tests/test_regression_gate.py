@@ -6,7 +6,6 @@ Each step is a real (tiny) sweep in a subprocess, storing into a temporary basel
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -36,14 +35,16 @@ SLOWED = "pruned@*=slowdown:2"  # a build truly slowed: each pruned call takes 2
 # The drift alone is 3x the stored latency (passes at min:400%); drift and slowdown, 6x (fails).
 TIGHT = ["--max-regression", "min:400%", "--max-speedup-drop", "0.4"]
 
+# The sweeps these tests start find tests/fault_plugin.py (-p fault_plugin): conftest.py.
+pytestmark = pytest.mark.usefixtures("fault_plugin_on_path")
+
 
 def sweep(tmp_path: Path, name: str, *args: str, faults: str = "", plugin_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "densenet_opt", "sweep", *TINY_SWEEP, "--output-dir", str(tmp_path / name),
                "--baseline-dir", str(tmp_path / "baseline"), *args]
     if faults or plugin_args:
         command += ["--", "-p", "fault_plugin", *(("--inject-fault", faults) if faults else ()), *plugin_args]
-    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
-    return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": path})
+    return subprocess.run(command, capture_output=True, text=True)
 
 
 def show(result: subprocess.CompletedProcess) -> str:

@@ -7,7 +7,6 @@ import dataclasses
 import csv
 import itertools
 import json
-import sys
 import textwrap
 from pathlib import Path
 
@@ -123,7 +122,8 @@ def test_merge_benchmark_json_joins_benchmarks_and_keeps_one_machine_info(tmp_pa
         shard.merge_benchmark_json([tmp_path / "bad.json"], tmp_path / "out.json")
 
 
-# A stand-in for a shard's `python -m densenet_opt.runner` (its request as JSON on stdin):
+# A stand-in for a shard's `python -m densenet_opt.runner` (its request as JSON on stdin; conftest.py's
+# fake_python runs it):
 # writes a row per config, with the GPU it was pinned to, and a pytest-benchmark JSON; fails
 # when its variants include "broken".
 FAKE_SWEEP = textwrap.dedent('''\
@@ -157,16 +157,6 @@ def _options(tmp_path: Path, variants: tuple[str, ...], sizes: tuple[int, ...]) 
     return SweepOptions(device="cuda", batch_sizes=sizes, variants=variants, weights="synthetic", imagenet_val=None,
                         ground_truth=None, num_samples=64, calibration_samples=16, output_dir=tmp_path / "out",
                         rounds=3, warmup_rounds=1, variant_options={}, cache_dir=tmp_path / "cache")
-
-
-@pytest.fixture
-def fake_python(tmp_path: Path) -> str:
-    script = tmp_path / "fake_sweep.py"
-    script.write_text(FAKE_SWEEP)
-    launcher = tmp_path / "python"
-    launcher.write_text(f"#!/bin/sh\nshift 2\nexec {sys.executable} {script} \"$@\"\n")  # drop `-m densenet_opt.runner`
-    launcher.chmod(0o755)
-    return str(launcher)
 
 
 def test_a_sweep_on_two_gpus_pins_each_process_and_merges(tmp_path: Path, fake_python: str, capsys) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torchvision.models import DenseNet
 
 from densenet_opt.flops import count_flops
 from densenet_opt.budgets import load_budgets
@@ -69,12 +68,6 @@ def test_budgets_take_chain_tables_and_refuse_malformed_ones(tmp_path: Path) -> 
     path.write_text('["onnx+onnx_int8"]\n')
     with pytest.raises(UserError, match=r"table \['onnx\+onnx_int8'\]: variant 'onnx\+onnx_int8': onnx is not a model transform"):
         load_budgets(path)
-
-
-@pytest.fixture(scope="module")
-def tiny_densenet() -> nn.Module:
-    torch.manual_seed(0)
-    return DenseNet(growth_rate=8, block_config=(2, 2, 2, 2), num_init_features=16, bn_size=4).eval()
 
 
 def context(model: nn.Module, images: torch.Tensor, tmp_path: Path) -> BuildContext:

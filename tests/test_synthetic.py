@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -135,15 +134,13 @@ def test_cache_dir_defaults_to_env(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 @pytest.fixture(scope="module")
-def synthetic_state(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.Tensor]:
+def synthetic_state(artifact_cache: Path) -> dict[str, torch.Tensor]:
     """The real recipe's state dict (seed 0).
 
-    The recipe takes a minute or more, so it goes through the cache: with DENSENET_OPT_CACHE
-    set (as CI does) it is paid at most once across runs and test files.
+    The recipe takes a minute or more, so it goes through conftest.py's ``artifact_cache``:
+    with DENSENET_OPT_CACHE set (as CI does) it is paid at most once across runs and test files.
     """
-    env = os.environ.get("DENSENET_OPT_CACHE")
-    cache_dir = Path(env) if env else tmp_path_factory.mktemp("synthetic-cache")
-    return load_or_build_synthetic_state_dict(seed=0, cache_dir=cache_dir)
+    return load_or_build_synthetic_state_dict(seed=0, cache_dir=artifact_cache)
 
 
 @pytest.fixture(scope="module")
@@ -162,12 +159,11 @@ def held_out_logits(synthetic_state: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat(logits)
 
 
-def test_state_dict_matches_torchvision_densenet121(synthetic_state: dict[str, torch.Tensor]) -> None:
-    from torchvision.models import densenet121
-
-    reference = densenet121(weights=None).state_dict()
-    assert synthetic_state.keys() == reference.keys()
-    for key, value in reference.items():
+def test_state_dict_matches_torchvision_densenet121(
+    synthetic_state: dict[str, torch.Tensor], densenet_state_dict: dict[str, torch.Tensor]
+) -> None:
+    assert synthetic_state.keys() == densenet_state_dict.keys()
+    for key, value in densenet_state_dict.items():
         got = synthetic_state[key]
         assert got.shape == value.shape and got.dtype == value.dtype, key
         assert torch.isfinite(got.float()).all(), key
