@@ -26,15 +26,13 @@ from pytest_benchmark.utils import get_machine_id, safe_dumps
 from densenet_opt import atomic
 from densenet_opt.errors import UserError
 from densenet_opt.measure.env import SOFTWARE, machine_kind
-from densenet_opt.measure.timing import parse_per_round
+from densenet_opt.measure.timing import parse_per_round, too_contended
 from densenet_opt.report import BASELINE, RESULTS_FILE, Row, with_speedups, write_rows
 
 if TYPE_CHECKING:
     from densenet_opt.verdict import Verdict
 
 BASELINE_DIR = Path(__file__).resolve().parent.parent / "benchmarks_baseline"
-DEFAULT_MAX_REGRESSION = "mean:25%"  # runs on shared 2-core machines vary by 10-15%
-DEFAULT_MAX_SPEEDUP_DROP = 0.25
 # What a failed write tells the user to change.
 BASELINE_OPTION = "--baseline-dir"
 OUTPUT_OPTION = "--output-dir"
@@ -219,7 +217,8 @@ def speedup_verdicts(
     speedup (``stored`` as load_speedups returns it; ``stored_rounds`` as load_speedup_rounds
     does, {} or None for a file that kept no rounds): this run's per-round paired speedups
     (or its one unpaired speedup, recomputed from the baseline row: report.with_speedups)
-    against the stored ones, ``max_drop`` the threshold (a fraction). ``judged``: the
+    against the stored ones, ``max_drop`` the threshold (a fraction); a row whose pairs
+    were mostly contended (timing.too_contended) is NOT_JUDGED. ``judged``: the
     (variant, batch size) configs to judge (None: all); the other rows only pair."""
     from densenet_opt.verdict import judge  # scipy: only when a gate compares
 
@@ -233,7 +232,8 @@ def speedup_verdicts(
             continue
         now = parse_per_round(row.speedup_per_round) or row.speedup_vs_baseline
         then = stored_rounds.get(row.variant, {}).get(str(row.batch_size)) or before
-        verdicts.append(judge(row.variant, row.batch_size, now, then, max_drop))
+        contended = too_contended(row.rounds or 0, row.contended_pairs or 0)
+        verdicts.append(judge(row.variant, row.batch_size, now, then, max_drop, contended=contended))
     return verdicts
 
 

@@ -62,7 +62,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--compare-baseline", None, "exit 1 when a mean latency regressed against this machine kind's stored run, a speedup over the baseline variant dropped against its stored speedups, or nothing could be compared; a kind with no stored baseline is named and not compared for speed", is_flag=True),
     Option("--require-baseline", None, "--compare-baseline, and exit 1 before measuring when this machine kind has no stored baseline (without it: say so and go on)", is_flag=True),
     Option("--baseline-dir", "benchmarks_baseline", "where baselines are stored, one directory per machine kind (the repository's benchmarks_baseline/ when run from its root)"),
-    Option("--max-regression", "mean:25%", "largest allowed latency regression against the stored run, as pytest-benchmark's --benchmark-compare-fail expression; judged only for configs not timed under contention (--max-cpu-pressure)"),
+    Option("--max-regression", "none", "largest allowed absolute latency regression against the stored run, as pytest-benchmark's --benchmark-compare-fail expression (e.g. mean:25%), for a dedicated quiet machine: judged only when no config was timed under contention (--max-cpu-pressure); none: latencies are compared and shown, not judged (on a shared machine they measure the machine)"),
     Option("--max-speedup-drop", "0.10", "the threshold of the speedup rule: a config regresses when the 99% bootstrap interval of its speed ratio (this run's speedup over the baseline variant / the stored one) lies wholly below 1 - this (densenet_opt/verdict.py; 0.10 as asv's default factor 1.1)"),
     Option("--max-cpu-pressure", f"{DEFAULT_MAX_CPU_PRESSURE:g}", "CPU pressure (% of wall time some task waited for a CPU, Linux PSI) above which a config counts as timed under contention: flagged in the tables, and --save-baseline refuses to store such a run (100: store anyway)"),
     # Several machines in one results file (densenet_opt/cluster.py, README "Sweeps across a fleet").
@@ -92,7 +92,7 @@ class SweepOptions:
     compare_baseline: bool = False
     require_baseline: bool = False
     baseline_dir: Path = Path("benchmarks_baseline")
-    max_regression: str = "mean:25%"
+    max_regression: str | None = None  # None: latencies shown, not judged
     max_speedup_drop: float = 0.10
     max_cpu_pressure: float = DEFAULT_MAX_CPU_PRESSURE
     paired_speedup: bool = True
@@ -283,9 +283,12 @@ def parse_on_off(name: str, text: str) -> bool:
     return choice == "on"
 
 
-def parse_compare_expression(text: str) -> str:
+def parse_compare_expression(text: str) -> str | None:
     """A pytest-benchmark --benchmark-compare-fail expression (e.g. mean:25%, min:0.001),
-    checked with pytest-benchmark's own parser; UserError when it does not parse."""
+    checked with pytest-benchmark's own parser, or None for "none"; UserError when it does
+    not parse."""
+    if text.strip().lower() in ("none", ""):
+        return None
     try:
         parse_compare_fail(text)
     except Exception as error:  # argparse.ArgumentTypeError

@@ -49,8 +49,10 @@ def benchmark_settings(options: SweepOptions) -> dict[str, object]:
             # --benchmark-compare takes a run, not a path: the start of its name, which
             # pytest-benchmark looks up in this machine id's folder of the storage.
             settings["benchmark_compare"] = runs[-1].stem
-            settings["benchmark_compare_fail"] = [parse_compare_fail(options.max_regression)]
-            print(f"comparing latency with {runs[-1]}")
+            if options.max_regression is not None:
+                settings["benchmark_compare_fail"] = [parse_compare_fail(options.max_regression)]
+            print(f"comparing latency with {runs[-1]}"
+                  + (f" (judged: {options.max_regression})" if options.max_regression else " (shown, not judged: --max-regression none)"))
         else:
             print(f"no stored {options.device} run of pytest-benchmark's machine id {get_machine_id()} in {directory}: "
                   "comparing speedups only")
@@ -146,8 +148,9 @@ def close_sweep(options: SweepOptions, *, measured_ok: bool, write=print, starte
     verdicts = baselines.speedup_verdicts(pairs, options.device, stored, options.max_speedup_drop,
                                           judged={(r.variant, r.batch_size) for r in measured},
                                           stored_rounds=baselines.load_speedup_rounds(path))
-    write(f"speedups against the stored ones (densenet_opt/verdict.py: a regression is a {verdict.CONFIDENCE:.0%} "
-          f"interval wholly below 1 - {options.max_speedup_drop:g}):")
+    if verdicts:
+        write(f"speedups against the stored ones (densenet_opt/verdict.py: a regression is a {verdict.CONFIDENCE:.0%} "
+              f"interval wholly below 1 - {options.max_speedup_drop:g}):")
     for one in verdicts:
         write(f"{'SPEEDUP REGRESSION: ' if one.regressed else '  '}{one.line()}")
     markdown.append_gate_table(options.output_dir, verdicts, directory.name)

@@ -78,9 +78,13 @@ class Row:
     status: str = OK
     speedup_vs_baseline: float | None = _number(3)
     speedup_spread: float | None = _number(3)  # half the IQR of the paired ratios; None: unpaired
-    # The paired ratios themselves, in the order the rounds ran (verdict.per_round_text): what
-    # the regression gate's confidence interval resamples (densenet_opt/verdict.py).
+    # The paired ratios the speedup was taken from, in the order the rounds ran
+    # (timing.per_round_text): what the regression gate's interval resamples (verdict.py).
     speedup_per_round: str | None = None
+    # Pairs timed while other processes competed for the CPUs (PSI above --max-cpu-pressure
+    # over the pair): left out of the speedup, unless too few quiet ones remained
+    # (timing.too_contended: then the speedup is every pair's, and the gate does not judge it).
+    contended_pairs: int | None = None
     gflops_per_image: float | None = _number(3)
     achieved_gflops_per_sec: float | None = _number(1)
     latency_ms_stddev: float | None = _number(2)

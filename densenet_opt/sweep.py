@@ -238,7 +238,8 @@ class Sweep:
                                   torch_threads=threads)
         if paired is not None:
             row = dataclasses.replace(row, speedup_vs_baseline=paired.speedup, speedup_spread=paired.spread,
-                                      speedup_per_round=per_round_text(paired.ratios) or None)
+                                      speedup_per_round=per_round_text(paired.ratios) or None,
+                                      contended_pairs=paired.contended_pairs if variant != BASELINE else None)
         self.write_row(row)
         self.progress(
             f"{variant} batch {batch_size}: {row.latency_ms_per_batch} ms/batch, "
@@ -254,13 +255,17 @@ class Sweep:
         baseline engine of this batch size runs (timed by perf_counter, untimed for
         pytest-benchmark) right before each round, and the pairs give the speedup. The
         baseline's own config pairs with nothing: its speedup is 1 by definition. The CPU
-        contention is measured over the rounds, warm-up and paired calls included; torch's
-        engines run with ``timing_threads`` intra-op threads (returned last)."""
+        contention is measured over the rounds, warm-up and paired calls included, and over
+        each pair: pairs whose CPU pressure exceeds --max-cpu-pressure are left out of the
+        speedup when enough quiet ones remain (PairedSpeedup.from_seconds); torch's engines
+        run with ``timing_threads`` intra-op threads (returned last)."""
         pair = self.options.paired_speedup and variant != BASELINE
         baseline = self.paired_baseline(batch_size) if pair else None
         baseline_seconds: list[float] = []
+        marks: list[PressureMark] = []  # when each pair began (PSI): which pairs were contended
 
         def run_baseline() -> None:
+            marks.append(PressureMark.now())
             started = time.perf_counter()
             baseline(batch)  # host logits out: the device is synchronised inside the call
             baseline_seconds.append(time.perf_counter() - started)
@@ -271,6 +276,7 @@ class Sweep:
             start = PressureMark.now()
             timed = benchmark_call(benchmark, engine, batch, rounds=self.options.rounds,
                                    warmup_rounds=self.options.warmup_rounds, before_each=run_baseline if pair else None)
+            end = PressureMark.now()
             contention = Contention.since(start)
         finally:
             torch.set_num_threads(self.default_torch_threads)
@@ -278,7 +284,10 @@ class Sweep:
             return None
         latency, seconds = timed
         if pair:
-            return latency, PairedSpeedup.from_seconds(baseline_seconds[-len(seconds):], seconds), contention, threads
+            spans = list(zip(marks, [*marks[1:], end]))[-len(seconds):]
+            quiet = [not Contention.between(a, b).contended(self.options.max_cpu_pressure) for a, b in spans]
+            paired = PairedSpeedup.from_seconds(baseline_seconds[-len(seconds):], seconds, quiet)
+            return latency, paired, contention, threads
         if self.options.paired_speedup:  # the baseline itself: 1 by definition
             return latency, PairedSpeedup(1.0, 0.0, len(seconds)), contention, threads
         return latency, None, contention, threads

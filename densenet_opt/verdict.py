@@ -40,6 +40,7 @@ CONFIDENCE = 0.99
 RESAMPLES = 4000
 SEED = 20261207
 REGRESSED, FASTER, UNCHANGED = "REGRESSED", "faster", "unchanged"
+NOT_JUDGED = "not judged (contended)"
 # The gate's verdicts of a sweep, one row per judged config, in its output directory.
 VERDICTS_FILE = "regression_gate.csv"
 VERDICT_COLUMNS = ("variant", "batch_size", "speed_ratio", "ci_low", "ci_high", "confidence", "rounds", "max_drop", "verdict")
@@ -60,10 +61,15 @@ class Verdict:
     max_drop: float
     rounds: int
     confidence: float = CONFIDENCE
+    contended: bool = False  # this run's pairs were mostly timed under contention (timing.too_contended)
 
     @property
     def outcome(self) -> str:
-        """REGRESSED, faster or unchanged, by the module's rule."""
+        """REGRESSED, faster or unchanged, by the module's rule; NOT_JUDGED for a config
+        whose pairs were mostly timed while other processes competed for the CPUs (engines
+        share a busy machine differently, so its ratio measures the contention)."""
+        if self.contended:
+            return NOT_JUDGED
         if self.high < 1 - self.max_drop:
             return REGRESSED
         if self.low > 1 / (1 - self.max_drop):
@@ -88,11 +94,11 @@ class Verdict:
 
 
 def judge(variant: str, batch_size: int, current: Sequence[float] | float, stored: Sequence[float] | float,
-          max_drop: float, *, confidence: float = CONFIDENCE, resamples: int = RESAMPLES) -> Verdict:
+          max_drop: float, *, confidence: float = CONFIDENCE, resamples: int = RESAMPLES, contended: bool = False) -> Verdict:
     """The verdict on one config. ``current``/``stored``: the per-round paired speedups
     (baseline seconds / variant seconds, each > 0) of this run and of the stored run, or a
     single speedup where the rounds are not known. ``max_drop``: the allowed drop of the
-    speed ratio, a fraction in (0, 1). Raises ValueError for an empty, non-positive or
+    speed ratio, a fraction in (0, 1). ``contended``: the verdict is NOT_JUDGED. Raises ValueError for an empty, non-positive or
     non-finite figure, or a max_drop outside (0, 1)."""
     if not 0 < max_drop < 1:
         raise ValueError(f"max_drop must be a fraction in (0, 1), not {max_drop}")
@@ -102,7 +108,7 @@ def judge(variant: str, batch_size: int, current: Sequence[float] | float, store
     rounds = len(now) if len(now) > 1 else 0
     varying = [len(sample) > 1 and len(set(sample)) > 1 for sample in (now, before)]
     if not any(varying):  # nothing to resample: the point is the interval
-        return Verdict(variant, batch_size, ratio, ratio, ratio, max_drop, rounds, confidence)
+        return Verdict(variant, batch_size, ratio, ratio, ratio, max_drop, rounds, confidence, contended)
 
     def statistic(*resampled: np.ndarray, axis: int = -1) -> np.ndarray:
         values = iter(resampled)
@@ -113,7 +119,7 @@ def judge(variant: str, batch_size: int, current: Sequence[float] | float, store
     result = stats.bootstrap(data, statistic, n_resamples=resamples, confidence_level=confidence, method="percentile",
                              vectorized=True, rng=np.random.default_rng(SEED))
     low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
-    return Verdict(variant, batch_size, ratio, min(low, ratio), max(high, ratio), max_drop, rounds, confidence)
+    return Verdict(variant, batch_size, ratio, min(low, ratio), max(high, ratio), max_drop, rounds, confidence, contended)
 
 
 def _figures(values: Sequence[float] | float, name: str) -> list[float]:

@@ -82,7 +82,7 @@ def test_a_tiny_sweep_writes_a_complete_row(tmp_path: Path) -> None:
     assert "test_inference[baseline-bs2]" in result.stdout  # pytest-benchmark's table
     (row,) = [r.as_csv() for r in report.read_rows(out / report.RESULTS_FILE)]
     # The baseline pairs with nothing: its speedup is 1 by definition, with no rounds of ratios.
-    assert [c for c in report.COLUMNS if row[c] == ""] == ["speedup_per_round"]
+    assert [c for c in report.COLUMNS if row[c] == ""] == ["speedup_per_round", "contended_pairs"]
     assert (row["batch_size"], row["device"], row["vram_usage_mb"]) == ("2", "cpu", "0.0")
     assert float(row["latency_ms_per_batch"]) > 0 and float(row["ram_usage_mb"]) > 30
     assert (out / "benchmark.json").exists()

@@ -13,8 +13,8 @@ import random
 
 import pytest
 
-from densenet_opt.measure.timing import PairedSpeedup
-from densenet_opt.verdict import REGRESSED, UNCHANGED, judge
+from densenet_opt.measure.timing import PairedSpeedup, too_contended
+from densenet_opt.verdict import NOT_JUDGED, REGRESSED, UNCHANGED, judge
 
 BASELINE_S, VARIANT_S = 0.070, 0.030  # eager baseline and an onnx-like variant, seconds per call
 
@@ -90,3 +90,20 @@ def test_a_single_figure_has_no_interval_and_bad_input_is_refused() -> None:
             judge("onnx", 1, bad, 2.0, 0.10)
     with pytest.raises(ValueError, match="fraction"):
         judge("onnx", 1, 1.0, 1.0, 1.5)
+
+
+def test_contended_pairs_are_left_out_when_enough_quiet_ones_remain() -> None:
+    """A hog on for rounds 3-5: the pairs it spoiled (the variant's share of the machine
+    halved) are left out, and the speedup is the quiet pairs'."""
+    baseline = [0.070] * 10
+    variant = [0.030] * 3 + [0.060] * 3 + [0.030] * 4
+    quiet = [True] * 3 + [False] * 3 + [True] * 4
+    paired = PairedSpeedup.from_seconds(baseline, variant, quiet)
+    assert paired.speedup == pytest.approx(70 / 30) and paired.pairs == 7 and paired.contended_pairs == 3
+    assert not paired.contended and len(paired.ratios) == 7
+    # Mostly contended: every pair's figures, marked, and the gate does not judge them.
+    mostly = PairedSpeedup.from_seconds(baseline, variant, [True] * 4 + [False] * 6)
+    assert mostly.contended and mostly.pairs == 10 and mostly.contended_pairs == 6
+    assert too_contended(10, 6) and not too_contended(10, 5) and not too_contended(2, 0) and too_contended(4, 2)
+    verdict = judge("onnx", 1, list(mostly.ratios), 2.333, 0.10, contended=True)
+    assert verdict.outcome == NOT_JUDGED and not verdict.regressed

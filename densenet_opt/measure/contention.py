@@ -113,16 +113,21 @@ class Contention:
     @classmethod
     def since(cls, start: PressureMark, path: Path | None = None) -> Contention:
         """From ``start`` to now."""
-        end = PressureMark.now(path)
-        pressure = None
-        elapsed_us = (end.wall_s - start.wall_s) * 1e6
-        if start.psi_some_us is not None and end.psi_some_us is not None and elapsed_us > 0:
-            pressure = min(100.0, max(0.0, 100.0 * (end.psi_some_us - start.psi_some_us) / elapsed_us))
         try:
             load = os.getloadavg()[0] / usable_cores()
         except OSError:
             load = None
-        return cls(pressure, load)
+        return cls(cls.between(start, PressureMark.now(path)).cpu_pressure_pct, load)
+
+    @classmethod
+    def between(cls, start: PressureMark, end: PressureMark) -> Contention:
+        """From ``start`` to ``end``: the CPU pressure only (the load average moves too slowly
+        to say anything about an interval of a second; None without PSI)."""
+        pressure = None
+        elapsed_us = (end.wall_s - start.wall_s) * 1e6
+        if start.psi_some_us is not None and end.psi_some_us is not None and elapsed_us > 0:
+            pressure = min(100.0, max(0.0, 100.0 * (end.psi_some_us - start.psi_some_us) / elapsed_us))
+        return cls(pressure, None)
 
     def contended(self, limit_pct: float = DEFAULT_MAX_CPU_PRESSURE) -> bool:
         """Whether the interval counts as contended: PSI above ``limit_pct``; without PSI,

@@ -71,6 +71,18 @@ def benchmark_call(
     return LatencyStats.from_seconds(seconds), seconds
 
 
+# The fewest quiet pairs a paired speedup is taken from (PairedSpeedup.from_seconds).
+MIN_QUIET_PAIRS = 3
+
+
+def too_contended(pairs: int, contended_pairs: int) -> bool:
+    """Whether a paired speedup of ``pairs`` pairs, ``contended_pairs`` of them timed under
+    contention, has too few quiet ones to be taken from them alone: fewer than half, or
+    fewer than MIN_QUIET_PAIRS (unless none was contended)."""
+    quiet = pairs - contended_pairs
+    return contended_pairs > 0 and quiet < max(MIN_QUIET_PAIRS, pairs / 2)
+
+
 @dataclass(frozen=True)
 class PairedSpeedup:
     """The baseline engine timed right before each round of a variant (A B A B ...), so that
@@ -84,23 +96,42 @@ class PairedSpeedup:
     speedup: float
     spread: float
     pairs: int
-    ratios: tuple[float, ...] = ()  # the per-pair ratios, in the order the rounds ran (verdict.judge resamples them)
+    ratios: tuple[float, ...] = ()  # the ratios the figures come from, in the order the rounds ran (verdict.judge resamples them)
+    contended_pairs: int = 0  # pairs timed while other processes competed for the CPUs
+    # Too few quiet pairs: the figures come from every pair, contended ones included.
+    contended: bool = False
 
     @classmethod
-    def from_seconds(cls, baseline: Sequence[float], variant: Sequence[float]) -> PairedSpeedup:
+    def from_seconds(cls, baseline: Sequence[float], variant: Sequence[float],
+                     quiet: Sequence[bool] | None = None) -> PairedSpeedup:
         """Pair the i-th baseline round with the i-th variant round; ValueError when the
-        counts differ or are zero, or a duration is not positive."""
+        counts differ or are zero, or a duration is not positive.
+
+        ``quiet``: per pair, whether no other process competed for the CPUs while it ran
+        (None: unknown, all count as quiet). Engines share a busy machine differently (eager
+        PyTorch on the one free core slowed 1.4x beside a busy loop where ONNX Runtime's two
+        threads slowed 2x and more), so a pair timed under contention measures the
+        contention: the figures come from the quiet pairs when they are at least half of
+        them and at least MIN_QUIET_PAIRS, else from all pairs with ``contended`` set."""
         if len(baseline) != len(variant) or not variant:
             raise ValueError(f"paired rounds must match: {len(baseline)} baseline, {len(variant)} variant")
         if min(*baseline, *variant) <= 0:
             raise ValueError("paired rounds must have positive durations")
-        in_order = tuple(b / v for b, v in zip(baseline, variant, strict=True))
+        if quiet is not None and len(quiet) != len(variant):
+            raise ValueError(f"one quiet flag per pair: {len(quiet)} for {len(variant)} pairs")
+        all_pairs = tuple(b / v for b, v in zip(baseline, variant, strict=True))
+        flags = list(quiet) if quiet is not None else [True] * len(all_pairs)
+        kept = tuple(r for r, q in zip(all_pairs, flags) if q)
+        enough = not too_contended(len(all_pairs), len(all_pairs) - len(kept))
+        in_order = kept if enough else all_pairs
         ratios = sorted(in_order)
         return cls(
             speedup=statistics.median(ratios),
             spread=(percentile(ratios, 75) - percentile(ratios, 25)) / 2,
             pairs=len(ratios),
             ratios=in_order,
+            contended_pairs=len(all_pairs) - len(kept),
+            contended=not enough,
         )
 
 
