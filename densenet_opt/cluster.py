@@ -45,8 +45,8 @@ from densenet_opt.config import SweepOptions, default_cache_dir, options_from_ma
 from densenet_opt.errors import UserError
 from densenet_opt.measure.env import machine_name
 from densenet_opt.render import fleet
-from densenet_opt.report import OUTPUT_OPTION, RESULTS_FILE, Row, csv_text, load_table, read_rows
-from densenet_opt.shard import BENCHMARK_JSON, SHARD_COMMAND, SHARDS_DIR, Shard, merge_benchmark_json, merge_results, plan_shards
+from densenet_opt.report import BENCHMARK_JSON, OUTPUT_OPTION, RESULTS_FILE, Row, csv_text, load_table, read_rows
+from densenet_opt.shard import SHARD_COMMAND, SHARDS_DIR, Shard, merge_benchmark_json, merge_results, plan_shards
 from densenet_opt.sweep import preflight
 
 RESOURCE_PREFIX = "machine:"

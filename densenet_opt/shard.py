@@ -33,16 +33,15 @@ import torch
 from pytest_benchmark.storage.file import FileStorage
 from pytest_benchmark.utils import get_machine_id
 
-from densenet_opt import atomic, baselines, gate
+from densenet_opt import atomic, baselines, benchmark_session, gate
 from densenet_opt.config import SweepOptions, options_from_mapping
 from densenet_opt.errors import UserError
 from densenet_opt.measure.env import KIND_VARIABLE, machine_kind, machine_name
 from densenet_opt.runner import run_sweep
 from densenet_opt.sweep import Sweep, preflight
-from densenet_opt.report import OUTPUT_OPTION, RESULTS_FILE, Row, read_rows, utc_timestamp, with_speedups, write_rows
+from densenet_opt.report import BENCHMARK_JSON, OUTPUT_OPTION, RESULTS_FILE, Row, read_rows, utc_timestamp, with_speedups, write_rows
 
 SHARDS_DIR = "shards"
-BENCHMARK_JSON = "benchmark.json"
 
 
 @dataclass(frozen=True)
@@ -295,7 +294,7 @@ def store_benchmark_run(merged_json: dict, device: str, directory: Path) -> Path
         {**b, "stats": {k: v for k, v in b.get("stats", {}).items() if k != "data"}} for b in merged_json["benchmarks"]
     ]}
     storage = FileStorage(directory, logging.getLogger(__name__), default_machine_id=get_machine_id())
-    path = baselines.store_run(storage, stored, device)
+    path = benchmark_session.store_run(storage, stored, device)
     print(f"stored the merged run as this machine kind's {device} baseline: {path}")
     return path
 
