@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
 ACCURACY = "imagenet_accuracy"
@@ -127,7 +128,7 @@ class Fidelity:
     kind: str
     top1: float
     top5: float
-    agreement_top1: float  # % of samples whose top-1 class equals the reference's
+    agreement_top_1: float  # % of samples whose top-1 class equals the reference's
     # ||logits - reference|| / ||reference|| over all samples; for a reference of all-zero
     # logits (a collapsed model): 0 where the logits are zero too, else None (undefined).
     relative_error: float | None
@@ -142,14 +143,26 @@ def fidelity(
     agreement with the fp32 model (kind AGREEMENT)."""
     reference_top1 = reference.argmax(dim=1)
     targets = labels if labels is not None else reference_top1
-    agreement = (logits.argmax(dim=1) == reference_top1).float().mean().item() * 100
+    agreement = top1_agreement(logits, reference_top1)
     return Fidelity(
         kind=kind if labels is not None else AGREEMENT,
         top1=in_top_k(logits, targets, 1).float().mean().item() * 100,
         top5=in_top_k(logits, targets, 5).float().mean().item() * 100,
-        agreement_top1=agreement,
+        agreement_top_1=agreement,
         relative_error=relative_error(logits, reference),
     )
+
+
+def top1_agreement(logits: torch.Tensor | np.ndarray, reference_classes: torch.Tensor | np.ndarray) -> float:
+    """Top-1 agreement, % (0-100): the share of rows of ``logits`` (float [N, C], a torch
+    tensor or a numpy array) whose argmax class equals ``reference_classes`` (int [N]: the
+    fp32 reference's top-1 classes). The one definition the sweep, the searches and the
+    distillation use."""
+    chosen = np.asarray(logits.argmax(dim=1) if isinstance(logits, torch.Tensor) else np.asarray(logits).argmax(axis=1))
+    reference = np.asarray(reference_classes)
+    if chosen.shape != reference.shape:
+        raise ValueError(f"{chosen.shape[0]} rows of logits for {reference.shape[0]} reference classes")
+    return float((chosen == reference).mean() * 100.0)
 
 
 # engine_info's note where relative_error is undefined.

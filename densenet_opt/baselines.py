@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pytest_benchmark.stats import Stats
-from pytest_benchmark.storage.file import FileStorage
-from pytest_benchmark.utils import get_machine_id, safe_dumps
+from pytest_benchmark.utils import get_machine_id
 
 from densenet_opt import atomic
 from densenet_opt.errors import UserError
@@ -35,7 +34,6 @@ if TYPE_CHECKING:
 BASELINE_DIR = Path(__file__).resolve().parent.parent / "benchmarks_baseline"
 # What a failed write tells the user to change.
 BASELINE_OPTION = "--baseline-dir"
-OUTPUT_OPTION = "--output-dir"
 
 
 # The per-run pytest-benchmark file name: NNNN_DEVICE.json in a machine-id folder.
@@ -273,68 +271,3 @@ def stored_configs(directory: Path, device: str) -> set[tuple[str, int]]:
         if isinstance(param, list) and len(param) == 2:
             configs.add((str(param[0]), int(param[1])))
     return configs
-
-
-def benchmark_document_bytes(document: Mapping) -> bytes:
-    """A pytest-benchmark JSON document, serialised exactly as pytest-benchmark writes it."""
-    return safe_dumps(document, ensure_ascii=True, indent=4).encode()
-
-
-def write_benchmark_json(path: Path, document: Mapping) -> None:
-    """pytest-benchmark's ``--benchmark-json`` file, written atomically (see
-    ``route_benchmark_writes``). Raises UserError naming ``path`` when the disk is full or
-    the directory read-only; an existing file is left intact."""
-    atomic.write_bytes(Path(path), benchmark_document_bytes(document), option=OUTPUT_OPTION)
-
-
-def store_run(storage: FileStorage, document: Mapping, name: str) -> Path:
-    """What pytest-benchmark's ``FileStorage.save`` stores (``--benchmark-save NAME``: the
-    next run number, in this machine's folder), written atomically. Returns the file.
-    Raises UserError naming the file when the disk is full or the directory read-only."""
-    # FileStorage numbers runs itself; --benchmark-compare finds them by that number.
-    path = Path(storage.get(f"{storage._next_num}_{name}.json"))
-    atomic.write_bytes(path, benchmark_document_bytes(document), option=BASELINE_OPTION)
-    return path
-
-
-def route_benchmark_writes(session, refusal: Callable[[], str | None] = lambda: None) -> None:
-    """Make pytest-benchmark's session (``config._benchmarksession``) write its JSON report
-    and its stored runs through ``write_atomic``: a full disk is then one sentence
-    (UserError) and leaves no partial file, where pytest-benchmark's own writes leave a
-    truncated file and end in a traceback. A run is not stored when ``refusal()`` gives a
-    reason (a run timed under contention: gate.baseline_refusal, which also says so)."""
-    if session.json:
-        def save_json(document: Mapping) -> None:
-            write_benchmark_json(Path(session.json), document)
-            session.logger.info(f"Wrote benchmark data in: {session.json}", purple=True)
-
-        session.save_json = save_json
-    storage = session.storage
-    if isinstance(storage, FileStorage):
-        def save(document: Mapping, name: str) -> None:
-            if refusal() is not None:
-                return
-            path = store_run(storage, document, name)
-            session.logger.info(f"Saved benchmark data in: {path}")
-
-        storage.save = save
-
-
-class AnywhereFileStorage(FileStorage):
-    """pytest-benchmark's FileStorage, whose ``location`` also works for storage outside the
-    working directory: pytest-benchmark's raises ValueError there (pytest-benchmark issue
-    #217), which ended a gate run from another directory in an INTERNALERROR."""
-
-    @property
-    def location(self) -> str:
-        try:
-            return str(self.path.relative_to(Path.cwd()))
-        except ValueError:
-            return str(self.path)
-
-
-def locate_anywhere(storage: object) -> None:
-    """Give a FileStorage made by pytest-benchmark the ``location`` of AnywhereFileStorage
-    (pytest-benchmark makes its storage itself, from --benchmark-storage)."""
-    if type(storage) is FileStorage:
-        storage.__class__ = AnywhereFileStorage

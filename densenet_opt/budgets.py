@@ -60,7 +60,7 @@ class Budget:
         """Agreement and logit error; with labels (kind ACCURACY) also the top-1/top-5 drop
         against ``baseline``, in percentage points."""
         checks = [
-            ("agreement_top1_min", "top-1 agreement with fp32 (%)", measured.agreement_top1, "min"),
+            ("agreement_top1_min", "top-1 agreement with fp32 (%)", measured.agreement_top_1, "min"),
             ("relative_error_max", "logit relative error", measured.relative_error, "max"),
         ]
         # Drops against labels are held to a budget only with real data; synthetic-label

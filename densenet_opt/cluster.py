@@ -27,7 +27,6 @@ machine's resource: the same code path on one machine, which is what the tests e
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -41,13 +40,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from densenet_opt import atomic, budgets
-from densenet_opt.config import SweepOptions, default_cache_dir, options_from_mapping, parse_machine_label, parse_positive_int
+from densenet_opt.config import SweepOptions, default_cache_dir, parse_machine_label
 from densenet_opt.errors import UserError
-from densenet_opt.measure.env import machine_name
 from densenet_opt.render import fleet
-from densenet_opt.report import OUTPUT_OPTION, RESULTS_FILE, Row, csv_text, load_table, read_rows
-from densenet_opt.shard import BENCHMARK_JSON, SHARD_COMMAND, SHARDS_DIR, Shard, merge_benchmark_json, merge_results, plan_shards
-from densenet_opt.sweep import preflight
+from densenet_opt.report import BENCHMARK_JSON, OUTPUT_OPTION, RESULTS_FILE, Row, csv_text, load_table, read_rows
+from densenet_opt.shard import SHARD_COMMAND, SHARDS_DIR, Shard, merge_benchmark_json, merge_results, plan_shards
 
 RESOURCE_PREFIX = "machine:"
 INSTALL_HINT = "densenet-opt sweep-cluster needs Ray, which is not installed here: pip install -e .[cluster]"
@@ -495,55 +492,3 @@ def report_fleet(results: Path, progress: Callable[[str], None] = print, budgets
             + (f", p99 {best.latency_ms_p99:.1f} ms" if best.latency_ms_p99 is not None else ""))
         progress(f"  fastest within budget on {machine} ({device}): {answer}")
     return written
-
-
-# ---------------------------------------------------------------------------------------
-# CLI
-
-
-def add_command(commands: argparse._SubParsersAction) -> None:
-    """The ``sweep-cluster`` subcommand: the sweep's options plus --address and --machines."""
-    parser = commands.add_parser(
-        "sweep-cluster",
-        parents=[commands.choices["sweep"]],  # every sweep option, pytest args after --
-        conflict_handler="resolve",
-        help="the sweep on several machines of a Ray cluster, rows keyed by machine, one cross-device report",
-        description="Runs the sweep as Ray tasks, one per (machine, device) shard, placed on the nodes that offer "
-        "the custom resource machine:LABEL, and merges every machine's rows into OUTPUT_DIR/"
-        f"{RESULTS_FILE} (a machine column), its pytest-benchmark JSON into OUTPUT_DIR/benchmark-LABEL.json, and "
-        f"writes OUTPUT_DIR/{fleet.FLEET_FILE} and {fleet.FLEET_PLOT}. Without --address it starts a local Ray "
-        "instance offering the --machines resources. Needs Ray: pip install -e .[cluster].",
-    )
-    parser.add_argument("--address", default=None,
-                        help="the Ray cluster: auto (the one `ray start` started here), HOST:6379, or ray://HOST:10001 "
-                        "(default: a local Ray instance)")
-    parser.add_argument("--machines", default=None,
-                        help="comma-separated LABEL[:DEVICE[:ACCELERATOR_TYPE]], e.g. epyc,graviton,a10:cuda:A10G; each "
-                        "LABEL's nodes offer the Ray resource machine:LABEL (default: every machine:* resource of the "
-                        "cluster; locally, this host, named by --machine-label)")
-    parser.add_argument("--num-cpus", default=None, help="logical CPUs of a local Ray instance (default: Ray's, all)")
-    parser.set_defaults(handler=run_sweep_cluster)
-
-
-def run_sweep_cluster(args: argparse.Namespace) -> int:
-    """The ``sweep-cluster`` subcommand; returns the exit code, raises UserError for bad input."""
-    raw_device = str(args.device or "auto").strip().lower()
-    if raw_device not in ("auto", *DEVICES):
-        raise UserError(f"unknown --device {args.device!r}: choose auto, cpu or cuda")
-    # The device is the machines' own: it is not resolved against the driver's torch.
-    options = options_from_mapping({**vars(args), "device": "cpu"})
-    refuse_baselines(options)
-    specs = parse_machines(args.machines)
-    if specs and options.machine_label:
-        raise UserError("--machine-label names the one local machine: with --machines, each machine is named there")
-    if not specs and not args.address:
-        specs = [MachineSpec(machine_name(options.machine_label))]
-    num_cpus = None if args.num_cpus is None else parse_positive_int("--num-cpus", args.num_cpus)
-    if not args.address:
-        preflight(options)  # the paths are this machine's: check them before starting Ray
-    else:
-        options.output_dir.mkdir(parents=True, exist_ok=True)
-    return sweep_on_cluster(
-        options, specs, args.pytest_args, address=args.address, device=None if raw_device == "auto" else raw_device,
-        node_cache=args.cache_dir is None, num_cpus=num_cpus,
-    )

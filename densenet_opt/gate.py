@@ -18,10 +18,9 @@ from densenet_opt.config import SweepOptions
 from densenet_opt.errors import UserError
 from densenet_opt.measure.contention import contention_refusal
 from densenet_opt.measure.env import machine_kind, machine_name
-from densenet_opt.report import BASELINE, OUTPUT_OPTION, RESULTS_FILE, SKIPPED_FOR_TIME, read_rows
+from densenet_opt.report import BASELINE, BENCHMARK_JSON, OUTPUT_OPTION, RESULTS_FILE, SKIPPED_FOR_TIME, read_rows
 from densenet_opt.render import markdown, summarize_after_sweep
 
-BENCHMARK_JSON = "benchmark.json"
 
 
 def kind_baseline(options: SweepOptions) -> Path:

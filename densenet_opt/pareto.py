@@ -118,11 +118,6 @@ def ladder(max_parts: int, available: int) -> list[int]:
     return points
 
 
-def top1_agreement(logits: np.ndarray, reference_top1: np.ndarray) -> float:
-    """% of rows of ``logits`` [N,C] whose argmax equals ``reference_top1`` [N]."""
-    return float((np.asarray(logits).argmax(axis=1) == np.asarray(reference_top1)).mean() * 100.0)
-
-
 def round_robin_throughput(calls: Sequence[Callable[[], object]], batch_size: int, rounds: int) -> list[float]:
     """Samples/s of each of ``calls`` (each runs one batch of ``batch_size``): the median
     of ``rounds`` timed calls, the calls interleaved round by round so that a drift of

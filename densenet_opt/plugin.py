@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 from pytest_benchmark.session import PerformanceRegression
-from pytest_benchmark.utils import load_storage
 
-from densenet_opt import baselines, gate, hookspecs, schedule
+from densenet_opt import baselines, benchmark_session, gate, hookspecs, schedule
 from densenet_opt.config import SweepOptions, add_sweep_options, options_from_mapping, option_dests
 from densenet_opt.errors import UserError, VariantUnavailable
 from densenet_opt.report import utc_timestamp
@@ -104,20 +103,13 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     config.stash[CLOCK_KEY] = schedule.SweepClock(list(dict.fromkeys(configs)), options.time_budget_s, history, searched)
     try:
         preflight(options)
-        benchmarks = config._benchmarksession
+        benchmarks = benchmark_session.session_of(config)
         settings = gate.benchmark_settings(options)
         if not benchmarks.json:  # a --benchmark-json given to pytest wins
             benchmarks.json = settings.pop("benchmark_json")
-        if "benchmark_storage" in settings:
-            # pytest-benchmark read its options when pytest started; these are the ones the
-            # gate implies, set as its own session attributes, then its stored run reloaded.
-            benchmarks.storage = load_storage(settings.pop("benchmark_storage"), logger=benchmarks.logger,
-                                              default_machine_id=benchmarks.machine_id, netrc="")
-            for name in ("benchmark_save", "benchmark_compare", "benchmark_compare_fail"):
-                if name in settings:
-                    setattr(benchmarks, name.removeprefix("benchmark_"), settings[name])
-            benchmarks.handle_loading()
-        baselines.route_benchmark_writes(benchmarks, refusal=lambda: stored_run_refusal(config, options))
+        # pytest-benchmark read its options when pytest started; these are the ones the gate implies.
+        benchmark_session.apply_settings(benchmarks, settings)
+        benchmark_session.route_benchmark_writes(benchmarks, refusal=lambda: stored_run_refusal(config, options))
     except baselines.BaselineMissing as error:
         config.stash[IS_SWEEP_KEY] = False  # nothing measured, nothing to close: the sentence once
         pytest.exit(f"densenet-opt: {error}", returncode=1)
@@ -140,7 +132,7 @@ def pytest_benchmark_compare_machine_info(benchmarksession) -> None:
     """Before pytest-benchmark's own check, whose "machine_info is different" warning
     names the storage relative to the working directory and raised ValueError (an
     INTERNALERROR before anything was measured) for a --benchmark-storage outside it."""
-    baselines.locate_anywhere(benchmarksession.storage)
+    benchmark_session.locate_anywhere(benchmarksession.storage)
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
@@ -199,7 +191,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         return
     if latency_regressed:
         # pytest-benchmark's own list: (the benchmark and the stored run, the check that failed).
-        failed = getattr(config._benchmarksession, "performance_regressions", None) or [("a benchmark", "")]
+        failed = benchmark_session.performance_regressions(config) or [("a benchmark", "")]
         # An absolute latency timed while other processes competed for the CPUs says how busy
         # the machine was, not how fast the build is: named, not judged (the paired speedups
         # above are, by the interval rule).

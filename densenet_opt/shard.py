@@ -16,7 +16,6 @@ by machine, so several machines' rows share one results file.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -33,16 +32,13 @@ import torch
 from pytest_benchmark.storage.file import FileStorage
 from pytest_benchmark.utils import get_machine_id
 
-from densenet_opt import atomic, baselines, gate
-from densenet_opt.config import SweepOptions, options_from_mapping
+from densenet_opt import atomic, benchmark_session, gate
+from densenet_opt.config import SweepOptions
 from densenet_opt.errors import UserError
 from densenet_opt.measure.env import KIND_VARIABLE, machine_kind, machine_name
-from densenet_opt.runner import run_sweep
-from densenet_opt.sweep import Sweep, preflight
-from densenet_opt.report import OUTPUT_OPTION, RESULTS_FILE, Row, read_rows, utc_timestamp, with_speedups, write_rows
+from densenet_opt.report import BENCHMARK_JSON, OUTPUT_OPTION, RESULTS_FILE, Row, read_rows, utc_timestamp, with_speedups, write_rows
 
 SHARDS_DIR = "shards"
-BENCHMARK_JSON = "benchmark.json"
 
 
 @dataclass(frozen=True)
@@ -295,40 +291,6 @@ def store_benchmark_run(merged_json: dict, device: str, directory: Path) -> Path
         {**b, "stats": {k: v for k, v in b.get("stats", {}).items() if k != "data"}} for b in merged_json["benchmarks"]
     ]}
     storage = FileStorage(directory, logging.getLogger(__name__), default_machine_id=get_machine_id())
-    path = baselines.store_run(storage, stored, device)
+    path = benchmark_session.store_run(storage, stored, device)
     print(f"stored the merged run as this machine kind's {device} baseline: {path}")
     return path
-
-
-# ---------------------------------------------------------------------------------------
-# CLI
-
-
-def add_command(commands: argparse._SubParsersAction) -> None:
-    """The ``sweep-gpus`` subcommand: the sweep's options plus --gpus."""
-    parser = commands.add_parser(
-        "sweep-gpus",
-        parents=[commands.choices["sweep"]],  # every sweep option, the baseline gate, pytest args after --
-        conflict_handler="resolve",
-        help="the sweep over every visible GPU at once, merged into one results file",
-        description="Runs one `sweep` process per GPU (pinned with CUDA_VISIBLE_DEVICES) on a share of the "
-        "(variant, batch size) configs, each into OUTPUT_DIR/shards/gpuN-K/, then merges their results into "
-        f"OUTPUT_DIR/{RESULTS_FILE} and OUTPUT_DIR/{BENCHMARK_JSON}. With one GPU or on the CPU it is a plain sweep.",
-    )
-    parser.add_argument("--gpus", default="all",
-                        help="all (every GPU CUDA_VISIBLE_DEVICES shows), or a comma-separated list such as 0,1 (default: %(default)s)")
-    parser.set_defaults(handler=run_sweep_gpus)
-
-
-def run_sweep_gpus(args: argparse.Namespace) -> int:
-    """The ``sweep-gpus`` subcommand; returns the exit code, raises UserError for bad input."""
-    options = options_from_mapping(vars(args))
-    preflight(options)
-    if options.device != "cuda" and args.gpus.strip() not in ("", "all"):
-        raise UserError(f"--gpus {args.gpus} needs the sweep on CUDA, but it runs on {options.device}: drop --gpus or use --device cuda")
-    gpus = parse_gpus(args.gpus) if options.device == "cuda" else []
-    # One visible GPU is a plain sweep; one GPU named with --gpus still needs its own pinned process.
-    if options.device != "cuda" or (len(gpus) <= 1 and args.gpus.strip() in ("", "all")):
-        return run_sweep(options, args.pytest_args)
-    _ = Sweep(options).weights  # resolve (and cache) the weights once, not in every process at once
-    return sweep_on_gpus(options, gpus, args.pytest_args)

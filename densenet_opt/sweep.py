@@ -438,7 +438,7 @@ class Sweep:
             latency_ms_p99=latency.p99_ms,
             rounds=latency.rounds,
             accuracy_kind=accuracy.kind,
-            agreement_top_1=accuracy.agreement_top1,
+            agreement_top_1=accuracy.agreement_top_1,
             logit_relative_error=accuracy.relative_error,
             num_samples=len(self.eval_set),
             weights=self.weights.source,

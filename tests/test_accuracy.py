@@ -66,7 +66,7 @@ def test_top_1_never_exceeds_argmax_agreement_on_quantized_logits(step: float) -
     logits = torch.round((reference + 0.3 * torch.randn(2048, 1000, generator=generator)) / step) * step
     result = fidelity(logits, reference, None)
     assert result.kind == AGREEMENT
-    assert result.top1 <= result.agreement_top1
+    assert result.top1 <= result.agreement_top_1
     targets = reference.argmax(dim=1)
     top_count = (logits == logits.max(dim=1, keepdim=True).values).sum(dim=1)
     assert bool((top_count > 1).any())  # the rounding made ties at the top
@@ -112,19 +112,19 @@ def test_fidelity_with_and_without_labels() -> None:
     logits[3] = torch.tensor([0, 0, 0, 1.0, 5.0, 0])  # top-1 moves to the reference's second choice
     agreement = fidelity(logits, reference, None)
     assert agreement.kind == AGREEMENT
-    assert (agreement.top1, agreement.top5, agreement.agreement_top1) == (75.0, 100.0, 75.0)
+    assert (agreement.top1, agreement.top5, agreement.agreement_top_1) == (75.0, 100.0, 75.0)
     assert agreement.relative_error == pytest.approx(
         (torch.linalg.vector_norm(logits - reference) / torch.linalg.vector_norm(reference)).item()
     )
     labelled = fidelity(logits, reference, torch.tensor([0, 2, 2, 4]))
-    assert labelled.kind == ACCURACY and labelled.top1 == 75.0 and labelled.agreement_top1 == 75.0
+    assert labelled.kind == ACCURACY and labelled.top1 == 75.0 and labelled.agreement_top_1 == 75.0
 
 
 def test_labels_of_another_kind_keep_their_kind() -> None:
     logits = torch.eye(4) * 5
     labels = torch.tensor([0, 1, 2, 0])
     result = fidelity(logits, logits, labels, SYNTHETIC_ACCURACY)
-    assert result.kind == SYNTHETIC_ACCURACY and result.top1 == 75.0 and result.agreement_top1 == 100.0
+    assert result.kind == SYNTHETIC_ACCURACY and result.top1 == 75.0 and result.agreement_top_1 == 100.0
     assert fidelity(logits, logits, None, SYNTHETIC_ACCURACY).kind == AGREEMENT  # no labels: agreement
 
 
@@ -136,7 +136,7 @@ def test_synthetic_weights_are_scored_against_the_pseudo_classes(sweep) -> None:
         pytest.skip("the sweep runs on real weights or images: covered by the ImageNet tests")
     assert sweep.accuracy_kind == SYNTHETIC_ACCURACY
     reference = sweep.reference_fidelity
-    assert reference.kind == SYNTHETIC_ACCURACY and reference.agreement_top1 == 100.0
+    assert reference.kind == SYNTHETIC_ACCURACY and reference.agreement_top_1 == 100.0
     assert reference.top1 >= 60.0 and reference.top5 >= reference.top1
 
 
@@ -150,7 +150,7 @@ def test_a_collapsed_model_has_every_figure_defined_or_none() -> None:
 
     zero = torch.zeros(4, 1000)
     same = fidelity(zero.clone(), zero, torch.tensor([0, 1, 2, 3]))
-    assert same.relative_error == 0.0 and same.agreement_top1 == 100.0 and same.top1 == 0.0  # all-equal logits: a miss
+    assert same.relative_error == 0.0 and same.agreement_top_1 == 100.0 and same.top1 == 0.0  # all-equal logits: a miss
     moved = fidelity(torch.full((4, 1000), 0.5), zero, None)
     assert moved.relative_error is None and relative_error(torch.ones(2, 3), torch.ones(2, 3) * 2) == 0.5
     row = report.Row(optimization_technique="int8", batch_size=1, device="cpu", logit_relative_error=moved.relative_error)

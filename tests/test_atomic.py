@@ -26,7 +26,7 @@ from onnx import TensorProto, helper
 from pytest_benchmark.storage.file import FileStorage
 from pytest_benchmark.utils import get_machine_id
 
-from densenet_opt import atomic, baselines, cache, render, report, synthetic
+from densenet_opt import atomic, baselines, benchmark_session, cache, render, report, synthetic
 from densenet_opt.render import markdown, plots
 from densenet_opt.errors import UserError
 from densenet_opt.variants import BuildContext, inductor
@@ -199,7 +199,7 @@ def test_benchmark_json_and_stored_run_of_pytest_benchmark(tmp_path: Path, monke
     json_path = tmp_path / "out" / "benchmark.json"
     json_path.parent.mkdir()
     session = SimpleNamespace(json=json_path, storage=storage, logger=logger, save_json=None)
-    baselines.route_benchmark_writes(session)
+    benchmark_session.route_benchmark_writes(session)
     document = {"machine_info": {}, "benchmarks": [{"name": "test_inference[baseline-bs1]", "stats": {"mean": 1.0}}]}
     session.save_json(document)
     storage.save(document, "cpu")

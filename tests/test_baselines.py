@@ -11,7 +11,7 @@ from pytest_benchmark.stats import Stats
 from pytest_benchmark.utils import get_machine_id
 
 from densenet_opt.measure.timing import per_round_text
-from densenet_opt import baselines, gate, report
+from densenet_opt import baselines, benchmark_session, gate, report
 from densenet_opt.config import options_from_mapping
 from densenet_opt.errors import UserError
 from densenet_opt.measure.env import machine_kind
@@ -97,7 +97,7 @@ def test_a_file_storage_outside_the_working_directory_has_a_location(tmp_path: P
     storage = FileStorage(tmp_path / "baseline", logging.getLogger(__name__), default_machine_id=get_machine_id())
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    baselines.locate_anywhere(storage)
+    benchmark_session.locate_anywhere(storage)
     assert storage.location == str(tmp_path / "baseline")
     monkeypatch.chdir(tmp_path)
     assert storage.location == "baseline"

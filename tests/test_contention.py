@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from densenet_opt import gate, report
+from densenet_opt import benchmark_session, gate, report
 from densenet_opt.config import options_from_mapping
 from densenet_opt.errors import UserError
 from densenet_opt.measure import contention
@@ -152,7 +152,7 @@ def test_timing_threads_follow_the_free_cores_unless_fixed(monkeypatch: pytest.M
 
 
 def test_pytest_benchmark_does_not_store_a_refused_run(tmp_path: Path) -> None:
-    """The stored pytest-benchmark run goes through baselines.route_benchmark_writes, which
+    """The stored pytest-benchmark run goes through benchmark_session.route_benchmark_writes, which
     stores nothing while the refusal stands (the plugin passes gate.baseline_refusal)."""
     from types import SimpleNamespace
 
@@ -167,7 +167,7 @@ def test_pytest_benchmark_does_not_store_a_refused_run(tmp_path: Path) -> None:
     storage = FileStorage(tmp_path / "baseline", Logger(), default_machine_id="machine")
     session = SimpleNamespace(json=None, storage=storage, logger=Logger())
     refusal: list[str | None] = ["not storing the baseline: ..."]
-    baselines.route_benchmark_writes(session, refusal=lambda: refusal[0])
+    benchmark_session.route_benchmark_writes(session, refusal=lambda: refusal[0])
     document = {"benchmarks": [{"name": "x"}]}
     session.storage.save(document, "cpu")
     assert not list((tmp_path / "baseline").rglob("*.json"))

@@ -328,14 +328,14 @@ def test_an_interrupt_while_serving_abandons_the_test_at_once() -> None:
 
 
 def test_ctrl_c_during_a_server_test_ends_within_seconds_keeping_finished_rows(tmp_path: Path) -> None:
-    """`densenet-opt loadgen`'s Ctrl-C path (serving.command.exit_interrupted) in a real
+    """`densenet-opt loadgen`'s Ctrl-C path (cli.loadgen.exit_interrupted) in a real
     process with the real LoadGen: SingleStream finishes, a Server test that would run for
     half an hour is under way, SIGINT. Exit 130 within seconds, one line saying what was
     kept, the SingleStream row on disk, no traceback and no C++ terminate (exit 139)."""
     script = textwrap.dedent("""
         import sys, time, torch
         from pathlib import Path
-        from densenet_opt.serving import command
+        from densenet_opt.cli import loadgen as command
         from densenet_opt.serving.qsl import QuerySampleLibrary
         from densenet_opt.serving.runner import run_loadgen
         from densenet_opt.serving.settings import LoadGenSettings

@@ -121,7 +121,7 @@ def fp32_model(ctx: BuildContext) -> onnx_export.Artifact:
 
 def test_fp32_matches_torch(fp32_engine, eval_images: torch.Tensor, reference_logits: torch.Tensor) -> None:
     result = fidelity(fp32_engine(eval_images), reference_logits, None)
-    assert result.agreement_top1 == 100.0
+    assert result.agreement_top_1 == 100.0
     assert result.relative_error < FP32_RELATIVE_ERROR_MAX
 
 

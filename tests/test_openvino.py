@@ -197,7 +197,7 @@ def test_openvino_fp32_is_the_reference(ctx: BuildContext, eval_images: torch.Te
     try:
         logits = engine(eval_images)
         measured = fidelity(logits, reference_logits, None)
-        assert measured.agreement_top1 == 100.0 and measured.relative_error < 1e-4, measured
+        assert measured.agreement_top_1 == 100.0 and measured.relative_error < 1e-4, measured
         assert engine.info["inference_precision_hint"] == "f32" and engine.info["source"] == "onnx export"
         assert engine.model_size_bytes > 30 * 2**20  # the fp32 weights
     finally:

@@ -1,4 +1,6 @@
-"""The README's performance tables are generated from the stored per-kind sweeps."""
+"""The documentation's tables are generated: the performance tables from the stored per-kind
+sweeps (docs/performance.md, and README.md's one kind), the options table from config.OPTIONS
+(docs/usage.md)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from densenet_opt import baselines, report
+from densenet_opt.config import OPTIONS
+from densenet_opt.render import markdown
 from densenet_opt.render.markdown import stored_sweep_tables
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,10 +20,29 @@ performance_tables = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(performance_tables)
 
 
-def test_the_readme_tables_are_the_stored_sweeps() -> None:
-    """Fails when README.md's generated block was typed by hand or a stored sweep changed
+def test_the_generated_tables_are_up_to_date() -> None:
+    """Fails when a generated block was typed by hand, or a stored sweep or an option changed
     without `python tools/performance_tables.py`."""
     assert performance_tables.main(["--check"]) == 0
+
+
+def test_the_options_table_and_config_options_agree() -> None:
+    """Every option the CLI and the plugin offer is in docs/usage.md with its default; the
+    generated block holds nothing else."""
+    usage = (ROOT / "docs" / "usage.md").read_text()
+    block = usage.split(markdown.OPTIONS_BEGIN)[1].split(markdown.OPTIONS_END)[0]
+    documented = [line.split("|")[1].strip(" `") for line in block.strip().splitlines()[2:]]
+    assert documented == [option.name for option in OPTIONS]
+    for option in OPTIONS:
+        if option.default and not option.is_flag:
+            assert f"| `{option.name}` | `{option.default}` |" in block, option.name
+
+
+def test_the_readme_is_short_and_names_the_kind_of_its_table() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 150
+    block = readme.split(markdown.README_TABLE_BEGIN)[1].split(markdown.README_TABLE_END)[0]
+    assert block.count("#### `") == 1 and "benchmarks_baseline/" in block
 
 
 def row(variant: str, size: int, ms: float, kind: str) -> report.Row:

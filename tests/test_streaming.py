@@ -178,7 +178,7 @@ logits = predict(engine, stream, 32)
 result = fidelity(logits, logits.clone(), None)
 print(json.dumps({"self_kib": peak_rss_bytes() // 1024, "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                   "workers_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
-                  "agreement": result.agreement_top1}))
+                  "agreement": result.agreement_top_1}))
 """
 
 
@@ -236,7 +236,7 @@ def test_the_sweep_streams_its_evaluation_set(tmp_path: Path) -> None:
     assert torch.equal(batch[6:], batch[:2]) and torch.equal(batch[:6], data.load_eval_set(None, 6).images)
     engine = _tiny_engine(4)
     logits = predict(engine, sweep.eval_set, 4)
-    assert fidelity(logits, logits, None).agreement_top1 == 100.0
+    assert fidelity(logits, logits, None).agreement_top_1 == 100.0
 
 
 def test_data_workers_default_to_at_most_four() -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from densenet_opt import atomic
 from densenet_opt.accuracy import AGREEMENT, SYNTHETIC_ACCURACY
 from densenet_opt.budgets import BudgetCheck
-from densenet_opt.config import DEFAULT_MAX_CPU_PRESSURE
+from densenet_opt.config import DEFAULT_MAX_CPU_PRESSURE, OPTIONS
 from densenet_opt.measure.contention import CONTENDED_LOAD_PER_CORE
 from densenet_opt.render.plots import ACCURACY_LABELS
 from densenet_opt.report import BASELINE, OUTPUT_OPTION, SKIPPED_FOR_TIME, Row, read_rows
@@ -189,14 +189,28 @@ TABLES_BEGIN = "<!-- performance tables: generated from benchmarks_baseline/KIND
 TABLES_END = "<!-- end of the generated performance tables -->"
 
 
-def stored_sweep_tables(baseline_dir: Path) -> str:
-    """One throughput_matrix per stored sweep, ``baseline_dir/KIND/DEVICE-sweep/benchmark_results.csv``,
-    kinds in name order, each under a heading naming the machine kind and the device and a
-    line saying what was measured (dates, CPU or GPU, software, images, rounds, weights).
-    Raises UserError for an unreadable results file."""
+def stored_sweeps(baseline_dir: Path) -> list[Path]:
+    """The stored sweeps, ``baseline_dir/KIND/DEVICE-sweep/benchmark_results.csv``, kinds in name order."""
+    return sorted(Path(baseline_dir).glob("*/*-sweep/benchmark_results.csv"))
+
+
+def newest_sweep_kind(baseline_dir: Path) -> str | None:
+    """The machine kind whose stored sweep holds the most recently measured row (None: none stored)."""
+    newest = {max((r.measured_at or "" for r in read_rows(path)), default=""): path.parent.parent.name
+              for path in stored_sweeps(baseline_dir)}
+    return newest[max(newest)] if newest else None
+
+
+def stored_sweep_tables(baseline_dir: Path, kinds: Sequence[str] | None = None) -> str:
+    """One throughput_matrix per stored sweep (stored_sweeps; only ``kinds`` when given),
+    each under a heading naming the machine kind and the device and a line saying what was
+    measured (dates, CPU or GPU, software, images, rounds, weights). Raises UserError for an
+    unreadable results file."""
     sections = []
-    for results in sorted(Path(baseline_dir).glob("*/*-sweep/benchmark_results.csv")):
+    for results in stored_sweeps(baseline_dir):
         kind, device = results.parent.parent.name, results.parent.name.removesuffix("-sweep")
+        if kinds is not None and kind not in kinds:
+            continue
         rows = [r for r in read_rows(results) if r.device == device and r.measured]
         if not rows:
             continue
@@ -215,6 +229,20 @@ def stored_sweep_tables(baseline_dir: Path) -> str:
             + throughput_matrix(rows, device))
     return "\n\n".join(sections) or ("No stored sweep yet: `nox -s bench -- --save-baseline` (CPU) or "
                                       "`nox -s gpu_bench -- --save-baseline` (CUDA) stores one for the machine kind it runs on.")
+
+
+OPTIONS_BEGIN = "<!-- options table: generated from densenet_opt/config.py's OPTIONS by tools/performance_tables.py -->"
+OPTIONS_END = "<!-- end of the generated options table -->"
+README_TABLE_BEGIN = "<!-- README_TABLE_BEGIN -->"
+README_TABLE_END = "<!-- README_TABLE_END -->"
+
+
+def options_table() -> str:
+    """The sweep's options (config.OPTIONS, as the CLI and the plugin offer them) as a table:
+    option, default, meaning."""
+    rows = [{"option": f"`{o.name}`", "default": "off" if o.is_flag else (f"`{o.default}`" if o.default else ""),
+             "meaning": o.help.replace("|", "\\|")} for o in OPTIONS]
+    return markdown_table(rows, ["option", "default", "meaning"])
 
 
 GATE_HEADING = "## Regression gate"

@@ -357,7 +357,7 @@ def run_loadgen(
     bound at any offered QPS (its rows are then not written: the other scenarios' are).
     Anything the engine raises propagates after LoadGen has finished its test. Ctrl-C
     during a LoadGen test raises sut.TestAbandoned at once (the rows of the scenarios that
-    finished are already written; serving.command ends the process).
+    finished are already written; cli.loadgen ends the process).
     """
     lg = import_loadgen()
     output_dir = Path(output_dir)

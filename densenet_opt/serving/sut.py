@@ -43,7 +43,7 @@ from densenet_opt.serving.qsl import QuerySampleLibrary
 from densenet_opt.variants import Engine
 
 T = TypeVar("T")
-# The name of the thread that runs LoadGen's StartTest (serving.command looks for it).
+# The name of the thread that runs LoadGen's StartTest (cli.loadgen looks for it).
 LOADGEN_THREAD = "densenet-opt-loadgen"
 
 
@@ -135,7 +135,7 @@ class SystemUnderTest:
         Server test offers its queries on a fixed schedule, so waiting for it could take
         minutes. The test is left running on the helper with this SUT answering what it
         still issues without the engine; its SUT and QSL must then not be destroyed, and
-        the process must end without running C++ destructors (serving.command does)."""
+        the process must end without running C++ destructors (cli.loadgen does)."""
         outcome: dict[str, object] = {}
 
         def run() -> None:

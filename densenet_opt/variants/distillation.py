@@ -76,6 +76,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from densenet_opt.accuracy import top1_agreement
+
 # Relative ridge of the least-squares fits, in units of the mean diagonal of X^T X:
 # small enough not to bias a well-determined fit, large enough to keep one with few
 # rows per unknown (conv1 of the last layers has ~1000 inputs) from chasing noise.
@@ -123,11 +125,6 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
         F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
         log_target=True, reduction="batchmean",
     ) * (t * t)
-
-
-def agreement_top1(logits: torch.Tensor, reference: torch.Tensor) -> float:
-    """Percentage (0-100) of rows of float [N, C] ``logits`` whose argmax equals ``reference``'s."""
-    return (logits.argmax(dim=1) == reference.argmax(dim=1)).float().mean().item() * 100
 
 
 @torch.no_grad()
@@ -290,7 +287,7 @@ def distill(
             losses = []
             if (why := divergence.update(mean)) is not None:
                 raise Diverged(step, mean, why)
-            agreement = agreement_top1(predict(student, heldout_inputs), heldout_teacher_logits)
+            agreement = top1_agreement(predict(student, heldout_inputs), heldout_teacher_logits.argmax(dim=1))
             elapsed = time.perf_counter() - started
             result.curve.append(CurvePoint(step, elapsed, mean, agreement))
             left = (settings.steps - step) * step_seconds
@@ -302,7 +299,7 @@ def distill(
             )
     if result.steps and (not result.curve or result.curve[-1].step != result.steps):
         # Stopped by the time limit between checks: measure where it ended.
-        agreement = agreement_top1(predict(student, heldout_inputs), heldout_teacher_logits)
+        agreement = top1_agreement(predict(student, heldout_inputs), heldout_teacher_logits.argmax(dim=1))
         mean = sum(losses) / len(losses) if losses else math.nan
         result.curve.append(CurvePoint(result.steps, time.perf_counter() - started, mean, agreement))
     result.seconds = time.perf_counter() - step_started
@@ -618,7 +615,7 @@ def recover_densenet(
         parameter.requires_grad_(True)
     try:
         start_loss = kd_loss(predict(suffix, inputs), targets.logits, settings.temperature).item()
-        agreement = agreement_top1(predict(suffix, heldout_inputs), heldout_teacher)
+        agreement = top1_agreement(predict(suffix, heldout_inputs), heldout_teacher.argmax(dim=1))
         elapsed = time.perf_counter() - started
         progress(
             f"{label}: after the layer-wise reconstruction ({elapsed:.0f} s): loss {start_loss:.4f}, "

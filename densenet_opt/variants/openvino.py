@@ -58,6 +58,7 @@ import numpy as np
 import torch
 
 from densenet_opt import atomic
+from densenet_opt.accuracy import top1_agreement
 from densenet_opt.cache import CACHE_OPTION, file_problem, file_sha256, key_digest, tensor_digest
 from densenet_opt.errors import UserError, VariantUnavailable
 from densenet_opt.preprocessing import IMAGE_SHAPE
@@ -332,7 +333,7 @@ def agreement_validation(reference: np.ndarray) -> Callable[[object, object], tu
         values = []
         for index, batch in items:
             logits = np.asarray(next(iter(request.infer({0: batch}).values())))
-            values.append(float(int(logits.argmax(axis=1)[0]) == int(reference[index])))
+            values.append(top1_agreement(logits, reference[index : index + 1]) / 100.0)
         return (sum(values) / len(values) if values else 0.0), values
 
     return validate

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from densenet_opt import pareto
+from densenet_opt.accuracy import top1_agreement
 
 # Calibration images the numeric debugger runs (every node output of both graphs is
 # logged: about 250 MB an image for DenseNet-121).
@@ -123,7 +124,7 @@ def search(
         batch = torch.cat([batch, batch[-1:].expand(batch_size - len(batch), *batch.shape[1:])])
     points = pareto.measure_ladder(
         ranked, max_float_modules, build=build_point,
-        agreement=lambda engine: pareto.top1_agreement(batched_logits(engine, heldout, batch_size), reference_top1),
+        agreement=lambda engine: top1_agreement(batched_logits(engine, heldout, batch_size), reference_top1),
         run_batch=lambda engine: engine(batch), batch_size=batch_size, rounds=rounds, heldout_images=len(heldout),
         progress=progress, name="int8", unit="module",
     )

@@ -40,7 +40,8 @@ import torch
 
 from densenet_opt.cache import key_digest, tensor_digest
 from densenet_opt.errors import UserError
-from densenet_opt.pareto import Search, columns, measure_ladder, top1_agreement
+from densenet_opt.accuracy import top1_agreement
+from densenet_opt.pareto import Search, columns, measure_ladder
 from densenet_opt.variants.onnx.export import Artifact
 from densenet_opt.variants.onnx.quantize import (
     ImageBatchReader,

@@ -1,8 +1,10 @@
 """`python -m densenet_opt` / `densenet-opt`: argparse subcommands over the library.
 
-Every subcommand parses its options once (config.options_from_mapping) and calls the
-library: runner.run_sweep for the sweep, shard for several GPUs, the report modules for
-summaries and recommendations, profiling for traces.
+The only package that uses argparse. Every subcommand parses its options once
+(config.options_from_mapping) and calls the library: runner.run_sweep for the sweep, the
+report modules for summaries and recommendations, compare and history; the fleet commands
+(cli/fleet.py: shard, cluster), profile (cli/profile.py) and loadgen (cli/loadgen.py) have
+modules of their own.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from densenet_opt import baselines, cluster, compare, history, profiling, render, runner, shard
-from densenet_opt.serving import command as loadgen
+from densenet_opt import baselines, compare, history, render, runner
+from densenet_opt.cli import fleet as fleet_commands
+from densenet_opt.cli import loadgen
+from densenet_opt.cli import profile as profile_command
 from densenet_opt.recommend import recommend_from_results, recommend_qps
 from densenet_opt.render import markdown, plots
 from densenet_opt.report import RESULTS_FILE
@@ -48,12 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
 def add_tool_commands(commands: argparse._SubParsersAction) -> None:
     """Reports, profiling and several GPUs."""
     add_report_commands(commands)
-    profiling.add_command(commands)
+    profile_command.add_command(commands)
     loadgen.add_command(commands)
     add_compare_command(commands)
     add_history_command(commands)
-    shard.add_command(commands)  # after "sweep": it takes the sweep's arguments
-    cluster.add_command(commands)  # after "sweep" too; Ray is imported only when it runs
+    fleet_commands.add_sweep_gpus_command(commands)  # after "sweep": it takes the sweep's arguments
+    fleet_commands.add_sweep_cluster_command(commands)  # after "sweep" too; Ray is imported only when it runs
 
 
 def add_report_commands(commands: argparse._SubParsersAction) -> None:
