@@ -120,10 +120,10 @@ def test_paired_rounds_decide_by_their_interval_and_are_stored_with_the_baseline
     assert stored_rounds == {"pruned": {"1": [0.99, 1.0, 1.01, 1.0, 0.98, 1.02]}}
     noisy = [0.45, 0.95, 0.7, 0.5, 0.9, 0.6, 0.8, 0.7]
     (verdict,) = baselines.speedup_verdicts([base, pruned(noisy)], "cpu", stored, 0.25, stored_rounds=stored_rounds)
-    assert verdict.ratio == pytest.approx(0.7) and verdict.high > 0.75 and verdict.outcome == "unchanged"
+    assert verdict.ratio == pytest.approx(0.69, abs=0.01) and verdict.high > 0.75 and verdict.outcome == "unchanged"
     tight = [0.69, 0.71, 0.7, 0.7, 0.68, 0.72, 0.7, 0.71]
     (verdict,) = baselines.speedup_verdicts([base, pruned(tight)], "cpu", stored, 0.25, stored_rounds=stored_rounds)
-    assert verdict.regressed and verdict.line().startswith("pruned at batch 1: speed ratio 0.700 (99% CI 0.6")
+    assert verdict.regressed and verdict.line().startswith("pruned at batch 1: speed ratio 0.702 (99% CI 0.6")
     # The paired figure is used, not the ratio of the rows' own latencies (60 / 90).
     assert report.with_speedups([base, pruned([1.02])])[1].speedup_vs_baseline == 1.02
 
