@@ -7,8 +7,17 @@ sweep's options and hooks, in the pytest plugin ``densenet_opt/plugin.py``. The 
 registers it through the ``pytest11`` entry point (pyproject.toml), so pytest loads it before
 it reads the command line, in this repository and from an installed copy alike, which has no
 conftest.py; a test (densenet_opt/bench.py, tests/test_budgets.py) reaches them by naming them
-as arguments. This file registers no option or hook and redefines none of the plugin's
-fixtures, and no test file redefines one of these (tests/test_layout.py checks both).
+as arguments. This file redefines none of the plugin's fixtures or options, and no test file
+redefines one of these (tests/test_layout.py checks both).
+
+**Test kinds.** A test is a unit test unless marked: ``slow`` (builds DenseNet-121 or runs a
+sweep in a subprocess: seconds to minutes each), ``timing`` (asserts durations or rates of
+real sleeps and engines, which a loaded machine can upset) or ``sweep`` (the benchmark and the
+tests over its fixtures). A plain ``pytest`` in the repository runs the unit tests only, fast,
+and any DenseNet-121 built there fails the test that built it; ``--all-kinds`` (what
+``nox -s tests``, the README's test command, passes) runs everything, as does naming files,
+a ``-m``/``-k`` expression or ``--benchmark-only``. These two hooks and the option are the
+repository's own: the plugin knows nothing of them.
 """
 
 from __future__ import annotations
@@ -23,6 +32,64 @@ import torch
 from torch import nn
 
 TESTS = Path(__file__).resolve().parent / "tests"
+
+# ---------------------------------------------------------------------------------------
+# Test kinds
+# ---------------------------------------------------------------------------------------
+
+TEST_KINDS = {
+    "slow": "builds DenseNet-121 or runs a sweep in a subprocess (seconds to minutes)",
+    "timing": "asserts durations or rates of real sleeps or engines (a loaded machine can upset it)",
+    "sweep": "the DenseNet sweep's benchmark, and tests over its fixtures (found by fixture, no mark needed)",
+}
+ALL_KINDS_OPTION = "--all-kinds"
+# A test over one of the plugin's sweep fixtures is of kind "sweep" without a mark (the
+# benchmark in densenet_opt/bench.py is the package's, which knows no marks of ours).
+SWEEP_FIXTURES = frozenset({"sweep", "engine_config"})
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(ALL_KINDS_OPTION, action="store_true", default=False,
+                     help="run every kind of test (unit, " + ", ".join(TEST_KINDS) + "); a plain `pytest` here runs "
+                     "the unit tests only")
+
+
+def unit_tests_only(config: pytest.Config) -> bool:
+    """A plain ``pytest`` in the repository: no --all-kinds, no files named, no -m or -k, not
+    --benchmark-only."""
+    return not (config.getoption(ALL_KINDS_OPTION) or config.option.markexpr or config.option.keyword
+                or config.getoption("benchmark_only", False)
+                or config.args_source is not pytest.Config.ArgsSource.TESTPATHS)
+
+
+def _no_densenet121(*args, **kwargs):
+    raise RuntimeError("a unit test built DenseNet-121: mark it slow (conftest.py, test kinds)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, meaning in TEST_KINDS.items():
+        config.addinivalue_line("markers", f"{name}: {meaning}")
+    if unit_tests_only(config):
+        import torchvision.models
+        import torchvision.models.densenet
+
+        from densenet_opt import model
+
+        for owner in (torchvision.models, torchvision.models.densenet, model):
+            owner.densenet121 = _no_densenet121
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Unit tests only, unless asked otherwise (unit_tests_only); the others deselected.
+    First, so that the sweep's own hook sees no benchmark left to run."""
+    if not unit_tests_only(config):
+        return
+    kept = [item for item in items if not any(item.get_closest_marker(kind) for kind in TEST_KINDS)
+            and not SWEEP_FIXTURES & set(getattr(item, "fixturenames", ()))]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
 
 # ---------------------------------------------------------------------------------------
 # Small models

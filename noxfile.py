@@ -37,7 +37,8 @@ def tests(session: nox.Session) -> None:
     session.install("-e", ".[cpu,test]")
     # One cache for the tests and the sweeps they start: the synthetic weights take minutes to build.
     session.env["DENSENET_OPT_CACHE"] = os.environ.get("DENSENET_OPT_CACHE") or str(Path.home() / ".cache" / "densenet_opt")
-    session.run("pytest", *TEST_SWEEP, "--output-dir=.nox/test-results", "--durations=30", *session.posargs)
+    # --all-kinds: the slow, timing and sweep tests too (a plain `pytest` runs the unit tests only: conftest.py).
+    session.run("pytest", "--all-kinds", *TEST_SWEEP, "--output-dir=.nox/test-results", "--durations=30", *session.posargs)
 
 
 def compare_args(posargs: list[str]) -> list[str]:

@@ -218,6 +218,7 @@ def test_benchmark_json_and_stored_run_of_pytest_benchmark(tmp_path: Path, monke
     assert [p.name for p in stored.parent.iterdir()] == ["0001_cpu.json"]
 
 
+@pytest.mark.slow
 def test_cached_weights_and_sidecars(tmp_path: Path, monkeypatch) -> None:
     """torch.save (synthetic weights, pruned models) goes through a Python file, so the
     full disk's errno reaches us through torch's RuntimeError."""
@@ -276,6 +277,7 @@ def test_aotinductor_package(tmp_path: Path, monkeypatch) -> None:
 # ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fault_plugin_on_path")  # the shim imports tests/full_disk.py
 def test_a_sweep_whose_benchmark_json_hits_a_full_disk_says_so_in_one_sentence(tmp_path: Path) -> None:
     out = tmp_path / "out"

@@ -37,21 +37,25 @@ def assert_one_sentence(result: subprocess.CompletedProcess, *fragments: str) ->
         (["--variant-options", "pruned.amount"], "KEY=VALUE"),
     ],
 )
+@pytest.mark.slow
 def test_bad_options_get_one_sentence(args: list[str], fragment: str) -> None:
     assert_one_sentence(run_cli("sweep", *args), fragment)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_on_a_machine_without_it() -> None:
     assert_one_sentence(run_cli("sweep", "--device", "cuda"), "sees no CUDA device", "--device cpu")
 
 
+@pytest.mark.slow
 def test_missing_and_empty_imagenet_folders(tmp_path: Path) -> None:
     assert_one_sentence(run_cli("sweep", "--imagenet-val", str(tmp_path / "absent")), "does not exist")
     (tmp_path / "empty").mkdir()
     assert_one_sentence(run_cli("sweep", "--imagenet-val", str(tmp_path / "empty")), str(tmp_path / "empty"))
 
 
+@pytest.mark.slow
 def test_weights_of_another_model(tmp_path: Path) -> None:
     from torchvision.models import resnet18
 
@@ -66,12 +70,14 @@ def test_list_shows_the_registry() -> None:
     assert "chains: <transform>+<variant>" in result.stdout and "transforms: pruned, pruned_structured" in result.stdout
 
 
+@pytest.mark.slow
 def test_help_names_every_option() -> None:
     result = run_cli("sweep", "--help")
     for option in ("--device", "--batch-sizes", "--variants", "--weights", "--imagenet-val", "--num-samples", "--output-dir"):
         assert option in result.stdout
 
 
+@pytest.mark.slow
 def test_a_tiny_sweep_writes_a_complete_row(tmp_path: Path) -> None:
     out = tmp_path / "results"
     result = run_cli(

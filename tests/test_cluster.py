@@ -288,6 +288,7 @@ def shard_logs(options) -> dict[str, str]:
     return {d.name: (d / cluster.SHARD_LOG).read_text().strip() for d in sorted((options.output_dir / shard.SHARDS_DIR).iterdir())}
 
 
+@pytest.mark.slow
 def test_two_machines_on_ray_a_dead_shard_and_resume(local_ray, tmp_path: Path, fake_python: str, artifact_cache: Path) -> None:
     options = _options(tmp_path, artifact_cache)
     lines: list[str] = []
@@ -319,6 +320,7 @@ def test_two_machines_on_ray_a_dead_shard_and_resume(local_ray, tmp_path: Path, 
     assert report.read_rows(results) == rows
 
 
+@pytest.mark.slow
 def test_a_real_tiny_sweep_on_two_machines_a_killed_shard_and_resume(local_ray, tmp_path: Path, artifact_cache: Path) -> None:
     """The library sweep (pytest-benchmark in a subprocess) in each task; beta's worker is
     killed by tests/fault_plugin.py at its first engine call, alpha's rows are kept, and

@@ -59,6 +59,7 @@ def verdicts(tmp_path: Path, name: str) -> dict[str, str]:
         return {row["variant"]: row["verdict"] for row in csv.DictReader(f)}
 
 
+@pytest.mark.slow
 def test_a_head_with_pruned_30_percent_slower_names_pruned(tmp_path: Path) -> None:
     slowed = tmp_path / "slowed"
     shutil.copytree(REPOSITORY / "densenet_opt", slowed / "densenet_opt", ignore=shutil.ignore_patterns("__pycache__"))
@@ -72,6 +73,8 @@ def test_a_head_with_pruned_30_percent_slower_names_pruned(tmp_path: Path) -> No
     assert "speed ratio 0.7" in line and "99% CI" in line and "head vs base" in line
 
 
+@pytest.mark.timing
+@pytest.mark.slow
 def test_two_identical_trees_pass_with_a_cpu_hog_beside_them(tmp_path: Path) -> None:
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:

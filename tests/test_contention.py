@@ -134,6 +134,7 @@ def test_proc_stat_is_read(tmp_path: Path) -> None:
     assert contention._cpu_times(tmp_path / "absent") is None
 
 
+@pytest.mark.slow
 def test_timing_threads_follow_the_free_cores_unless_fixed(monkeypatch: pytest.MonkeyPatch) -> None:
     from densenet_opt import sweep as sweep_module
 
@@ -176,6 +177,7 @@ def test_pytest_benchmark_does_not_store_a_refused_run(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "baseline" / "machine").glob("*.json")] == ["0001_cpu.json"]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fault_plugin_on_path")
 def test_a_sweep_timed_under_contention_is_measured_but_not_stored(tmp_path: Path) -> None:
     """End to end: a tiny sweep whose CPU pressure reads 60% (tests/fault_plugin.py) writes

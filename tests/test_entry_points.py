@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import shutil
 import subprocess
@@ -41,6 +43,7 @@ def checkout_ignore(directory: str, names: list[str]) -> set[str]:
     return ignored
 
 
+@pytest.mark.slow
 def test_an_installed_copy_sweeps_from_an_empty_directory(tmp_path: Path) -> None:
     # A fresh venv whose own site-packages gets the non-editable install; torch and the other
     # dependencies come from this environment's site-packages through a .pth line (a path line
@@ -75,6 +78,7 @@ def _imagenet_folder(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_pytest_takes_paths_outside_the_checkout_as_separate_arguments(tmp_path: Path) -> None:
     val = _imagenet_folder(tmp_path / "data" / "val")
     out = tmp_path / "results"
@@ -87,6 +91,7 @@ def test_pytest_takes_paths_outside_the_checkout_as_separate_arguments(tmp_path:
     assert row.status == "ok" and str(val) in row.data and row.num_samples == 2, result.stdout[-3000:]
 
 
+@pytest.mark.slow
 def test_the_speedup_does_not_depend_on_the_order_of_variants(tmp_path: Path) -> None:
     # Unpaired, the speedup divides by the baseline's own row: where the order used to matter.
     # (Paired, each variant's speedup is measured beside its own baseline rounds: test_regression_gate.)
@@ -108,6 +113,7 @@ TIMING_COLUMNS = {
 }
 
 
+@pytest.mark.slow
 def test_pytest_and_the_cli_leave_the_same_outputs(tmp_path: Path) -> None:
     sweep = ["--variants", "baseline", "--batch-sizes", "1", "--num-samples", "4", "--rounds", "2",
              "--warmup-rounds", "0", "--weights", "synthetic"]

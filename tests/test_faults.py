@@ -37,6 +37,7 @@ def statuses(out: Path) -> dict[str, str]:
     return {str(row.batch_size): row.status for row in report.read_rows(out / report.RESULTS_FILE)}
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("fault_plugin_on_path")
 def test_oom_and_nan_are_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
     result = subprocess.run(command(tmp_path, "--batch-sizes", "1,2,3", faults="baseline@1=oom,baseline@2=nan"),
@@ -47,6 +48,7 @@ def test_oom_and_nan_are_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
     assert "NaN or Inf logits (recorded as non_finite_logits" in result.stdout
 
 
+@pytest.mark.slow
 def test_resume_measures_again_a_row_of_other_inputs(tmp_path: Path) -> None:
     """--resume with a changed option kept the old rows as this run's (a speedup of 47x against
     a baseline of other weights and another sample count): the row is measured again, and one
@@ -68,6 +70,8 @@ def test_resume_measures_again_a_row_of_other_inputs(tmp_path: Path) -> None:
     assert after["pruned"].inputs.endswith("options=pruned.amount=0.2")
 
 
+@pytest.mark.timing
+@pytest.mark.slow
 @pytest.mark.usefixtures("fault_plugin_on_path")
 def test_a_killed_sweep_keeps_completed_rows_and_resume_skips_them(tmp_path: Path) -> None:
     sweep = subprocess.Popen(command(tmp_path, "--batch-sizes", "1,2", faults="baseline@2=delay:3000"),
@@ -109,6 +113,7 @@ def _import_vm_peak_bytes(env: dict[str, str]) -> int:
     return int(result.stdout.strip()) * 1024
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's RLIMIT_AS and /proc")
 def test_a_batch_too_large_for_memory_costs_only_its_own_row(tmp_path: Path) -> None:
     """Under an address-space limit batch 256 cannot fit: it is recorded as out_of_memory
@@ -136,6 +141,7 @@ def test_a_batch_too_large_for_memory_costs_only_its_own_row(tmp_path: Path) -> 
     assert "baseline at batch 256: out of memory, recorded as out_of_memory" in result.stdout, output
 
 
+@pytest.mark.slow
 def test_an_unwritable_output_directory_is_one_sentence(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
@@ -263,6 +269,7 @@ def test_every_out_of_memory_pattern_is_exercised() -> None:
         assert re.search(pattern, messages, re.I | re.M), f"no test message for {pattern!r} ({source})"
 
 
+@pytest.mark.slow
 def test_a_setup_time_problem_is_one_sentence_once_with_exit_2(tmp_path: Path, monkeypatch) -> None:
     """A zero-byte torchvision hub file found when the first engine is built (after the
     preflight): the sentence came twice inside pytest's "ERROR at setup", with chained

@@ -14,14 +14,17 @@ DENSENET121_FLOPS = 5.668e9
 DENSENET121_PARAMS = 7_978_856
 
 
+@pytest.mark.slow
 def test_densenet121_flops_per_image(densenet: nn.Module) -> None:
     assert count_flops(densenet) == pytest.approx(DENSENET121_FLOPS, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_densenet121_params(densenet: nn.Module) -> None:
     assert count_params(densenet) == DENSENET121_PARAMS
 
 
+@pytest.mark.slow
 def test_flops_are_per_image(densenet: nn.Module) -> None:
     assert count_flops(densenet, (3, 3, 64, 64)) == count_flops(densenet, (1, 3, 64, 64))
 

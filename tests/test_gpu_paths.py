@@ -699,6 +699,7 @@ def test_gpu_check_bad_arguments_exit_2(tmp_path: Path) -> None:
     assert done.returncode == 2 and "unknown check(s) memroy (did you mean 'memory'?): choose from environment" in done.stderr
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run(tmp_path: Path) -> None:
     """What CI runs of gpu_check: the plan and its logic on the CPU, through the suite's own
     sweep with the plugins named explicitly (no entry points, as on the device machine)."""

@@ -183,6 +183,7 @@ def small_context(tmp_path: Path, options: dict[str, str], batch_size: int) -> B
     )
 
 
+@pytest.mark.slow
 def test_a_real_search_on_a_small_cnn_writes_the_table_and_the_variant_loads_the_chosen_package(tmp_path: Path) -> None:
     """Two points (all-int8, the worst module in float), each an AOTInductor package at
     the search's batch (8 held-out images); the build at batch 8 loads the chosen point's

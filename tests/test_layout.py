@@ -120,7 +120,10 @@ def test_conftest_holds_the_shared_fixtures_and_the_plugin_owns_the_sweeps() -> 
     assert {"sweep", "engine_config"} <= sweep_fixtures and {"tiny_densenet", "fault_plugin_on_path"} <= shared
     # Nothing registered twice: the plugin alone defines the sweep's fixtures, options and hooks.
     assert not shared & sweep_fixtures, shared & sweep_fixtures
-    assert "pytest_addoption" in hook_names(PLUGIN) and not hook_names(CONFTEST), hook_names(CONFTEST)
+    # conftest.py's hooks select the repository's test kinds; none is one of the plugin's own.
+    assert "pytest_addoption" in hook_names(PLUGIN)
+    assert hook_names(CONFTEST) <= {"pytest_addoption", "pytest_configure", "pytest_collection_modifyitems"}, hook_names(CONFTEST)
+    assert "--all-kinds" not in PLUGIN.read_text()
     # One copy of each shared fixture: no test file defines its own under the same name.
     for path in sorted(CONFTEST.parent.glob("tests/*.py")):
         assert not fixture_names(path) & shared, (path.name, fixture_names(path) & shared)

@@ -126,6 +126,7 @@ def test_md1_formula_against_known_values() -> None:
     assert md1_peak_rate(0.05, 0.005) * 0.005 == pytest.approx(0.7735, abs=0.002)
 
 
+@pytest.mark.timing
 def test_single_stream_percentiles_match_a_known_service_time(tmp_path: Path, benchmark) -> None:
     """p50 within 5% of the engine's median call (20 ms asked), p99 within 5% of its slow
     calls (100 ms asked, one call in 25).
@@ -176,6 +177,7 @@ def test_single_stream_percentiles_match_a_known_service_time(tmp_path: Path, be
     assert any("elapsed" in line and "left" in line for line in lines)
 
 
+@pytest.mark.timing
 def test_multi_stream_query_latency_is_the_calls_its_samples_need(tmp_path: Path) -> None:
     """A MultiStream query's 4 samples arrive together: with no batching the engine serves
     them one by one (4 x 10 ms per query), with a batcher of 4 in one call (10 ms). LoadGen's
@@ -216,6 +218,7 @@ def test_csv_opens_in_pandas(tmp_path: Path) -> None:
     assert list(frame["best_qps"]) == [12.5] and list(frame["result_validity"]) == ["VALID"]
 
 
+@pytest.mark.timing
 def test_server_best_qps_agrees_with_md1_queueing_theory(tmp_path: Path, benchmark) -> None:
     """Service 5 ms, p99 bound 50 ms (B/S = 10): theory's peak is rho ~ 0.77, ~155 QPS.
 
@@ -246,6 +249,7 @@ def test_server_best_qps_agrees_with_md1_queueing_theory(tmp_path: Path, benchma
     assert (tmp_path / LATENCY_QPS_PLOT).stat().st_size > 0 and (tmp_path / BEST_QPS_PLOT).stat().st_size > 0
 
 
+@pytest.mark.timing
 def test_offline_batches_fully_and_server_pads_partial_batches(tmp_path: Path) -> None:
     engine = SleepEngine(0.010)
     settings = LoadGenSettings(scenarios=(OFFLINE, SERVER), latency_bound_ms=200, max_queue_delay_ms=2, min_duration_ms=1000,
@@ -276,6 +280,7 @@ def fake_loadgen(complete):
                            QuerySamplesComplete=lambda ids: complete(list(ids)))
 
 
+@pytest.mark.timing
 def test_batcher_pads_to_the_engine_batch_and_waits_at_most_the_delay() -> None:
     completed: list[list[int]] = []
     engine = SleepEngine(0.0)
@@ -327,6 +332,7 @@ def test_an_interrupt_while_serving_abandons_the_test_at_once() -> None:
     assert engine.batch_sizes == [1]  # after the interrupt the engine is not called again
 
 
+@pytest.mark.timing
 def test_ctrl_c_during_a_server_test_ends_within_seconds_keeping_finished_rows(tmp_path: Path) -> None:
     """`densenet-opt loadgen`'s Ctrl-C path (cli.loadgen.exit_interrupted) in a real
     process with the real LoadGen: SingleStream finishes, a Server test that would run for
@@ -386,6 +392,7 @@ def test_engine_failure_completes_the_test_then_raises(tmp_path: Path) -> None:
         run_test(lg, sut, library(), SINGLE_STREAM, settings, tmp_path / "logs", expected_latency_s=0.001, expected_qps=100)
 
 
+@pytest.mark.timing
 def test_invalid_run_says_why_and_is_marked(tmp_path: Path) -> None:
     """A Server run of 30 queries: too few for LoadGen's early stopping, so INVALID."""
     lg = import_loadgen()
@@ -450,6 +457,7 @@ def test_bad_settings_are_one_sentence(raw: dict, message: str) -> None:
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_cli_rejects_a_non_positive_target_qps_before_building_anything(tmp_path: Path, capsys) -> None:
     code = cli.main(["loadgen", "--server-start-qps", "0", "--output-dir", str(tmp_path)])
     assert code == 2
@@ -457,6 +465,7 @@ def test_cli_rejects_a_non_positive_target_qps_before_building_anything(tmp_path
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_cli_runs_single_stream_on_the_real_baseline_engine(tmp_path: Path, capsys) -> None:
     code = cli.main(["loadgen", "--device", "cpu", "--variants", "baseline", "--batch-sizes", "1", "--weights", "synthetic",
                      "--num-samples", "4", "--scenario", "singlestream", "--min-duration-ms", "200", "--min-query-count", "3",
@@ -499,6 +508,7 @@ def test_recommend_the_highest_qps_under_a_p99_bound(tmp_path: Path, capsys) -> 
     assert "--max-memory-mb apply to a sweep's results, not to --loadgen-results" in capsys.readouterr().err
 
 
+@pytest.mark.timing
 def test_offline_reruns_once_when_the_engine_outran_its_estimate(tmp_path: Path) -> None:
     """The capacity estimate (the first 7 calls: 2 warm-up, 5 timed) says 20 samples/s; the
     engine then runs at ~200/s, so LoadGen's one query of min_duration x 1.5 x 20 x 1.1

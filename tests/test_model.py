@@ -18,6 +18,7 @@ def _logits(module: torch.nn.Module) -> torch.Tensor:
         return module.eval()(torch.ones(1, 3, 64, 64))
 
 
+@pytest.mark.slow
 def test_state_dict_file_round_trips(tmp_path: Path, densenet_state_dict) -> None:
     path = tmp_path / "weights.pt"
     torch.save(densenet_state_dict, path)
@@ -28,6 +29,7 @@ def test_state_dict_file_round_trips(tmp_path: Path, densenet_state_dict) -> Non
     assert torch.equal(_logits(model.build_model(weights)), _logits(reference))
 
 
+@pytest.mark.slow
 def test_checkpoint_with_dataparallel_prefix_and_old_keys(tmp_path: Path, densenet_state_dict) -> None:
     # The old torchvision naming ('norm.1.weight') and a DataParallel 'module.' prefix.
     old_style = {}
@@ -46,6 +48,7 @@ def test_checkpoint_with_dataparallel_prefix_and_old_keys(tmp_path: Path, densen
     assert torch.equal(_logits(model.build_model(weights)), _logits(model.build_model(model.Weights(densenet_state_dict, "", "", True))))
 
 
+@pytest.mark.slow
 def test_wrong_architecture_names_the_mismatched_keys(tmp_path: Path) -> None:
     path = tmp_path / "resnet.pt"
     torch.save(resnet18(weights=None).state_dict(), path)
@@ -53,6 +56,7 @@ def test_wrong_architecture_names_the_mismatched_keys(tmp_path: Path) -> None:
         model.build_model(model.resolve_weights(str(path), cache_dir=tmp_path))
 
 
+@pytest.mark.slow
 def test_wrong_shape_is_reported(tmp_path: Path, densenet_state_dict) -> None:
     bad = dict(densenet_state_dict)
     bad["classifier.weight"] = torch.zeros(10, 1024)
@@ -63,6 +67,7 @@ def test_wrong_shape_is_reported(tmp_path: Path, densenet_state_dict) -> None:
         model.build_model(model.resolve_weights(str(path), cache_dir=tmp_path))
 
 
+@pytest.mark.slow
 def test_missing_and_truncated_files(tmp_path: Path, densenet_state_dict) -> None:
     with pytest.raises(UserError, match="does not exist"):
         model.resolve_weights(str(tmp_path / "nope.pt"), cache_dir=tmp_path)
@@ -83,6 +88,7 @@ class _PlantsMarker:
         return (Path.touch, (self.marker,))
 
 
+@pytest.mark.slow
 def test_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
@@ -93,6 +99,7 @@ def test_pickle_that_runs_code_is_refused(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_torchvision_weights_from_the_local_hub_cache(tmp_path: Path, monkeypatch, densenet_state_dict) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(UserError, match="not in the local torch hub cache"):
@@ -106,6 +113,7 @@ def test_torchvision_weights_from_the_local_hub_cache(tmp_path: Path, monkeypatc
     model.build_model(weights)
 
 
+@pytest.mark.slow
 def test_other_weights_under_the_hub_files_name_get_another_key(tmp_path: Path, monkeypatch, densenet_state_dict) -> None:
     """--weights torchvision (and auto) keyed every artifact by the file's constant name: other
     DenseNet-121 weights copied over the hub file then reused the first weights' ONNX export
@@ -122,6 +130,7 @@ def test_other_weights_under_the_hub_files_name_get_another_key(tmp_path: Path, 
     assert model.state_dict_digest(other) != model.state_dict_digest(densenet_state_dict)
 
 
+@pytest.mark.slow
 def test_auto_falls_back_to_synthetic_with_a_notice(tmp_path: Path, monkeypatch, densenet_state_dict) -> None:
     import densenet_opt.synthetic as synthetic
 

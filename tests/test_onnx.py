@@ -119,12 +119,14 @@ def fp32_model(ctx: BuildContext) -> onnx_export.Artifact:
 # ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fp32_matches_torch(fp32_engine, eval_images: torch.Tensor, reference_logits: torch.Tensor) -> None:
     result = fidelity(fp32_engine(eval_images), reference_logits, None)
     assert result.agreement_top_1 == 100.0
     assert result.relative_error < FP32_RELATIVE_ERROR_MAX
 
 
+@pytest.mark.slow
 def test_one_session_takes_any_batch_size(fp32_engine, eval_images: torch.Tensor, reference_logits: torch.Tensor) -> None:
     for size in (1, 3):
         logits = fp32_engine(eval_images[:size])
@@ -159,6 +161,7 @@ def test_model_size_counts_external_data(fp32_model, tmp_path: Path) -> None:
     assert model_size_bytes(split) == pytest.approx(model_size_bytes(fp32_model.path), rel=0.05)
 
 
+@pytest.mark.slow
 def test_fp16_model_keeps_float32_inputs_and_outputs(ctx: BuildContext, fp32_model, eval_images, reference_logits) -> None:
     fp16 = onnx_export.fp16_artifact(fp32_model, cache_dir=ctx.cache_dir, progress=quiet)
     model = onnx.load(str(fp16.path))
@@ -338,6 +341,7 @@ def test_without_onnxscript_the_export_says_what_to_install(monkeypatch, tmp_pat
 # ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_device_io_matches_plain_run(fp32_engine, eval_images: torch.Tensor) -> None:
     io = DeviceIO(fp32_engine.session, ort, "cpu", 0)
     expected = fp32_engine(eval_images)
@@ -413,6 +417,7 @@ def test_int8_graph_is_int8_end_to_end(int8_model, fp32_model) -> None:
     assert int8_ops["QuantizeLinear"] <= 2 and int8_ops["DequantizeLinear"] <= 2  # at the ends only
 
 
+@pytest.mark.slow
 def test_int8_engine(ctx: BuildContext, int8_model, eval_images: torch.Tensor, reference_logits: torch.Tensor) -> None:
     engine = build_int8(ctx)
     try:
@@ -426,6 +431,7 @@ def test_int8_engine(ctx: BuildContext, int8_model, eval_images: torch.Tensor, r
         engine.close()
 
 
+@pytest.mark.slow
 def test_int8_key_follows_the_calibration_images_and_target(fp32_model, eval_images: torch.Tensor) -> None:
     key = onnx_export.key_digest(int8_key(fp32_model, RECIPES[CPU], eval_images))
     assert key == onnx_export.key_digest(int8_key(fp32_model, RECIPES[CPU], eval_images.clone()))

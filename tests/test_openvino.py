@@ -192,6 +192,7 @@ def ctx(sweep: Sweep, ov) -> BuildContext:
 # come from conftest.py.
 
 
+@pytest.mark.slow
 def test_openvino_fp32_is_the_reference(ctx: BuildContext, eval_images: torch.Tensor, reference_logits: torch.Tensor) -> None:
     engine = get_variant(OPENVINO).build_engine(ctx)
     try:
@@ -204,6 +205,7 @@ def test_openvino_fp32_is_the_reference(ctx: BuildContext, eval_images: torch.Te
         engine.close()
 
 
+@pytest.mark.slow
 def test_openvino_bf16_runs_or_says_why(ctx: BuildContext, eval_images: torch.Tensor, reference_logits: torch.Tensor, ov) -> None:
     if "BF16" not in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         with pytest.raises(VariantUnavailable, match="needs a CPU with native bf16"):
@@ -216,6 +218,7 @@ def test_openvino_bf16_runs_or_says_why(ctx: BuildContext, eval_images: torch.Te
         engine.close()
 
 
+@pytest.mark.slow
 def test_openvino_int8_is_cached_and_close(ctx: BuildContext, eval_images: torch.Tensor, reference_logits: torch.Tensor) -> None:
     engine = get_variant(OPENVINO_INT8).build_engine(ctx)
     again = get_variant(OPENVINO_INT8).build_engine(ctx)
@@ -232,6 +235,7 @@ def test_openvino_int8_is_cached_and_close(ctx: BuildContext, eval_images: torch
         again.close()
 
 
+@pytest.mark.slow
 def test_two_streams_give_the_logits_of_one(ctx: BuildContext, eval_images: torch.Tensor) -> None:
     one = get_variant(OPENVINO_INT8).build_engine(ctx)
     two = get_variant(OPENVINO_INT8).build_engine(
@@ -348,6 +352,7 @@ def test_the_quantization_process_raises_its_error_here_and_leaves_no_ir(ov, tmp
     assert not (tmp_path / IR_FILES[0]).exists()
 
 
+@pytest.mark.slow
 def test_accuracy_control_builds_caches_and_reports_on_a_small_cnn(ov, tmp_path: Path) -> None:
     """The real NNCF path end to end on a small CNN (DenseNet-121's 187 operations take
     minutes to rank on 2 cores; a small random-init DenseNet gives every image the same
@@ -394,6 +399,7 @@ def test_accuracy_control_builds_caches_and_reports_on_a_small_cnn(ov, tmp_path:
         again.close()
 
 
+@pytest.mark.slow
 def test_the_side_by_side_tool_times_streams_and_profiles_layers(ov) -> None:
     # tools/openvino_side_by_side.py, the README's instrument for issue 14's ratios, end to end
     # on the fp32 variant (its ONNX export is the sweep's, cached) at batch 2, one round.

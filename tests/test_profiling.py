@@ -56,6 +56,7 @@ def test_memory_snapshot_is_dumped_then_recording_stops(tmp_path: Path, monkeypa
     assert [c[0] for c in calls] == ["record", "record"]  # no snapshot of a failed block, recording stopped
 
 
+@pytest.mark.slow
 def test_profile_command_on_the_cpu(tmp_path: Path, capsys) -> None:
     code = cli.main(["profile", "--device", "cpu", "--variants", "baseline", "--batch-sizes", "1", "--weights", "synthetic",
                      "--num-samples", "1", "--profile-rounds", "1", "--output-dir", str(tmp_path)])
@@ -74,12 +75,14 @@ def test_profile_command_on_the_cpu(tmp_path: Path, capsys) -> None:
         (["--profile-rounds", "0"], "--profile-rounds must be at least 1"),
     ],
 )
+@pytest.mark.slow
 def test_profile_command_bad_input_is_one_sentence(tmp_path: Path, capsys, args: list[str], fragment: str) -> None:
     assert cli.main(["profile", "--output-dir", str(tmp_path), *args]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and fragment in err
 
 
+@pytest.mark.slow
 def test_an_unavailable_variant_is_skipped_with_its_reason(tmp_path: Path, monkeypatch, capsys) -> None:
     from densenet_opt.sweep import Sweep
 

@@ -108,6 +108,7 @@ def unstructured(densenet: nn.Module) -> nn.Module:
     return prune_unstructured(copy.deepcopy(densenet), UNSTRUCTURED_AMOUNT)
 
 
+@pytest.mark.slow
 def test_unstructured_reaches_the_requested_sparsity(densenet: nn.Module, unstructured: nn.Module) -> None:
     for conv, original in zip(conv_layers(unstructured), conv_layers(densenet), strict=True):
         zeros = int((conv.weight == 0).sum())
@@ -117,6 +118,7 @@ def test_unstructured_reaches_the_requested_sparsity(densenet: nn.Module, unstru
         assert removed.max() <= conv.weight.detach().abs()[conv.weight != 0].min()
 
 
+@pytest.mark.slow
 def test_unstructured_leaves_no_reparametrisation(densenet: nn.Module, unstructured: nn.Module) -> None:
     model = unstructured
     assert set(model.state_dict()) == set(densenet.state_dict())
@@ -146,6 +148,7 @@ def structured(densenet: nn.Module) -> nn.Module:
     return prune_bottlenecks(copy.deepcopy(densenet), DEFAULT_STRUCTURED_AMOUNT)
 
 
+@pytest.mark.slow
 def test_structured_removes_bottleneck_channels(densenet: nn.Module, structured: nn.Module) -> None:
     before, after = bottlenecks(densenet), bottlenecks(structured)
     assert len(after) == len(before) == 58  # 6 + 12 + 24 + 16 dense layers
@@ -160,6 +163,7 @@ def test_structured_removes_bottleneck_channels(densenet: nn.Module, structured:
         assert layer.conv2.out_channels == old.layer.conv2.out_channels
 
 
+@pytest.mark.slow
 def test_structured_model_runs(structured: nn.Module, images: torch.Tensor) -> None:
     assert not any(m.training for m in structured.modules())  # the new modules too
     with torch.inference_mode():
@@ -167,6 +171,7 @@ def test_structured_model_runs(structured: nn.Module, images: torch.Tensor) -> N
     assert logits.shape == (len(images), 1000) and torch.isfinite(logits).all()
 
 
+@pytest.mark.slow
 def test_structured_cuts_params_and_flops(densenet: nn.Module, structured: nn.Module) -> None:
     # Each removed channel takes its conv1 filter, its conv2 input slice and norm2's scale and shift.
     removed = sum(
@@ -179,6 +184,7 @@ def test_structured_cuts_params_and_flops(densenet: nn.Module, structured: nn.Mo
     assert 1 - DEFAULT_STRUCTURED_AMOUNT < flops_ratio < 1 - DEFAULT_STRUCTURED_AMOUNT / 2
 
 
+@pytest.mark.slow
 def test_structured_keeps_the_important_channels_exactly(densenet: nn.Module, images: torch.Tensor) -> None:
     """Channels whose BatchNorm scale and shift are 0 output nothing after ReLU; removing
     exactly those must leave the logits unchanged, which checks that every kept channel's
@@ -197,6 +203,7 @@ def test_structured_keeps_the_important_channels_exactly(densenet: nn.Module, im
         torch.testing.assert_close(pruned(images), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_recalibration_rewrites_running_statistics(structured: nn.Module, images: torch.Tensor) -> None:
     model = copy.deepcopy(structured)
     before = {name: tensor.clone() for name, tensor in model.state_dict().items() if "running_" in name}
@@ -212,6 +219,7 @@ def test_recalibration_rewrites_running_statistics(structured: nn.Module, images
     torch.testing.assert_close(model.features.norm0.running_mean, stem.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_recalibration_averages_batches_equally(structured: nn.Module, images: torch.Tensor) -> None:
     one_by_one = recalibrate_batchnorm(copy.deepcopy(structured), images, batch_size=1)
     with torch.no_grad():

@@ -55,6 +55,7 @@ def show(result: subprocess.CompletedProcess) -> str:
     return result.stdout[-4000:] + result.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_gate_passes_unchanged_and_fails_a_slowed_engine(tmp_path: Path) -> None:
     machine_dir = tmp_path / "baseline" / KIND / get_machine_id()
     # Stored whatever else the machine runs (this test is about the gate, not contention).
@@ -101,6 +102,7 @@ def test_gate_passes_unchanged_and_fails_a_slowed_engine(tmp_path: Path) -> None
         (f"{get_machine_id()}/0001_cpu.json", '{"benchmarks": []}', "holds no benchmarks"),
     ],
 )
+@pytest.mark.slow
 def test_a_corrupt_baseline_is_one_sentence(tmp_path: Path, relative_path: str, content: str, fragment: str) -> None:
     (tmp_path / "baseline" / KIND / get_machine_id()).mkdir(parents=True)
     (tmp_path / "baseline" / KIND / "speedups-cpu.json").write_text('{"speedup_over_baseline": {}}')
@@ -112,6 +114,7 @@ def test_a_corrupt_baseline_is_one_sentence(tmp_path: Path, relative_path: str, 
     assert len(lines) == 1 and str(target) in lines[0] and fragment in lines[0], result.stderr
 
 
+@pytest.mark.slow
 def test_a_partial_baseline_says_how_to_make_one(tmp_path: Path) -> None:
     """This kind stores a pytest-benchmark run but no speedups: refused before measuring."""
     (tmp_path / "baseline" / KIND / get_machine_id()).mkdir(parents=True)
@@ -130,6 +133,7 @@ def store_another_kind(tmp_path: Path) -> None:
     (tmp_path / "baseline" / "speedups-cpu.json").write_text('{"device": "cpu", "speedup_over_baseline": {"pruned": {"1": 50.0}}}')
 
 
+@pytest.mark.slow
 def test_a_kind_with_no_baseline_is_named_and_not_compared_for_speed(tmp_path: Path) -> None:
     """Another kind's files and files of no kind are never compared (neither its latency nor
     its speedups): one line names this kind, the stored ones and the command; exit 0."""
@@ -143,6 +147,7 @@ def test_a_kind_with_no_baseline_is_named_and_not_compared_for_speed(tmp_path: P
     assert "REGRESSION" not in result.stdout and "comparing latency" not in result.stdout
 
 
+@pytest.mark.slow
 def test_require_baseline_fails_before_measuring_where_the_kind_has_none(tmp_path: Path) -> None:
     store_another_kind(tmp_path)
     result = sweep(tmp_path, "x", "--compare-baseline", "--require-baseline")
@@ -164,6 +169,7 @@ def store_this_kind_at_batch_1(tmp_path: Path) -> None:
     (("--batch-sizes", "2"), ()),  # no config in common with the stored run
     ((), ("--benchmark-skip",)),  # nothing measured at all
 ])
+@pytest.mark.slow
 def test_a_gate_that_compared_nothing_fails(tmp_path: Path, args: tuple, pytest_args: tuple) -> None:
     store_this_kind_at_batch_1(tmp_path)
     result = sweep(tmp_path, "x", "--compare-baseline", "--max-regression", "mean:400%", "--variants", "baseline", *args,
@@ -189,6 +195,7 @@ STORED_RUN = {
 }
 
 
+@pytest.mark.slow
 def test_the_gate_runs_from_any_directory(tmp_path: Path) -> None:
     """Run from a directory that holds neither the repository nor the baseline dir, given
     relative to it: pytest-benchmark named a storage outside the working directory with a

@@ -158,6 +158,7 @@ def test_a_bad_time_budget_is_one_sentence(text: str) -> None:
         options_from_mapping({"device": "cpu", "time_budget": text})
 
 
+@pytest.mark.slow
 def test_a_spent_budget_skips_the_rest_and_keeps_the_rows(tmp_path: Path) -> None:
     """A tiny sweep whose budget (3 s from collection) its first config uses up (it loads
     the weights, computes the reference, probes memory in a fresh process: more than 3 s):
@@ -184,6 +185,7 @@ def test_a_spent_budget_skips_the_rest_and_keeps_the_rows(tmp_path: Path) -> Non
     assert (cache / "cpu-config_times.json").exists()  # the next run with this cache dir starts with an estimate
 
 
+@pytest.mark.slow
 def test_a_skipped_config_never_replaces_a_measured_row(tmp_path: Path) -> None:
     from densenet_opt.sweep import Sweep
 

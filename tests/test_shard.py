@@ -191,10 +191,11 @@ def test_a_failing_shard_fails_the_run_but_the_others_are_merged(tmp_path: Path,
 
 def test_on_the_cpu_sweep_gpus_is_a_plain_sweep(monkeypatch, tmp_path: Path) -> None:
     from densenet_opt import cli
+    from densenet_opt.cli import fleet as fleet_commands
 
     calls = []
-    monkeypatch.setattr(shard, "run_sweep", lambda options, pytest_args: calls.append((options.device, pytest_args)) or 0)
-    monkeypatch.setattr(shard, "sweep_on_gpus", lambda *a, **k: pytest.fail("sharded on the CPU"))
+    monkeypatch.setattr(fleet_commands, "run_sweep", lambda options, pytest_args: calls.append((options.device, pytest_args)) or 0)
+    monkeypatch.setattr(fleet_commands, "sweep_on_gpus", lambda *a, **k: pytest.fail("sharded on the CPU"))
     assert cli.main(["sweep-gpus", "--device", "cpu", "--variants", "baseline", "--output-dir", str(tmp_path), "--", "-x"]) == 0
     assert calls == [("cpu", ["-x"])]
     assert cli.main(["sweep-gpus", "--device", "cpu", "--gpus", "0,1", "--output-dir", str(tmp_path)]) == 2

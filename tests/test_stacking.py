@@ -85,6 +85,7 @@ def context(model: nn.Module, images: torch.Tensor, tmp_path: Path) -> BuildCont
     )
 
 
+@pytest.mark.slow
 def test_a_chain_deploys_the_transformed_model_under_its_own_cache_key(tiny_densenet: nn.Module, tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime", reason="the chain's deployment here is ONNX Runtime: pip install -e .[cpu]")
     images = torch.randn(IMAGES, generator=torch.Generator().manual_seed(1))

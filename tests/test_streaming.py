@@ -189,6 +189,7 @@ def _peak_rss_of_streaming_evaluation(count: int) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_peak_memory_of_a_streamed_evaluation_does_not_grow_with_n() -> None:
     """4096 decoded images would be 2.3 GiB (602 KB each); streamed, only the logits and
     fidelity's temporaries grow (2 x 4 KB an image kept, 30 MB more at 4096 than at 256)."""
@@ -202,6 +203,7 @@ def test_peak_memory_of_a_streamed_evaluation_does_not_grow_with_n() -> None:
     assert workers_grown_mib < 100, (small, large)
 
 
+@pytest.mark.slow
 def test_the_reference_runs_at_a_bounded_batch_and_halves_it_on_out_of_memory(tmp_path: Path, monkeypatch) -> None:
     def sweep(sizes: str) -> Sweep:
         return Sweep(options_from_mapping({"batch_sizes": sizes, "variants": "baseline", "device": "cpu",
@@ -226,6 +228,7 @@ def test_the_reference_runs_at_a_bounded_batch_and_halves_it_on_out_of_memory(tm
     assert tried == [32, 16, 8]
 
 
+@pytest.mark.slow
 def test_the_sweep_streams_its_evaluation_set(tmp_path: Path) -> None:
     sweep = Sweep(options_from_mapping({"batch_sizes": "4", "variants": "baseline", "device": "cpu", "num_samples": "6",
                                         "data_workers": "0", "output_dir": str(tmp_path)}), progress=lambda m: None)
@@ -292,6 +295,7 @@ def test_too_few_images_to_calibrate_is_found_before_anything_is_built(tmp_path:
             "has 30 usable images: lower --calibration-samples or --num-samples, or point --imagenet-val at a larger folder")
 
 
+@pytest.mark.slow
 def test_resume_names_the_option_a_row_was_measured_without(tmp_path: Path) -> None:
     """What --resume compares (Sweep.resume_mismatch): a row measured with this run's inputs
     resumes; one of another weights file, sample count, data set, calibration or options is

@@ -77,6 +77,7 @@ def tiny_recipe(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return builds
 
 
+@pytest.mark.slow
 def test_cache_builds_once_then_loads(tmp_path: Path, tiny_recipe: list[int]) -> None:
     messages: list[str] = []
     first = load_or_build_synthetic_state_dict(seed=5, cache_dir=tmp_path, progress=messages.append)
@@ -92,12 +93,14 @@ def test_cache_builds_once_then_loads(tmp_path: Path, tiny_recipe: list[int]) ->
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_cache_is_keyed_by_seed(tmp_path: Path, tiny_recipe: list[int]) -> None:
     load_or_build_synthetic_state_dict(seed=1, cache_dir=tmp_path, progress=lambda _: None)
     load_or_build_synthetic_state_dict(seed=2, cache_dir=tmp_path, progress=lambda _: None)
     assert tiny_recipe == [1, 2]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["flip_byte", "truncate", "drop_sidecar", "garbage_sidecar"])
 def test_damaged_cache_is_reported_and_rebuilt(tmp_path: Path, tiny_recipe: list[int], damage: str) -> None:
     load_or_build_synthetic_state_dict(seed=0, cache_dir=tmp_path, progress=lambda _: None)
@@ -124,6 +127,7 @@ def test_damaged_cache_is_reported_and_rebuilt(tmp_path: Path, tiny_recipe: list
     assert tiny_recipe == [0, 0]
 
 
+@pytest.mark.slow
 def test_cache_dir_defaults_to_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_recipe: list[int]) -> None:
     monkeypatch.setenv("DENSENET_OPT_CACHE", str(tmp_path / "env-cache"))
     load_or_build_synthetic_state_dict(seed=0, progress=lambda _: None)
@@ -159,6 +163,7 @@ def held_out_logits(synthetic_state: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat(logits)
 
 
+@pytest.mark.slow
 def test_state_dict_matches_torchvision_densenet121(
     synthetic_state: dict[str, torch.Tensor], densenet_state_dict: dict[str, torch.Tensor]
 ) -> None:
@@ -169,6 +174,7 @@ def test_state_dict_matches_torchvision_densenet121(
         assert torch.isfinite(got.float()).all(), key
 
 
+@pytest.mark.slow
 def test_held_out_predictions_are_spread_and_confident(held_out_logits: torch.Tensor) -> None:
     """Pins what makes fp32-vs-variant agreement meaningful.
 

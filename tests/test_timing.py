@@ -13,6 +13,7 @@ from densenet_opt.measure.timing import LatencyStats, benchmark_call
 SLEEP_S = 0.05
 
 
+@pytest.mark.timing
 def test_a_known_sleep_is_measured_within_a_few_percent(benchmark) -> None:
     """The harness's median within 5% of what the calls took by the engine's own
     perf_counter. The asked-for 50 ms is a lower bound only: with both cores of the shared
@@ -35,6 +36,7 @@ def test_a_known_sleep_is_measured_within_a_few_percent(benchmark) -> None:
     assert stats.min_ms >= SLEEP_S * 1e3  # sleep never returns early
 
 
+@pytest.mark.timing
 def test_each_round_is_the_calls_own_time(benchmark) -> None:
     """A real workload (a matrix product): every timed round holds exactly one call, so
     each round is at least that call's own perf_counter time and, in the median, at most

@@ -134,6 +134,7 @@ def test_a_cached_package_loads_without_a_compiler(fake_aoti: list[str], monkeyp
     assert package.cache_hit and fake_aoti == ["program"]
 
 
+@pytest.mark.slow
 def test_the_sweep_skips_an_inductor_variant_without_a_compiler_with_the_reason(tmp_path: Path) -> None:
     """Through pytest's skip path (the engine fixture); batch 7 has no cached package."""
     command = [sys.executable, "-m", "densenet_opt", "sweep", "--variants", "compiled", "--batch-sizes", "7",
