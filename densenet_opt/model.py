@@ -107,8 +107,9 @@ def load_state_dict_file(path: Path, *, allow_pickle: bool = False) -> dict[str,
             "if you trust the file"
         ) from error
     except (RuntimeError, EOFError, OSError) as error:
+        why = str(error).strip() or ("it is empty" if path.is_file() and path.stat().st_size == 0 else type(error).__name__)
         raise UserError(
-            f"weights file {path} is not a readable PyTorch file ({error}): is it truncated or of another format?"
+            f"weights file {path} is not a readable PyTorch file ({why}): is it truncated or of another format?"
         ) from error
     return _unwrap_state_dict(loaded, path)
 

@@ -76,7 +76,7 @@ def calibration_shortage(options: SweepOptions, count: int, variant: str | None 
     have = data.count_samples(options.imagenet_val, options.ground_truth)
     who = f"{variant} calibrates on" if variant else "a variant's calibration (and any search) needs"
     return (f"{who} {count} images beyond the --num-samples {options.num_samples} evaluated ones, but "
-            f"{options.imagenet_val} has {have} usable images: lower --calibration-samples or --num-samples, "
+            f"{printable_path_text(str(options.imagenet_val))} has {have} usable images: lower --calibration-samples or --num-samples, "
             "or point --imagenet-val at a larger folder")
 
 

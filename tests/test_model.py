@@ -140,3 +140,11 @@ def test_auto_falls_back_to_synthetic_with_a_notice(tmp_path: Path, monkeypatch,
     weights = model.resolve_weights(model.AUTO, cache_dir=tmp_path, progress=notices.append)
     assert weights.source == model.SYNTHETIC and not weights.trained
     assert len(notices) == 1 and "using synthetic weights" in notices[0] and "agreement" in notices[0]
+
+
+def test_a_zero_byte_weights_file_says_it_is_empty(tmp_path: Path) -> None:
+    """torch.load's error for an empty file has no text: the sentence says what it is, not "()"."""
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(UserError, match=r"weights file .*empty\.pth is not a readable PyTorch file \(it is empty\): is it truncated"):
+        model.load_state_dict_file(empty)
