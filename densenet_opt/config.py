@@ -51,7 +51,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--rounds", "10", "timed rounds per (variant, batch size)"),
     Option("--warmup-rounds", "2", "untimed rounds before the timed ones"),
     Option("--speedup-pairing", "on", "on: time the baseline engine of the same batch size right before each round of a variant (A B A B), and take speedup_vs_baseline from those pairs, so that the machine's speed drifting during the sweep does not enter it (costs one baseline call per round); off: divide by the baseline's own config"),
-    Option("--torch-threads", "auto", "intra-op threads of torch's engines while a config is timed: auto, the cores other processes leave free just before (at most torch's default), so that eager PyTorch does not wait on a core another process holds (README, \"Contention\"); or a whole number"),
+    Option("--torch-threads", "auto", "intra-op threads of torch's engines while a config is timed: auto, the cores other processes leave free just before (at most torch's default), so that eager PyTorch does not wait on a core another process holds (docs/baselines.md, \"Contention\"); or a whole number"),
     Option("--variant-options", "", "variant settings as comma-separated KEY=VALUE, e.g. pruned.amount=0.3"),
     Option("--cache-dir", None, "where synthetic weights and built artifacts are cached (default: $DENSENET_OPT_CACHE or ~/.cache/densenet_opt)"),
     Option("--time-budget", "none", "minutes the sweep may take: a config or a search that would not fit in the time left is skipped, with its reason in the results and summary.md (estimates from this run's configs and the cache dir's last run); none: no bound"),

@@ -88,7 +88,7 @@ def contention_note(contended: Sequence[Row], max_cpu_pressure: float) -> str:
             f"CPUs (CPU pressure above {max_cpu_pressure:g}%, or without PSI a load above {CONTENDED_LOAD_PER_CORE:g} per core; "
             f"worst {worst.label}, "
             f"{worst.contention_text}): their "
-            "figures, speedups included, measure the contention as much as the engine (README, \"Contention\").")
+            "figures, speedups included, measure the contention as much as the engine (docs/baselines.md, \"Contention\").")
 
 
 def _results_table(rows: Sequence[Row], checks: Mapping[Row, BudgetCheck], by_machine: bool = False) -> str:
