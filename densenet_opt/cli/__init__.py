@@ -138,7 +138,7 @@ def run_compare(args: argparse.Namespace) -> int:
     """The ``compare`` subcommand: one verdict line per config; exit 1 when one regressed."""
     raw = {dest: value for dest, value in vars(args).items() if dest in option_dests()}
     options = options_from_mapping(raw)
-    repository = Path(__file__).resolve().parent.parent
+    repository = Path(__file__).resolve().parent.parent.parent  # densenet_opt/cli/__init__.py -> the checkout
     with tempfile.TemporaryDirectory(prefix="densenet-opt-compare-") as scratch:
         base = compare.resolve_side("base", args.base, args.base_python, repository, Path(scratch))
         head = compare.resolve_side("head", args.head, args.head_python, repository, Path(scratch))
