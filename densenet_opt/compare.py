@@ -27,7 +27,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,7 +238,3 @@ def compare_sides(options: SweepOptions, raw_options: Mapping[str, object], base
             options.output_dir.mkdir(parents=True, exist_ok=True)
             atomic.write_text(options.output_dir / COMPARE_FILE, verdicts_csv(verdicts), option=OUTPUT_OPTION)
     return verdicts
-
-
-def side_labels(sides: Sequence[Side]) -> str:
-    return ", ".join(f"{s.label} = {s.tree} ({s.python})" for s in sides)

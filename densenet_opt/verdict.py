@@ -109,8 +109,8 @@ def judge(variant: str, batch_size: int, current: Sequence[float] | float, store
     if not 0 < max_drop < 1:
         raise ValueError(f"max_drop must be a fraction in (0, 1), not {max_drop}")
     now, before = _figures(current, "current"), _figures(stored, "stored")
-    medians = _center(now), _center(before)
-    ratio = medians[0] / medians[1]
+    centers = _center(now), _center(before)
+    ratio = centers[0] / centers[1]
     rounds = len(now) if len(now) > 1 else 0
     varying = [len(sample) > 1 and len(set(sample)) > 1 for sample in (now, before)]
     if not any(varying):  # nothing to resample: the point is the interval
@@ -118,7 +118,7 @@ def judge(variant: str, batch_size: int, current: Sequence[float] | float, store
 
     def statistic(*resampled: np.ndarray, axis: int = -1) -> np.ndarray:
         values = iter(resampled)
-        top, bottom = (_center(next(values), axis=axis) if vary else center for vary, center in zip(varying, medians))
+        top, bottom = (_center(next(values), axis=axis) if vary else center for vary, center in zip(varying, centers))
         return top / bottom
 
     data = tuple(np.asarray(sample, dtype=float) for sample, vary in zip((now, before), varying) if vary)
