@@ -1,5 +1,6 @@
 """The (variant, batch size) to deploy: the highest throughput within memory and latency
-limits, among configs within their budget (budgets.check_row: accuracy, size, memory)."""
+limits, among configs within their budget (budgets.check_row: accuracy, size, memory) that
+meet MLPerf's accuracy rule (top-1 at least 99% of the fp32 model's: accuracy.MLPERF_TOP1_OF_FP32)."""
 
 from __future__ import annotations
 
@@ -8,25 +9,38 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from densenet_opt import budgets
+from densenet_opt.accuracy import MLPERF_TOP1_OF_FP32
 from densenet_opt.budgets import BudgetCheck
 from densenet_opt.errors import UserError
 from densenet_opt.report import RESULTS_FILE, Row, load_results, results_path
 
 
+def meets_rule(row: Row, min_top1_of_fp32: float | None) -> bool:
+    """Whether ``row``'s measured top-1 is at least ``min_top1_of_fp32`` % of the fp32
+    model's (MLPerf's rule at 99; the figure, not its interval, as MLPerf judges it). A row
+    without the figure (an older version's) does not meet it; None: no rule, True."""
+    if min_top1_of_fp32 is None:
+        return True
+    return row.top1_of_fp32_pct is not None and row.top1_of_fp32_pct >= min_top1_of_fp32
+
+
 def recommend(
     rows: Sequence[Row], *, max_memory_mb: float | None, max_latency_ms: float | None,
     checks: Mapping[Row, BudgetCheck] | None = None, source: Path = Path(RESULTS_FILE),
+    min_top1_of_fp32: float | None = None,
 ) -> Row:
     """The highest-throughput measured row whose memory (``Row.memory_mb``: VRAM on cuda,
-    RAM on the CPU, MiB) and latency per batch (ms) are within the limits (None: no limit)
-    and, when ``checks`` is given, that is within its budget; ties go to less memory.
-    Raises UserError (one sentence naming ``source``) when no row is within budget, or
-    when none fits, naming the three closest."""
-    eligible = [r for r in rows if checks is None or checks[r].within]
+    RAM on the CPU, MiB) and latency per batch (ms) are within the limits (None: no limit),
+    that, when ``checks`` is given, is within its budget and that meets the accuracy rule
+    ``min_top1_of_fp32`` (meets_rule; None: no rule); ties go to less memory. Raises
+    UserError (one sentence naming ``source``) when no row is within budget and the rule,
+    or when none fits, naming the three closest."""
+    eligible = [r for r in rows if (checks is None or checks[r].within) and meets_rule(r, min_top1_of_fp32)]
     if not eligible:
+        rule = f" and at least {min_top1_of_fp32:g}% of the fp32 model's top-1" if min_top1_of_fp32 is not None else ""
         raise UserError(
-            f"no config in {source} is within its budget ({len(rows)} rows checked): "
-            "see summary.md, or pass --ignore-budgets"
+            f"no config in {source} is within its budget{rule} ({len(rows)} rows checked): "
+            "see summary.md, or pass --ignore-budgets" + (" or a lower --min-top1-of-fp32 (none: no rule)" if rule else "")
         )
     memory_limit = math.inf if max_memory_mb is None else max_memory_mb
     latency_limit = math.inf if max_latency_ms is None else max_latency_ms
@@ -56,11 +70,13 @@ def recommend(
 def recommend_from_results(
     results: Path, *, max_memory_mb: float | None, max_latency_ms: float | None, device: str | None = None,
     budgets_path: Path | None = None, ignore_budgets: bool = False, machine: str | None = None,
+    min_top1_of_fp32: float | None = MLPERF_TOP1_OF_FP32,
 ) -> list[str]:
     """``densenet-opt recommend``: the recommendation for the results file (or sweep
     directory) ``results``, as the lines to print. ``device`` keeps only that device's
     rows, ``machine`` only that machine's (the ``machine`` column: a sweep-cluster label
-    or host name); budgets come from ``budgets_path`` (default budgets.BUDGETS_FILE) unless
+    or host name); rows below ``min_top1_of_fp32`` % of the fp32 model's top-1 (MLPerf's
+    rule by default; None: no rule) are left out and listed; budgets come from ``budgets_path`` (default budgets.BUDGETS_FILE) unless
     ``ignore_budgets``. Raises UserError for an unreadable results or budgets file, no
     row on ``device`` or ``machine``, or no row that fits (see recommend)."""
     source = results_path(results)
@@ -75,15 +91,24 @@ def recommend_from_results(
         if not rows:
             raise UserError(f"results file {source} has no {device} rows: drop --device or pass results measured on {device}")
     checks = None if ignore_budgets else budgets.check_budgets(rows, budgets.load_budgets(budgets_path or budgets.BUDGETS_FILE))
-    best = recommend(rows, max_memory_mb=max_memory_mb, max_latency_ms=max_latency_ms, checks=checks, source=source)
+    best = recommend(rows, max_memory_mb=max_memory_mb, max_latency_ms=max_latency_ms, checks=checks, source=source,
+                     min_top1_of_fp32=min_top1_of_fp32)
     where = f"{best.device} of {best.machine}" if best.machine and (machine or len({r.machine for r in rows}) > 1) else best.device
     lines = [
         f"{best.variant} at batch size {best.batch_size} on {where}: {best.throughput_samples_per_sec:.1f} samples/s, "
         f"{best.latency_ms_per_batch:.2f} ms per batch, {best.memory_kind} {best.memory_mb:.0f} MiB"
     ]
+    if best.top1_of_fp32_pct is not None:
+        lines.append(f"accuracy: top-1 {best.top1_of_fp32_pct:.2f}% of the fp32 model's (95% CI "
+                     f"{best.top1_of_fp32_low:.2f}-{best.top1_of_fp32_high:.2f}, {best.num_samples} images, {best.accuracy_kind})")
     left_out = sorted({r.variant for r in rows if checks is not None and not checks[r].within})
     if left_out:
         lines.append(f"not considered (outside or without a budget; --ignore-budgets includes them): {', '.join(left_out)}")
+    below = sorted({f"{r.variant} ({'not measured' if r.top1_of_fp32_pct is None else f'{r.top1_of_fp32_pct:.2f}%'})"
+                    for r in rows if not meets_rule(r, min_top1_of_fp32) and r.variant not in left_out})
+    if below:
+        lines.append(f"not considered (top-1 below {min_top1_of_fp32:g}% of the fp32 model's, MLPerf's rule; "
+                     f"--min-top1-of-fp32 none includes them): {', '.join(below)}")
     return lines
 
 

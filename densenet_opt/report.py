@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from densenet_opt import atomic
+from densenet_opt.accuracy import Top1OfFp32
 from densenet_opt.errors import UserError
 from densenet_opt.config import DEFAULT_MAX_CPU_PRESSURE
 from densenet_opt.measure.contention import is_contended
@@ -104,6 +105,11 @@ class Row:
     torch_threads: int | None = None
     accuracy_kind: str | None = None
     agreement_top_1: float | None = _number(2)
+    # MLPerf's accuracy rule (accuracy.Top1OfFp32): top-1 as % of the fp32 reference's top-1 on
+    # the same images, and the 95% paired-bootstrap interval of that figure.
+    top1_of_fp32_pct: float | None = _number(2)
+    top1_of_fp32_low: float | None = _number(2)
+    top1_of_fp32_high: float | None = _number(2)
     logit_relative_error: float | None = _number(significant=3)
     num_samples: int | None = None
     weights: str | None = None
@@ -407,6 +413,13 @@ REQUIRED_COLUMNS = (
 def results_path(path: Path) -> Path:
     """A results file, or a sweep's output directory holding one."""
     return path / RESULTS_FILE if path.is_dir() else path
+
+
+def top1_of_fp32_columns(figure: Top1OfFp32 | None) -> dict[str, float | None]:
+    """Row's top1_of_fp32_pct/_low/_high columns of MLPerf's figure (all None for None)."""
+    return {"top1_of_fp32_pct": None if figure is None else figure.pct,
+            "top1_of_fp32_low": None if figure is None else figure.low,
+            "top1_of_fp32_high": None if figure is None else figure.high}
 
 
 def load_results(path: Path) -> list[Row]:

@@ -29,7 +29,7 @@ from densenet_opt.measure.probe import ProbeResult, run_probe
 from densenet_opt.measure.timing import LatencyStats, PairedSpeedup, benchmark_call, per_round_text
 from densenet_opt.report import (
     BASELINE, NON_FINITE_LOGITS, OK, OUT_OF_MEMORY, RESULTS_FILE, SKIPPED_FOR_TIME, Row, printable_path_text, read_rows,
-    upsert_row, utc_timestamp,
+    top1_of_fp32_columns, upsert_row, utc_timestamp,
 )
 from densenet_opt.variants import BuildContext, Engine, get_variant, parse_variant_options
 from densenet_opt.variants.torch_engine import TorchEngine
@@ -439,6 +439,7 @@ class Sweep:
             rounds=latency.rounds,
             accuracy_kind=accuracy.kind,
             agreement_top_1=accuracy.agreement_top_1,
+            **top1_of_fp32_columns(accuracy.top1_of_fp32),
             logit_relative_error=accuracy.relative_error,
             num_samples=len(self.eval_set),
             weights=self.weights.source,

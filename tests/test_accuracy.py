@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from densenet_opt.accuracy import ACCURACY, AGREEMENT, SYNTHETIC_ACCURACY, NonFiniteLogits, fidelity, in_top_k, predict
+from densenet_opt.accuracy import (
+    ACCURACY, AGREEMENT, SYNTHETIC_ACCURACY, NonFiniteLogits, fidelity, in_top_k, predict, top1_of_fp32,
+)
 from densenet_opt.data import SYNTHETIC_LABELS
 
 
@@ -118,6 +120,35 @@ def test_fidelity_with_and_without_labels() -> None:
     )
     labelled = fidelity(logits, reference, torch.tensor([0, 2, 2, 4]))
     assert labelled.kind == ACCURACY and labelled.top1 == 75.0 and labelled.agreement_top_1 == 75.0
+
+
+def test_mlperfs_figure_is_the_top_1_ratio_with_a_paired_interval() -> None:
+    """1000 images, the reference hits 800; the engine loses 12 of those and gains 2 others:
+    790 / 800 = 98.75% of fp32's top-1, below MLPerf's 99%. The interval is paired: far
+    narrower than either top-1's own (about +-2.5 points at 80% on 1000 images)."""
+    reference = torch.zeros(1000, dtype=torch.bool)
+    reference[:800] = True
+    engine = reference.clone()
+    engine[:12] = False
+    engine[800:802] = True
+    figure = top1_of_fp32(engine, reference)
+    assert figure.pct == pytest.approx(98.75) and figure.images == 1000 and not figure.meets()
+    assert figure.low < 98.75 < figure.high < 99.8 and figure.high - figure.low < 2.0  # normal approx.: +-0.92
+    assert figure.meets(98.7) and top1_of_fp32(reference, reference).pct == 100.0
+    assert figure.text().startswith("98.75% of fp32 top-1 (95% CI ")
+    assert top1_of_fp32(engine, torch.zeros(1000, dtype=torch.bool)) is None  # no scale
+    with pytest.raises(ValueError, match="10 hits for 1000 reference hits"):
+        top1_of_fp32(engine[:10], reference)
+
+
+def test_without_labels_mlperfs_figure_is_the_agreement() -> None:
+    reference = torch.eye(8) * 5
+    logits = reference.clone()
+    logits[0] = torch.tensor([0, 5.0, 0, 0, 0, 0, 0, 0])
+    result = fidelity(logits, reference, None)
+    assert result.top1_of_fp32.pct == result.agreement_top_1 == 87.5
+    labelled = fidelity(logits, reference, torch.tensor([1, 1, 2, 3, 4, 5, 6, 0]))  # the change hits a label
+    assert labelled.top1_of_fp32.pct == pytest.approx(100 * 7 / 6)  # 7 hits where fp32 has 6: above 100%
 
 
 def test_labels_of_another_kind_keep_their_kind() -> None:

@@ -76,10 +76,12 @@ def test_the_fleet_report_and_recommend_per_machine(tmp_path: Path) -> None:
     assert fleet.FLEET_FILE in [p.name for p in render.summarize(tmp_path, tmp_path / "no-budgets.toml")]
     summary = (tmp_path / "summary.md").read_text()
     assert "On cpu of alpha:" in summary and "On cpu of beta:" in summary and "![fleet_throughput](fleet_throughput.png)" in summary
-    lines = recommend_from_results(results, max_memory_mb=None, max_latency_ms=None, machine="beta", ignore_budgets=True)
+    lines = recommend_from_results(results, max_memory_mb=None, max_latency_ms=None, machine="beta", ignore_budgets=True,
+                                   min_top1_of_fp32=None)
     assert lines[0].startswith("pruned at batch size 1 on cpu of beta: 100.0 samples/s")
     with pytest.raises(UserError, match="has no rows of machine gamma: its machines are alpha, beta"):
-        recommend_from_results(results, max_memory_mb=None, max_latency_ms=None, machine="gamma", ignore_budgets=True)
+        recommend_from_results(results, max_memory_mb=None, max_latency_ms=None, machine="gamma", ignore_budgets=True,
+                               min_top1_of_fp32=None)
 
 
 # ---------------------------------------------------------------------------------------

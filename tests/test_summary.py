@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from densenet_opt import budgets, cli, render, report
-from densenet_opt.accuracy import ACCURACY, AGREEMENT, Fidelity
+from densenet_opt.accuracy import ACCURACY, AGREEMENT, Fidelity, Top1OfFp32
 from densenet_opt.budgets import Budget
 from densenet_opt.recommend import recommend
 from densenet_opt.render import markdown, plots
@@ -27,8 +27,10 @@ def _row(variant: str, batch_size: int, device: str = "cuda", *, latency: float,
         latency_ms_per_batch=latency, latency_ms_stddev=latency / 20,
         throughput_samples_per_sec=batch_size * 1e3 / latency,
         accuracy_kind=kind, accuracy_top_1=top1, accuracy_top_5=min(100.0, top1 + 2),
-        agreement_top_1=top1, logit_relative_error=1e-6 if variant == "baseline" else 0.05,
-        ram_usage_mb=ram, vram_usage_mb=vram if device == "cuda" else 0.0, **{"model_size_mb": 31.0, **extra},
+        agreement_top_1=top1, logit_relative_error=1e-6 if variant == "baseline" else 0.05, num_samples=500,
+        ram_usage_mb=ram, vram_usage_mb=vram if device == "cuda" else 0.0,
+        **{"model_size_mb": 31.0, "top1_of_fp32_pct": top1, "top1_of_fp32_low": top1 - 1.0,
+           "top1_of_fp32_high": min(100.0, top1 + 1.0), **extra},
     )
 
 
@@ -98,7 +100,9 @@ def test_accuracy_axis_is_labelled_by_accuracy_kind(tmp_path: Path) -> None:
 def test_fidelity_is_rebuilt_from_the_columns_a_sweep_writes() -> None:
     row = _row("fast", 4, latency=5.0, top1=97.25, kind=ACCURACY).as_csv()
     row["logit_relative_error"] = "0.0123"
-    assert budgets.fidelity_of(report.Row.from_csv(row)) == Fidelity(ACCURACY, 97.25, 99.25, 97.25, 0.0123)
+    assert budgets.fidelity_of(report.Row.from_csv(row)) == Fidelity(ACCURACY, 97.25, 99.25, 97.25, 0.0123,
+                                                                      Top1OfFp32(97.25, 96.25, 98.25, images=500))
+    assert budgets.fidelity_of(report.Row.from_csv({**row, "top1_of_fp32_low": ""})).top1_of_fp32 is None
     assert budgets.fidelity_of(report.Row.from_csv({**row, "accuracy_top_5": ""})) is None
 
 
@@ -151,8 +155,36 @@ def run_main(capsys, *args: str) -> tuple[int, str, str]:
 
 def test_recommend_command(results_dir: Path, capsys) -> None:
     code, out, _ = run_main(capsys, "recommend", "--results", str(results_dir), "--max-memory-mb", "600",
-                            "--max-latency-ms", "10", "--ignore-budgets")
+                            "--max-latency-ms", "10", "--ignore-budgets", "--min-top1-of-fp32", "none")
     assert code == 0 and out.startswith("fastest at batch size 8 on cuda: ")
+
+
+def test_recommend_keeps_to_mlperfs_accuracy_rule_by_default(results_dir: Path, capsys) -> None:
+    """"fastest" is 3x the baseline but keeps 80% of the fp32 top-1: below MLPerf's 99%."""
+    code, out, _ = run_main(capsys, "recommend", "--results", str(results_dir), "--ignore-budgets")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("fast at batch size 32 on cuda: ")
+    assert lines[1] == "accuracy: top-1 99.50% of the fp32 model's (95% CI 98.50-100.00, 500 images, agreement_with_fp32)"
+    assert lines[2] == ("not considered (top-1 below 99% of the fp32 model's, MLPerf's rule; --min-top1-of-fp32 none "
+                        "includes them): fastest (80.00%)")
+    code, out, _ = run_main(capsys, "recommend", "--results", str(results_dir), "--ignore-budgets", "--min-top1-of-fp32", "99.6")
+    assert code == 0 and out.startswith("baseline at batch size 32 on cuda: ")
+
+
+@pytest.mark.parametrize("text", ["0", "101", "most", "nan"])
+def test_the_accuracy_rule_must_be_a_percentage_or_none(results_dir: Path, capsys, text: str) -> None:
+    code, _, err = run_main(capsys, "recommend", "--results", str(results_dir), "--min-top1-of-fp32", text)
+    assert code == 2 and "--min-top1-of-fp32 must be a percentage in (0, 100]" in err and err.count("\n") == 1
+
+
+def test_a_row_without_the_accuracy_figure_is_not_recommended_under_the_rule(tmp_path: Path) -> None:
+    """Rows of an older version have no top1_of_fp32 columns: they cannot be shown to meet the rule."""
+    old = _row("baseline", 1, latency=5.0, top1_of_fp32_pct=None, top1_of_fp32_low=None, top1_of_fp32_high=None)
+    results = [old, _row("fast", 1, latency=2.0)]
+    assert recommend(results, max_memory_mb=None, max_latency_ms=None, min_top1_of_fp32=99.0).variant == "fast"
+    assert recommend(results[:1], max_memory_mb=None, max_latency_ms=None, min_top1_of_fp32=None).variant == "baseline"
+    with pytest.raises(UserError, match="within its budget and at least 99% of the fp32 model's top-1"):
+        recommend(results[:1], max_memory_mb=None, max_latency_ms=None, min_top1_of_fp32=99.0)
 
 
 @pytest.mark.parametrize(

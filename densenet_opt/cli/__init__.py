@@ -18,13 +18,14 @@ from densenet_opt import baselines, compare, history, render, runner
 from densenet_opt.cli import fleet as fleet_commands
 from densenet_opt.cli import loadgen
 from densenet_opt.cli import profile as profile_command
+from densenet_opt.accuracy import MLPERF_TOP1_OF_FP32
 from densenet_opt.recommend import recommend_from_results, recommend_qps
 from densenet_opt.render import markdown, plots
 from densenet_opt.report import RESULTS_FILE
 from densenet_opt.config import add_sweep_options, option_dests, options_from_mapping, parse_batch_sizes
 from densenet_opt.measure.env import machine_kind
 from densenet_opt.errors import UserError
-from densenet_opt.values import positive_number
+from densenet_opt.values import percent, positive_number
 from densenet_opt.sweep import preflight
 from densenet_opt.variants import CHAIN_SEPARATOR, STACKED, describe_options, registry, transforms
 
@@ -80,6 +81,10 @@ def add_report_commands(commands: argparse._SubParsersAction) -> None:
     recommend_parser.add_argument("--machine", help="only rows measured by this machine (the machine column: a sweep-cluster label or host name)")
     recommend_parser.add_argument("--budgets", type=Path, help="budgets file (default: the repository's benchmarks_baseline/budgets.toml)")
     recommend_parser.add_argument("--ignore-budgets", action="store_true", help="consider configs outside their budget too")
+    recommend_parser.add_argument(
+        "--min-top1-of-fp32", default=f"{MLPERF_TOP1_OF_FP32:g}",
+        help="accuracy rule: only configs whose top-1 is at least this % of the fp32 model's on the same images "
+        "(MLPerf's rule; without labels, top-1 agreement with fp32), or none (default: %(default)s)")
     recommend_parser.set_defaults(handler=run_recommend)
 
     summary_parser = commands.add_parser(
@@ -193,6 +198,16 @@ def positive_limit(option: str, text: str | None) -> float | None:
         raise UserError(f"{option} {error}") from None
 
 
+def rule_minimum(text: str) -> float | None:
+    """--min-top1-of-fp32: a percentage in (0, 100], or None for "none"; UserError otherwise."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return percent(text)
+    except ValueError as error:
+        raise UserError(f"--min-top1-of-fp32 {error} (or none)") from None
+
+
 def run_recommend(args: argparse.Namespace) -> int:
     """The ``recommend`` subcommand: prints the recommendation; UserError for bad input."""
     if args.loadgen_results is not None:
@@ -209,6 +224,7 @@ def run_recommend(args: argparse.Namespace) -> int:
         args.results, max_memory_mb=positive_limit("--max-memory-mb", args.max_memory_mb),
         max_latency_ms=positive_limit("--max-latency-ms", args.max_latency_ms), device=args.device,
         budgets_path=args.budgets, ignore_budgets=args.ignore_budgets, machine=args.machine,
+        min_top1_of_fp32=rule_minimum(args.min_top1_of_fp32),
     )
     print("\n".join(lines))
     return 0

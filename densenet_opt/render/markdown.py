@@ -101,6 +101,7 @@ def _results_table(rows: Sequence[Row], checks: Mapping[Row, BudgetCheck], by_ma
             "samples/s": f"{r.throughput_samples_per_sec:.1f}",
             "top-1 %": _fmt(r.accuracy_top_1, 2), "top-5 %": _fmt(r.accuracy_top_5, 2),
             "agreement %": _fmt(r.agreement_top_1, 2),
+            "% of fp32 top-1 (95% CI)": _top1_of_fp32(r),
             "rel. error": "" if r.logit_relative_error is None else f"{r.logit_relative_error:.3g}",
             "size MiB": _fmt(r.model_size_mb), "RAM MiB": _fmt(r.ram_usage_mb), "VRAM MiB": _fmt(r.vram_usage_mb),
             "CPU pressure %": _fmt(r.cpu_pressure_pct, 0),
@@ -111,6 +112,14 @@ def _results_table(rows: Sequence[Row], checks: Mapping[Row, BudgetCheck], by_ma
             cells["achieved GFLOP/s"] = _fmt(r.achieved_gflops)
         table.append(cells)
     return markdown_table(table, tuple(table[0]) if table else ())
+
+
+def _top1_of_fp32(row: Row) -> str:
+    """MLPerf's figure with its interval, "99.2 (98.1-100.3)"; empty where not measured."""
+    if row.top1_of_fp32_pct is None:
+        return ""
+    interval = f" ({row.top1_of_fp32_low:.1f}-{row.top1_of_fp32_high:.1f})" if row.top1_of_fp32_low is not None else ""
+    return f"{row.top1_of_fp32_pct:.1f}{interval}"
 
 
 def _fastest_table(best: Mapping[tuple[str, int], Row]) -> str:
