@@ -7,8 +7,9 @@ int8 and bf16 speedups differ by 2-3x between kinds. So every kind stores its ow
 under BASELINE_DIR/KIND/: pytest-benchmark's storage (its own per-machine-id folders,
 which only name OS, Python and word size), ``speedups-DEVICE.json`` (with the kind and
 the software versions they were measured with), and optionally the kind's stored sweep
-(``DEVICE-sweep/``), budget overrides (``budgets.toml``) and config times. Files an older
-version stored at the top of BASELINE_DIR name no kind: they are never compared for speed.
+(``DEVICE-sweep/``) and config times; a kind's budget overrides are package data
+(budgets.py). Files an older version stored at the top of BASELINE_DIR name no kind: they
+are never compared for speed.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ def add_report_commands(commands: argparse._SubParsersAction) -> None:
         help="the variant and batch size with the highest throughput within memory and latency limits",
         description="Reads a results file and prints the (variant, batch size) with the highest throughput whose "
         "memory (RAM for CPU rows, VRAM for CUDA rows) and latency per batch are within the limits, and that is "
-        "within its budget (accuracy, model size, memory: benchmarks_baseline/budgets.toml).",
+        "within its budget (accuracy, model size, memory: densenet_opt/default_budgets/budgets.toml).",
     )
     recommend_parser.add_argument("--results", type=Path, default=Path("results") / RESULTS_FILE,
                                   help=f"a {RESULTS_FILE}, or the sweep's output directory (default: %(default)s)")
@@ -78,7 +78,7 @@ def add_report_commands(commands: argparse._SubParsersAction) -> None:
                                   "loadgen_results.csv or `densenet-opt loadgen`'s output directory")
     recommend_parser.add_argument("--device", choices=("cpu", "cuda"), help="only rows measured on this device")
     recommend_parser.add_argument("--machine", help="only rows measured by this machine (the machine column: a sweep-cluster label or host name)")
-    recommend_parser.add_argument("--budgets", type=Path, help="budgets file (default: the repository's benchmarks_baseline/budgets.toml)")
+    recommend_parser.add_argument("--budgets", type=Path, help="budgets file (default: the package's densenet_opt/default_budgets/budgets.toml)")
     recommend_parser.add_argument("--ignore-budgets", action="store_true", help="consider configs outside their budget too")
     recommend_parser.set_defaults(handler=run_recommend)
 
@@ -90,7 +90,7 @@ def add_report_commands(commands: argparse._SubParsersAction) -> None:
     )
     summary_parser.add_argument("--output-dir", type=Path, default=Path("results"),
                                 help="the sweep's output directory (default: %(default)s)")
-    summary_parser.add_argument("--budgets", type=Path, help="budgets file (default: the repository's benchmarks_baseline/budgets.toml)")
+    summary_parser.add_argument("--budgets", type=Path, help="budgets file (default: the package's densenet_opt/default_budgets/budgets.toml)")
     summary_parser.set_defaults(handler=run_summary)
 
 
