@@ -167,11 +167,14 @@ def add_history_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_history(args: argparse.Namespace) -> int:
-    """The ``history`` subcommand; UserError for a kind with no stored run."""
+    """The ``history`` subcommand; UserError for a kind with no stored run or a --baseline-dir that does not exist."""
     kind = args.kind or machine_kind(args.device)
     directory = baselines.kind_dir(args.baseline_dir, kind)
     found = history.stored_history(directory, args.device)
     if not found:
+        if not args.baseline_dir.is_dir():
+            raise UserError(f"{args.baseline_dir} does not exist: run from the repository root (the default --baseline-dir "
+                            "is benchmarks_baseline/ in the current directory) or pass --baseline-dir")
         stored = ", ".join(baselines.stored_kinds(args.baseline_dir, args.device)) or "none"
         raise UserError(f"no stored {args.device} run of machine kind {kind} in {args.baseline_dir} (kinds stored: {stored}): "
                         "pass --kind, or store one with densenet-opt sweep --save-baseline")
