@@ -29,7 +29,7 @@ SCENARIO_NAMES = {"singlestream": SINGLE_STREAM, "single_stream": SINGLE_STREAM,
                   "multi_stream": MULTI_STREAM, "offline": OFFLINE, "server": SERVER}
 SCENARIO_CHOICES = "singlestream, multistream, offline, server"
 
-# MLPerf Inference's values (LoadGen mlperf.conf, test_settings.h), for the README and --help.
+# MLPerf Inference's values (LoadGen mlperf.conf, test_settings.h), for docs/serving.md and --help.
 MLPERF_MIN_DURATION_MS = 600_000
 MLPERF_MIN_QUERY_COUNT = {SINGLE_STREAM: 1024, MULTI_STREAM: 662, SERVER: 270_336, OFFLINE: 1}
 # MultiStream's samples per query in MLPerf Inference (ResNet-50, RetinaNet: 8).

@@ -7,7 +7,7 @@ parameters on any hardware.
 
 Time falls less than FLOPs: BatchNorm and ReLU over the concatenated feature maps,
 the concatenations and the pooling are untouched (a sizeable share of eager CPU time:
-README, "Measurements behind the design"), and oneDNN computes channels in blocks of 16,
+docs/performance.md#measurements-behind-the-design), and oneDNN computes channels in blocks of 16,
 so 90 kept channels cost as much as 96. Amounts that leave a multiple of 16 of the 128
 channels (0.25, 0.375) waste nothing.
 
