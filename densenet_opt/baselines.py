@@ -7,8 +7,12 @@ int8 and bf16 speedups differ by 2-3x between kinds. So every kind stores its ow
 under BASELINE_DIR/KIND/: pytest-benchmark's storage (its own per-machine-id folders,
 which only name OS, Python and word size), ``speedups-DEVICE.json`` (with the kind and
 the software versions they were measured with), and optionally the kind's stored sweep
-(``DEVICE-sweep/``), budget overrides (``budgets.toml``) and config times. Files an older
-version stored at the top of BASELINE_DIR name no kind: they are never compared for speed.
+(``DEVICE-sweep/``) and config times. Files an older version stored at the top of
+BASELINE_DIR name no kind: they are never compared for speed.
+
+BASELINE_DIR is --baseline-dir: the user's data, not the package's, so its default is
+``benchmarks_baseline`` in the current directory (the repository's own when run from its
+root). A kind's budget overrides are package data (budgets.py).
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ from densenet_opt.report import BASELINE, RESULTS_FILE, Row, with_speedups, writ
 if TYPE_CHECKING:
     from densenet_opt.verdict import Verdict
 
-BASELINE_DIR = Path(__file__).resolve().parent.parent / "benchmarks_baseline"
 # What a failed write tells the user to change.
 BASELINE_OPTION = "--baseline-dir"
 
@@ -57,17 +60,23 @@ class BaselineMissing(UserError):
 def no_baseline_line(baseline_dir: Path, device: str) -> str:
     """The one line a gate gives when this machine kind has no stored ``device`` baseline
     in ``baseline_dir``: the kind, the kinds that are stored, files of no kind, and the
-    command that stores one."""
+    command that stores one; where ``baseline_dir`` does not exist, that it does not and
+    how to point at one."""
     kind = machine_kind(device)
+    store = f"store one with `nox -s {'gpu_bench' if device == 'cuda' else 'bench'} -- --save-baseline`"
+    if not Path(baseline_dir).is_dir():
+        return (f"no stored {device} baseline for this machine kind, {kind}: {baseline_dir} does not exist (the default "
+                "--baseline-dir is benchmarks_baseline/ in the current directory: run from the repository root or pass "
+                f"--baseline-dir); speed is not compared; {store}")
     stored = stored_kinds(baseline_dir, device)
     unknown = files_of_no_kind(baseline_dir, device)
     return (f"no stored {device} baseline for this machine kind, {kind}, in {baseline_dir} (stored kinds: "
             f"{', '.join(stored) or 'none'}" + (f"; {len(unknown)} file(s) of an older version at its top, of unknown "
                                                 "kind, never compared" if unknown else "")
-            + f"): speed is not compared; store one with `nox -s {'gpu_bench' if device == 'cuda' else 'bench'} -- --save-baseline`")
+            + f"): speed is not compared; {store}")
 
 
-def speedups_file(device: str, directory: Path = BASELINE_DIR) -> Path:
+def speedups_file(device: str, directory: Path) -> Path:
     """``directory``'s stored speedups for ``device`` (``directory``: a kind_dir)."""
     return directory / f"speedups-{device}.json"
 
@@ -177,7 +186,7 @@ def load_speedup_rounds(path: Path) -> dict[str, dict[str, list[float]]]:
 
 def sweep_file(device: str, directory: Path) -> Path:
     """The stored sweep of ``device`` in ``directory`` (a kind_dir): the results CSV the
-    README's tables of that kind are generated from (render.markdown.stored_sweep_tables)."""
+    tables of that kind in README.md and docs/performance.md are generated from (render.markdown.stored_sweep_tables)."""
     return directory / f"{device}-sweep" / RESULTS_FILE
 
 

@@ -15,6 +15,7 @@ import difflib
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from densenet_opt.accuracy import ACCURACY, AGREEMENT, SYNTHETIC_ACCURACY, Fidelity, Top1OfFp32
@@ -22,7 +23,9 @@ from densenet_opt.errors import UserError
 from densenet_opt.report import BASELINE, Row
 from densenet_opt.variants import CHAIN_SEPARATOR, get_variant, registry
 
-BUDGETS_FILE = Path(__file__).resolve().parent.parent / "benchmarks_baseline" / "budgets.toml"
+# The default budgets ship with the package (package data, so an installed copy has them);
+# a machine kind's overrides are KIND/budgets.toml beside the file (with_kind_overrides).
+BUDGETS_FILE = Path(str(resources.files("densenet_opt") / "default_budgets" / "budgets.toml"))
 
 FIDELITY_KEYS = ("agreement_top1_min", "top1_of_fp32_min", "relative_error_max", "accuracy_drop_max", "top5_drop_max")
 MEMORY_KEYS = ("ram_mb_max_cpu", "ram_mb_max_cuda", "vram_mb_max")

@@ -19,7 +19,7 @@ from densenet_opt.variants import STACKED, get_variant, parse_variant_options, r
 DEFAULT_BATCH_SIZES = (1, 4, 8, 16, 32)
 # The default of --max-cpu-pressure (%): a config timed with more of its wall time stalled
 # on the CPU counts as contended (measure/contention.py), and a baseline holding one is not
-# stored. Measured on the 2-core Intel Xeon VM (README, "Contention"): the suite's own
+# stored. Measured on the 2-core Intel Xeon VM (docs/baselines.md#contention): the suite's own
 # engines read 2-15% on a quiet machine (ONNX Runtime's spinning threads beside torch's),
 # one busy loop beside them 36-70%.
 DEFAULT_MAX_CPU_PRESSURE = 30.0
@@ -57,7 +57,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--time-budget", "none", "minutes the sweep may take: a config or a search that would not fit in the time left is skipped, with its reason in the results and summary.md (estimates from this run's configs and the cache dir's last run); none: no bound"),
     Option("--resume", None, "skip configs that already have a completed row in OUTPUT_DIR's CSV for this device", is_flag=True),
     Option("--allow-unsafe-weights", None, "allow a weights file that needs full unpickling (it can run code: only for files you trust)", is_flag=True),
-    # The stored-baseline gate (README, "Stored baselines and the regression gate").
+    # The stored-baseline gate (docs/baselines.md#stored-baselines-and-the-regression-gate).
     Option("--save-baseline", None, "store this run as this machine kind's baseline for the device, in BASELINE_DIR/KIND/: pytest-benchmark's run and speedups-DEVICE.json", is_flag=True),
     Option("--compare-baseline", None, "exit 1 when a mean latency regressed against this machine kind's stored run, a speedup over the baseline variant dropped against its stored speedups, or nothing could be compared; a kind with no stored baseline is named and not compared for speed", is_flag=True),
     Option("--require-baseline", None, "--compare-baseline, and exit 1 before measuring when this machine kind has no stored baseline (without it: say so and go on)", is_flag=True),
@@ -65,7 +65,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("--max-regression", "none", "largest allowed absolute latency regression against the stored run, as pytest-benchmark's --benchmark-compare-fail expression (e.g. mean:25%), for a dedicated quiet machine: judged only when no config was timed under contention (--max-cpu-pressure); none: latencies are compared and shown, not judged (on a shared machine they measure the machine)"),
     Option("--max-speedup-drop", "0.10", "the threshold of the speedup rule: a config regresses when the 99% bootstrap interval of its speed ratio (this run's speedup over the baseline variant / the stored one) lies wholly below 1 - this (densenet_opt/verdict.py; 0.10 as asv's default factor 1.1)"),
     Option("--max-cpu-pressure", f"{DEFAULT_MAX_CPU_PRESSURE:g}", "CPU pressure (% of wall time some task waited for a CPU, Linux PSI) above which a config counts as timed under contention: flagged in the tables, and --save-baseline refuses to store such a run (100: store anyway)"),
-    # Several machines in one results file (densenet_opt/cluster.py, README "Sweeps across a fleet").
+    # Several machines in one results file (densenet_opt/cluster.py, docs/fleet.md).
     Option("--machine-label", None, "the machine column of every row this sweep writes, e.g. a10-server (letters, digits, . _ -); default: this host's name"),
 )
 

@@ -35,8 +35,8 @@ CONFIG_TIMES_FILE = "config_times.json"
 class Search:
     """An expensive step a variant runs by default, and the option value that skips it.
 
-    ``estimate_s``: its planning figure, seconds on a quiet 2-core VM (README, "How long
-    the main job takes"), used only to decide whether it fits in the time left."""
+    ``estimate_s``: its planning figure, seconds on a quiet 2-core VM
+    (docs/usage.md#how-long-the-main-job-takes), used only to decide whether it fits in the time left."""
 
     variant: str
     option: str
@@ -50,7 +50,7 @@ class Search:
 
 
 SEARCHES: tuple[Search, ...] = (
-    # The README's measured figures on 2-core VMs: a calibration and an AOTInductor compile
+    # The measured figures on 2-core VMs (docs/usage.md#how-long-the-main-job-takes): a calibration and an AOTInductor compile
     # per point, 26 minutes for six points; the ONNX search, about 8 minutes; NNCF ranking
     # 187 operations, about 25 minutes, then 1-2 minutes per reverted one; the recovery,
     # capped by pruned_structured.distill_time_limit (900 s).

@@ -38,14 +38,27 @@ def auto_or_count(text: str) -> int | None:
     return value
 
 
-def positive_number(text: str) -> float:
-    """``text`` as a finite float > 0; ValueError otherwise (NaN and inf included)."""
+def finite_number(text: str) -> float:
+    """``text`` as a finite float; ValueError otherwise (NaN and inf included)."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_number(text: str, *, wanted: str = "a positive number") -> float:
+    """``text`` as a finite float > 0; ValueError otherwise (NaN and inf included), whose
+    phrase is "must be ``wanted``, got TEXT": ``wanted`` may name the unit ("a positive
+    number of seconds")."""
     try:
         value = float(str(text).strip())
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"must be a positive number, got {text!r}")
+        raise ValueError(f"must be {wanted}, got {text!r}")
     return value
 
 

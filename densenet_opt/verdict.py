@@ -26,7 +26,8 @@ The rule: a config **regresses** only when its whole interval lies below ``1 - m
 i.e. the slowdown is beyond the threshold *and* significant given the rounds; it is
 **faster** when the whole interval lies above ``1 / (1 - max_drop)``; otherwise the change is
 within the threshold or within the noise (**unchanged**). The false-alarm rate this gives
-on a shared machine is measured by tools/false_alarm_rate.py (README).
+on a shared machine is measured by tools/false_alarm_rate.py
+(docs/baselines.md#how-often-it-is-wrong-toolsfalse_alarm_ratepy).
 """
 
 from __future__ import annotations

@@ -160,9 +160,9 @@ def test_labels_of_another_kind_keep_their_kind() -> None:
 
 
 def test_synthetic_weights_are_scored_against_the_pseudo_classes(sweep) -> None:
-    """The labelled task offline (README, "Synthetic weights"): the synthetic head was fitted
-    to the pseudo-classes, so the reference's own accuracy on held-out synthetic images means
-    something (83.2% top-1 / 93.8% top-5 measured over 256 of them)."""
+    """The labelled task offline (docs/numbers.md#synthetic-weights-what-agreement-does-and-does-not-say):
+    the synthetic head was fitted to the pseudo-classes, so the reference's own accuracy on
+    held-out synthetic images means something (83.2% top-1 / 93.8% top-5 measured over 256 of them)."""
     if sweep.weights.source != "synthetic" or sweep.eval_set.label_kind != SYNTHETIC_LABELS:
         pytest.skip("the sweep runs on real weights or images: covered by the ImageNet tests")
     assert sweep.accuracy_kind == SYNTHETIC_ACCURACY

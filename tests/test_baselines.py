@@ -157,3 +157,15 @@ def test_an_older_run_in_the_old_format_does_not_block_a_new_baseline(tmp_path: 
     (folder / "0001_cpu.json").write_text(json.dumps({"benchmarks": [{"name": "x", "stats": {"min": 1.0}}]}))
     (folder / "0002_cpu.json").write_text(json.dumps({"benchmarks": [{"name": "x", "stats": STATS}]}))
     assert [p.name for p in baselines.check_benchmark_storage(tmp_path)] == ["0001_cpu.json", "0002_cpu.json"]
+
+
+def test_the_no_baseline_line_says_when_the_baseline_dir_does_not_exist(tmp_path: Path) -> None:
+    """The default --baseline-dir is relative to the current directory (the stored baselines
+    are the user's data, not the package's): run elsewhere, the line says so."""
+    assert options_from_mapping({}).baseline_dir == Path("benchmarks_baseline").resolve()
+    missing = tmp_path / "benchmarks_baseline"
+    line = baselines.no_baseline_line(missing, "cpu")
+    assert f"{missing} does not exist" in line and "pass --baseline-dir" in line, line
+    assert "speed is not compared; store one with `nox -s bench -- --save-baseline`" in line, line
+    missing.mkdir()  # exists, holds nothing: the stored kinds are named
+    assert f"in {missing} (stored kinds: none)" in baselines.no_baseline_line(missing, "cpu")

@@ -11,7 +11,7 @@ from densenet_opt.measure.memory import MIB
 
 @pytest.fixture(scope="session")
 def budgets(sweep) -> dict[str, Budget]:
-    """The budgets, with this machine kind's overrides (benchmarks_baseline/KIND/budgets.toml)."""
+    """The budgets, with this machine kind's overrides (densenet_opt/default_budgets/KIND/budgets.toml)."""
     return load_budgets(kind=machine_kind(sweep.device))
 
 

@@ -71,7 +71,7 @@ def test_limit_for_batch_uses_the_next_listed_size() -> None:
 
 
 def test_a_kinds_overrides_replace_the_keys_they_name(tmp_path: Path) -> None:
-    """benchmarks_baseline/KIND/budgets.toml tightens a limit on one machine kind only; the
+    """KIND/budgets.toml beside the budgets file tightens a limit on one machine kind only; the
     merged budget names the kind's file."""
     path = write(tmp_path, "[other]\nagreement_top1_min = 90\nrelative_error_max = 0.45\n")
     (tmp_path / "amd-epyc_x86v4-vnni-bf16_2c").mkdir()

@@ -68,6 +68,22 @@ def test_an_installed_copy_sweeps_from_an_empty_directory(tmp_path: Path) -> Non
     rows = report.read_rows(empty / "out" / report.RESULTS_FILE)
     assert [(r.optimization_technique, r.batch_size, r.status) for r in rows] == [("baseline", 1, "ok")], result.stdout[-3000:]
     assert (empty / "out" / "benchmark.json").is_file()
+    # Package data: the default budgets (and a machine kind's overrides beside them) come with
+    # the installed copy, so the summary checks every row against them and recommend runs.
+    summary = (empty / "out" / "summary.md").read_text()
+    assert "budgets file" not in summary, summary[-2000:]
+    recommended = run([str(venv / "bin" / "densenet-opt"), "recommend", "--results", "out"], cwd=empty, env=env)
+    assert "baseline" in recommended.stdout, recommended.stdout
+    amd = "amd-epyc_x86v4-vnni-bf16_2c"  # a kind whose overrides are stored beside the default budgets
+    overrides = run([str(python), "-c", "from densenet_opt import budgets; "
+                     f"print(budgets.load_budgets(kind={amd!r})['int8'].limits['relative_error_max'])"], cwd=empty, env=env)
+    assert overrides.stdout.strip() == "0.2", overrides.stdout
+    # Stored baselines are the user's data, looked for relative to the current directory: an
+    # empty directory has none, and the gate's line says where it looked and what to pass.
+    gated = run([str(venv / "bin" / "densenet-opt"), "sweep", "--variants", "baseline", *SMALL, "--rounds", "2",
+                 "--output-dir", "gated", "--compare-baseline"], cwd=empty, env=env)
+    assert f"{empty / 'benchmarks_baseline'} does not exist" in gated.stdout + gated.stderr, gated.stdout[-3000:]
+    assert "--baseline-dir" in gated.stdout + gated.stderr, gated.stdout[-3000:]
 
 
 def _imagenet_folder(root: Path) -> Path:

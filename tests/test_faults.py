@@ -273,7 +273,7 @@ def test_every_out_of_memory_pattern_is_exercised() -> None:
 def test_a_setup_time_problem_is_one_sentence_once_with_exit_2(tmp_path: Path, monkeypatch) -> None:
     """A zero-byte torchvision hub file found when the first engine is built (after the
     preflight): the sentence came twice inside pytest's "ERROR at setup", with chained
-    exceptions and torch's DEBUG lines, and exit 1 where the README documents 2."""
+    exceptions and torch's DEBUG lines, and exit 1 where docs/troubleshooting.md documents 2."""
     hub = tmp_path / "torch" / "hub" / "checkpoints"
     hub.mkdir(parents=True)
     (hub / "densenet121-a639ec97.pth").write_bytes(b"")

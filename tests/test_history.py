@@ -68,3 +68,10 @@ def test_no_stored_run_of_the_kind_is_one_sentence(tmp_path: Path, capsys) -> No
     (bad / "0001_cpu.json").write_text("{not json")
     with pytest.raises(UserError, match="is not a pytest-benchmark run"):
         history.stored_history(tmp_path / KIND, "cpu")
+
+
+def test_a_baseline_dir_that_does_not_exist_says_where_to_run(tmp_path: Path, capsys) -> None:
+    assert cli.main(["history", "--baseline-dir", str(tmp_path / "benchmarks_baseline")]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'benchmarks_baseline'} does not exist: run from the repository root" in err, err
+    assert "or pass --baseline-dir" in err, err

@@ -401,7 +401,7 @@ def test_accuracy_control_builds_caches_and_reports_on_a_small_cnn(ov, tmp_path:
 
 @pytest.mark.slow
 def test_the_side_by_side_tool_times_streams_and_profiles_layers(ov) -> None:
-    # tools/openvino_side_by_side.py, the README's instrument for issue 14's ratios, end to end
+    # tools/openvino_side_by_side.py, the instrument of docs/performance.md's OpenVINO ratios (issue 14), end to end
     # on the fp32 variant (its ONNX export is the sweep's, cached) at batch 2, one round.
     import subprocess
 

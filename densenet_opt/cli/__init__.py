@@ -68,7 +68,7 @@ def add_report_commands(commands: argparse._SubParsersAction) -> None:
         help="the variant and batch size with the highest throughput within memory and latency limits",
         description="Reads a results file and prints the (variant, batch size) with the highest throughput whose "
         "memory (RAM for CPU rows, VRAM for CUDA rows) and latency per batch are within the limits, and that is "
-        "within its budget (accuracy, model size, memory: benchmarks_baseline/budgets.toml).",
+        "within its budget (accuracy, model size, memory: densenet_opt/default_budgets/budgets.toml).",
     )
     recommend_parser.add_argument("--results", type=Path, default=Path("results") / RESULTS_FILE,
                                   help=f"a {RESULTS_FILE}, or the sweep's output directory (default: %(default)s)")
@@ -79,7 +79,7 @@ def add_report_commands(commands: argparse._SubParsersAction) -> None:
                                   "loadgen_results.csv or `densenet-opt loadgen`'s output directory")
     recommend_parser.add_argument("--device", choices=("cpu", "cuda"), help="only rows measured on this device")
     recommend_parser.add_argument("--machine", help="only rows measured by this machine (the machine column: a sweep-cluster label or host name)")
-    recommend_parser.add_argument("--budgets", type=Path, help="budgets file (default: the repository's benchmarks_baseline/budgets.toml)")
+    recommend_parser.add_argument("--budgets", type=Path, help="budgets file (default: the package's densenet_opt/default_budgets/budgets.toml)")
     recommend_parser.add_argument("--ignore-budgets", action="store_true", help="consider configs outside their budget too")
     recommend_parser.add_argument(
         "--min-top1-of-fp32", default=f"{MLPERF_TOP1_OF_FP32:g}",
@@ -95,7 +95,7 @@ def add_report_commands(commands: argparse._SubParsersAction) -> None:
     )
     summary_parser.add_argument("--output-dir", type=Path, default=Path("results"),
                                 help="the sweep's output directory (default: %(default)s)")
-    summary_parser.add_argument("--budgets", type=Path, help="budgets file (default: the repository's benchmarks_baseline/budgets.toml)")
+    summary_parser.add_argument("--budgets", type=Path, help="budgets file (default: the package's densenet_opt/default_budgets/budgets.toml)")
     summary_parser.set_defaults(handler=run_summary)
 
 
@@ -172,11 +172,14 @@ def add_history_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_history(args: argparse.Namespace) -> int:
-    """The ``history`` subcommand; UserError for a kind with no stored run."""
+    """The ``history`` subcommand; UserError for a kind with no stored run or a --baseline-dir that does not exist."""
     kind = args.kind or machine_kind(args.device)
     directory = baselines.kind_dir(args.baseline_dir, kind)
     found = history.stored_history(directory, args.device)
     if not found:
+        if not args.baseline_dir.is_dir():
+            raise UserError(f"{args.baseline_dir} does not exist: run from the repository root (the default --baseline-dir "
+                            "is benchmarks_baseline/ in the current directory) or pass --baseline-dir")
         stored = ", ".join(baselines.stored_kinds(args.baseline_dir, args.device)) or "none"
         raise UserError(f"no stored {args.device} run of machine kind {kind} in {args.baseline_dir} (kinds stored: {stored}): "
                         "pass --kind, or store one with densenet-opt sweep --save-baseline")

@@ -1,7 +1,7 @@
 """CPU contention while a config is timed: Linux pressure stall information, or the load.
 
 Other processes competing for the cores change every timing, and not by the same factor
-for every engine (README, "Contention"), so each row records how contended the machine
+for every engine (docs/baselines.md#contention), so each row records how contended the machine
 was while its rounds ran, and a baseline measured under heavy contention is not stored.
 
 The figure is Linux's CPU pressure (PSI, ``/proc/pressure/cpu``, kernel 4.20+; see the

@@ -193,7 +193,7 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
-# The README's performance tables sit between these lines, generated (stored_sweep_tables).
+# docs/performance.md's tables sit between these lines, generated (stored_sweep_tables).
 TABLES_BEGIN = "<!-- performance tables: generated from benchmarks_baseline/KIND/DEVICE-sweep by tools/performance_tables.py; edit the stored sweeps, not this -->"
 TABLES_END = "<!-- end of the generated performance tables -->"
 

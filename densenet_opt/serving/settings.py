@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from densenet_opt.errors import UserError
+from densenet_opt.values import finite_number, positive_number, whole_number
 
 SINGLE_STREAM = "SingleStream"
 MULTI_STREAM = "MultiStream"
@@ -28,7 +29,7 @@ SCENARIO_NAMES = {"singlestream": SINGLE_STREAM, "single_stream": SINGLE_STREAM,
                   "multi_stream": MULTI_STREAM, "offline": OFFLINE, "server": SERVER}
 SCENARIO_CHOICES = "singlestream, multistream, offline, server"
 
-# MLPerf Inference's values (LoadGen mlperf.conf, test_settings.h), for the README and --help.
+# MLPerf Inference's values (LoadGen mlperf.conf, test_settings.h), for docs/serving.md and --help.
 MLPERF_MIN_DURATION_MS = 600_000
 MLPERF_MIN_QUERY_COUNT = {SINGLE_STREAM: 1024, MULTI_STREAM: 662, SERVER: 270_336, OFFLINE: 1}
 # MultiStream's samples per query in MLPerf Inference (ResNet-50, RetinaNet: 8).
@@ -100,29 +101,28 @@ class LoadGenSettings:
 
 
 def check_positive(option: str, value: float) -> float:
-    """``value`` when it is a positive finite number; UserError naming ``option`` otherwise."""
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise UserError(f"{option} must be a positive number, got {value!r}")
-    return float(value)
+    """``value`` as a float when it is a positive finite number (values.positive_number);
+    UserError naming ``option`` otherwise."""
+    try:
+        return positive_number(value)  # type: ignore[arg-type]
+    except ValueError as error:
+        raise UserError(f"{option} {error}") from None
 
 
 def _number(option: str, text: object) -> float:
-    """``text`` as a finite float; UserError naming ``option`` otherwise (NaN and inf included)."""
+    """``text`` as a finite float (values.finite_number); UserError naming ``option`` otherwise."""
     try:
-        value = float(str(text).strip())
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise UserError(f"{option} must be a finite number, got {text!r}")
-    return value
+        return finite_number(text)  # type: ignore[arg-type]
+    except ValueError as error:
+        raise UserError(f"{option} {error}") from None
 
 
 def _whole(option: str, text: object, minimum: int) -> int:
-    """``text`` as a whole number >= ``minimum``; UserError naming ``option`` otherwise."""
-    value = _number(option, text)
-    if value < minimum or value != int(value):
-        raise UserError(f"{option} must be a whole number >= {minimum}, got {text!r}")
-    return int(value)
+    """``text`` as a whole number >= ``minimum`` (values.whole_number); UserError naming ``option`` otherwise."""
+    try:
+        return whole_number(text, minimum=minimum)  # type: ignore[arg-type]
+    except ValueError as error:
+        raise UserError(f"{option} {error}") from None
 
 
 def parse_scenarios(text: str) -> tuple[str, ...]:
@@ -142,10 +142,8 @@ def parse_query_counts(text: str | None) -> dict[str, int]:
     counts = dict(DEFAULT_MIN_QUERY_COUNT)
     if text is None or str(text).strip().lower() in ("", "auto"):
         return counts
-    value = _number("--min-query-count", text)
-    if value < 1 or value != int(value):
-        raise UserError(f"--min-query-count must be a whole number >= 1, got {text!r}")
-    counts[SINGLE_STREAM] = counts[MULTI_STREAM] = counts[SERVER] = int(value)
+    value = _whole("--min-query-count", text, 1)
+    counts[SINGLE_STREAM] = counts[MULTI_STREAM] = counts[SERVER] = value
     return counts
 
 

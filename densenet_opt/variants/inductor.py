@@ -14,8 +14,8 @@ batch dimension inductor cannot pre-pack the convolution weights for oneDNN (pac
 the input shape), so oneDNN re-lays the weights out on every call (ONEDNN_VERBOSE shows
 a weight reorder per convolution per call; none with static shapes), which costs most at
 small batch sizes. ``<variant>.batch=dynamic`` compiles one package for every batch size:
-less compile time over a sweep, for that cost per call. The measurements are in the
-README ("Measurements behind the design").
+less compile time over a sweep, for that cost per call. The measurements are in
+docs/performance.md#measurements-behind-the-design.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ parameters on any hardware.
 
 Time falls less than FLOPs: BatchNorm and ReLU over the concatenated feature maps,
 the concatenations and the pooling are untouched (a sizeable share of eager CPU time:
-README, "Measurements behind the design"), and oneDNN computes channels in blocks of 16,
+docs/performance.md#measurements-behind-the-design), and oneDNN computes channels in blocks of 16,
 so 90 kept channels cost as much as 96. Amounts that leave a multiple of 16 of the 128
 channels (0.25, 0.375) waste nothing.
 
@@ -59,7 +59,6 @@ import copy
 import csv
 import dataclasses
 import io
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -72,7 +71,7 @@ from torch.nn.utils import prune
 from densenet_opt import atomic, cache
 from densenet_opt.errors import UserError
 from densenet_opt.flops import count_flops, count_params, weight_sparsity
-from densenet_opt.values import fraction, whole_number
+from densenet_opt.values import fraction, positive_number, whole_number
 from densenet_opt.variants import BuildContext, Engine, Transformed, Variant, VariantOption, distillation
 from densenet_opt.variants.torch_engine import TorchEngine, state_dict_bytes
 
@@ -503,25 +502,14 @@ def pruned_model_path(ctx: BuildContext, amount: float, settings: DistillSetting
     return ctx.cache_dir / CACHE_SUBDIR / f"{PRUNED_STRUCTURED}-{cache.key_digest(key)}.pt"
 
 
-def _positive_number(text: str, wanted: str) -> float:
-    """``text`` as a finite number > 0; ValueError saying ``wanted`` otherwise."""
-    try:
-        value = float(str(text).strip())
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"must be {wanted}, got {text!r}")
-    return value
-
-
 def positive_seconds(text: str) -> float:
     """``text`` as a finite number of seconds > 0; ValueError otherwise."""
-    return _positive_number(text, "a number of seconds greater than 0")
+    return positive_number(text, wanted="a number of seconds greater than 0")
 
 
 def learning_rate(text: str) -> float:
     """``text`` as a finite number > 0; ValueError otherwise."""
-    return _positive_number(text, "a number greater than 0 (such as 1e-4)")
+    return positive_number(text, wanted="a number greater than 0 (such as 1e-4)")
 
 
 def training_images(text: str) -> int:

@@ -12,8 +12,8 @@ dequantize/quantize around it. Compiled into a cached AOTInductor package per ba
 What bounds it on a CPU without AMX: VNNI does 4 int8 multiply-adds per 32-bit lane, so
 the int8 convolutions can be at most about 4x faster than fp32's, and the rest of the
 call (concatenations, BatchNorm+ReLU+quantize) remains; AMX multiplies int8 at 8x the
-per-core rate of AVX-512 VNNI. The figures measured on a CPU without AMX are in the
-README ("Measurements behind the design").
+per-core rate of AVX-512 VNNI. The figures measured on a CPU without AMX are in
+docs/performance.md#measurements-behind-the-design.
 
 Accuracy-aware (option ``float_modules``, default auto): the modules that cost the most
 top-1 agreement are kept in float, the fewest that meet ``agreement_target``, measured

@@ -1,5 +1,5 @@
 """The op types of the graphs ONNX Runtime's CPU provider really runs (after
-ORT_ENABLE_ALL), for the README's table: they show that the int8 graph is int8 end to end.
+ORT_ENABLE_ALL), for the table in docs/variants.md#onnx-runtime-settings: they show that the int8 graph is int8 end to end.
 Needs onnxruntime."""
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The provider is the best that ``onnxruntime.get_available_providers()`` offers for the
 sweep's device (on CUDA TensorRT, then CUDA; on the CPU the CPU provider), unless the
 user forces one with ``provider``; a forced provider that is not installed is an error
-naming those that are. The settings (README, "ONNX Runtime settings") and why:
+naming those that are. The settings (docs/variants.md#onnx-runtime-settings) and why:
 
 - ``graph_optimization_level`` ORT_ENABLE_ALL everywhere: on the CPU it adds the
   NCHWc/NHWC layout transforms and fuses each Q/DQ pair around a conv into QLinearConv.
