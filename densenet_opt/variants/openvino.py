@@ -11,11 +11,15 @@ change the answer:
   ``openvino_bf16``, which is unavailable where the CPU plugin does not list BF16 among its
   OPTIMIZATION_CAPABILITIES (AVX-512 BF16 or AMX); ``openvino_int8`` leaves the non-int8
   layers at f32.
-- ``PERFORMANCE_HINT = LATENCY`` and ``NUM_STREAMS = 1`` by default: one inference request
-  at a time on all the threads, the same call boundary as every other engine (batch in,
-  logits out, synchronous); ``INFERENCE_NUM_THREADS`` = the physical cores
-  (``openvino.threads=N``). ``openvino.streams=N`` (N > 1) is OpenVINO's throughput mode
-  behind the same boundary: ``PERFORMANCE_HINT = THROUGHPUT``, ``NUM_STREAMS = N``, the model
+- The execution mode is chosen by measurement (``openvino.streams=auto``, the default):
+  when an engine is built, one stream (``PERFORMANCE_HINT = LATENCY``, one inference
+  request at a time on all the threads) and one stream per core (below) are compiled and
+  timed round-robin at the engine's batch size, and the faster is kept, cached per model,
+  precision, batch size, threads, OpenVINO version and machine kind (choose_streams); at
+  batch 1 there is nothing to split and one stream is used. Either way the call boundary is
+  every other engine's (batch in, logits out, synchronous); ``INFERENCE_NUM_THREADS`` = the
+  physical cores (``openvino.threads=N``). ``openvino.streams=N`` fixes the mode: 1 as
+  above; N > 1 is OpenVINO's throughput mode behind the same boundary: ``PERFORMANCE_HINT = THROUGHPUT``, ``NUM_STREAMS = N``, the model
   compiled for ceil(batch / N) images and each batch split into that many parts, one
   inference request per part, all in flight at once (what ``benchmark_app`` does with
   several requests); the threads are shared among the streams, so on few cores it trades
@@ -119,12 +123,30 @@ def _threads(text: str) -> int | None:
 
 THREADS_OPTION = VariantOption("threads", _threads, None,
                                "INFERENCE_NUM_THREADS of the CPU plugin, a whole number >= 1 (auto: physical cores)")
+AUTO = "auto"
+
+
+def _streams(text: str) -> int | str:
+    """auto -> AUTO (chosen by measurement), else a whole number >= 1; ValueError otherwise."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return whole_number(text, minimum=1)
+    except ValueError as error:
+        raise ValueError(f"{error} (or auto)") from None
+
+
 STREAMS_OPTION = VariantOption(
-    "streams", lambda text: whole_number(text, minimum=1), 1,
+    "streams", _streams, AUTO,
     "NUM_STREAMS of the CPU plugin: 1 is one inference request on all the threads (PERFORMANCE_HINT=LATENCY); "
     "N > 1 splits each batch into N equal parts run at once, one request per stream, the threads shared among "
-    "them (OpenVINO's throughput mode)",
+    "them (OpenVINO's throughput mode); auto: the faster of 1 and one stream per core, measured when the engine "
+    "is built for its batch size and cached per machine kind (choose_streams)",
 )
+# Timed calls per candidate when auto measures the execution mode (round-robin, after one
+# untimed call each): enough to separate modes that differ by 10% on a quiet machine.
+MODE_ROUNDS = 7
+MODES_FILE = "execution_modes.json"  # in the cache dir's openvino folder: the choices measured
 ON, OFF = "on", "off"
 INT8_OPTIONS = (
     THREADS_OPTION,
@@ -240,12 +262,15 @@ def _compile(ctx: BuildContext, model, precision: str, size_bytes: int, info: di
 
     ov = import_openvino()
     threads = ctx.option("threads") or default_threads()
-    streams = ctx.option("streams")
+    streams, mode_note = ctx.option("streams"), "given"
+    if streams == AUTO:
+        streams, mode_note = choose_streams(ctx, model, precision, threads, info["model_file"])
     config = compile_config(precision, threads, streams)
     part = part_size(ctx.batch_size, streams)
     model.reshape([part, *IMAGE_SHAPE])  # a static shape, as the other CPU packages
     started = time.perf_counter()
     compiled = core().compile_model(model, "CPU", config)
+    info = {**info, "streams_chosen": mode_note}
     engine = OpenVinoEngine(
         compiled, part_size=part, model_size_bytes=size_bytes,
         info={
@@ -262,6 +287,75 @@ def _compile(ctx: BuildContext, model, precision: str, size_bytes: int, info: di
     engine(torch.zeros(ctx.batch_size, *IMAGE_SHAPE))
     engine.info["first_run_s"] = f"{time.perf_counter() - started:.2f}"
     return engine
+
+
+def stream_candidates(batch_size: int, cores: int) -> tuple[int, ...]:
+    """The stream counts auto chooses among: 1 (LATENCY) and, when the batch can be split,
+    one stream per core up to the batch size (THROUGHPUT): at batch 1 there is nothing to split."""
+    several = min(cores, batch_size)
+    return (1,) if several < 2 else (1, several)
+
+
+def choose_streams(ctx: BuildContext, model, precision: str, threads: int, model_file: str) -> tuple[int, str]:
+    """The stream count (stream_candidates) that runs ``model`` fastest at ``ctx.batch_size``
+    here, and how it was chosen, for engine_info: measured now (every candidate compiled,
+    called MODE_ROUNDS times round-robin on zeros, the lowest median wins) or read from
+    MODES_FILE, where each choice is kept under the model file's bytes, precision, batch
+    size, threads, OpenVINO version and machine kind. Why measure: one stream or several
+    is a choice the machine decides (issue 30: OpenVINO's two-stream default was 1.3x
+    slower than one stream on a quiet 2-core Xeon, and faster on a busy one). A choice
+    measured while other processes loaded the CPUs is used but not kept."""
+    from densenet_opt.measure.contention import Contention, PressureMark
+    from densenet_opt.measure.env import machine_kind
+
+    candidates = stream_candidates(ctx.batch_size, threads)
+    if len(candidates) == 1:
+        return candidates[0], "only candidate at this batch size"
+    ov = import_openvino()
+    key = key_digest({"model": file_sha256(Path(model_file)), "precision": precision, "batch": ctx.batch_size,
+                      "threads": threads, "openvino": ov.__version__, "kind": machine_kind("cpu"),
+                      "candidates": candidates, "version": 1})
+    path = Path(ctx.cache_dir) / "openvino" / MODES_FILE
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known.get(key), dict) and known[key].get("streams") in candidates:
+        return int(known[key]["streams"]), f"{known[key]['streams']} (measured earlier: {known[key]['note']})"
+    calls = {}
+    for streams in candidates:
+        part = part_size(ctx.batch_size, streams)
+        candidate = model.clone()
+        candidate.reshape([part, *IMAGE_SHAPE])
+        engine = OpenVinoEngine(core().compile_model(candidate, "CPU", compile_config(precision, threads, streams)),
+                                part_size=part, model_size_bytes=0, info={})
+        calls[streams] = engine
+    batch = torch.zeros(ctx.batch_size, *IMAGE_SHAPE)
+    seconds: dict[int, list[float]] = {streams: [] for streams in candidates}
+    for engine in calls.values():
+        engine(batch)
+    start = PressureMark.now()
+    for _ in range(MODE_ROUNDS):
+        for streams, engine in calls.items():
+            tick = time.perf_counter()
+            engine(batch)
+            seconds[streams].append(time.perf_counter() - tick)
+    contended = Contention.since(start).contended()
+    for engine in calls.values():
+        engine.close()
+    medians = {streams: float(np.median(values)) * 1e3 for streams, values in seconds.items()}
+    best = min(medians, key=medians.get)
+    note = ", ".join(f"{streams} stream{'s' if streams > 1 else ''} {ms:.1f} ms" for streams, ms in medians.items())
+    ctx.progress(f"{ctx.variant.name if ctx.variant else 'openvino'} batch {ctx.batch_size}: {note}: "
+                 f"{best} stream{'s' if best > 1 else ''}" + (" (measured under contention: not cached)" if contended else ""))
+    if not contended:
+        known[key] = {"streams": best, "note": note}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_text(path, json.dumps(known, indent=1) + "\n", option=CACHE_OPTION)
+        except UserError as error:  # a full or read-only cache: the choice is measured again next time
+            ctx.progress(f"not cached: {error}")
+    return best, f"{best} (measured: {note}{'; contended' if contended else ''})"
 
 
 def build_fp32(ctx: BuildContext) -> Engine:

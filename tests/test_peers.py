@@ -1,0 +1,140 @@
+"""densenet_opt/peers.py and measure/limits.py: the peers' defaults built on a tiny DenseNet,
+the round-robin, the ratio over the best peer within MLPerf's rule, the compute limit; and
+openvino's execution mode chosen by measurement."""
+
+from __future__ import annotations
+
+import io
+import types
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from densenet_opt import peers
+from densenet_opt.accuracy import fidelity
+from densenet_opt.errors import UserError
+from densenet_opt.measure.limits import compute_limit
+
+AMX = {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}
+
+
+def test_the_compute_limit_is_cores_times_clock_times_the_isas_peak_over_the_model() -> None:
+    """The issue's figures for the 2-core 2.6 GHz AMX Xeon: about 1850 / 930 / 58 images/s."""
+    limits = {p: compute_limit(p, 2.87, flags=AMX, cores=2, ghz=2.6) for p in ("int8", "bf16", "fp32")}
+    assert [round(limits[p].images_per_s) for p in ("int8", "bf16", "fp32")] == [1855, 928, 58]
+    assert limits["int8"].instructions == "amx_int8" and limits["int8"].fraction(185.5) == pytest.approx(0.1, rel=1e-3)
+    zen4 = compute_limit("int8", 2.87, flags={"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, cores=2, ghz=2.6, vendor="amd")
+    assert zen4.macs_per_cycle == 64  # AVX-512 on 256-bit halves
+    assert compute_limit("bf16", 2.87, flags={"avx2"}, cores=2, ghz=2.6) is None  # no bf16 instructions
+    with pytest.raises(ValueError, match="precision must be one of"):
+        compute_limit("fp8", 2.87, flags=AMX, cores=2, ghz=2.6)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_densenet: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("peers") / "tiny.onnx"
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation notices
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(tiny_densenet, (torch.zeros(1, 3, 224, 224),), str(path), input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def sources(tiny_densenet: torch.nn.Module, tiny_onnx: str, make_tiny_densenet) -> peers.Sources:
+    return peers.Sources(onnx_file=lambda: tiny_onnx, reference_model=make_tiny_densenet, nncf_int8_file=lambda: tiny_onnx)
+
+
+@pytest.mark.parametrize("name", ["openvino", "openvino-throughput", "onnxruntime"])
+def test_each_peer_gives_the_fp32_models_classes_at_any_batch_split(name: str, sources, tiny_densenet) -> None:
+    """openvino-throughput splits a batch of 5 over the plugin's requests and puts the parts
+    back in order: the logits must be the torch model's, row for row."""
+    pytest.importorskip("openvino" if name.startswith("openvino") else "onnxruntime")
+    batch = torch.randn(5, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    call = peers.PEERS[name].build(sources, 5)
+    with torch.inference_mode():
+        expected = tiny_densenet(batch)
+    logits = call(batch)
+    assert logits.shape == (5, 1000) and logits.dtype == torch.float32
+    assert fidelity(logits, expected, None).agreement_top_1 == 100.0
+
+
+def test_an_unknown_peer_is_one_sentence_naming_the_known_ones(sources) -> None:
+    with pytest.raises(UserError, match="unknown peer 'tensorrt': choose from openvino, openvino-throughput"):
+        peers.build_contenders([], ["tensorrt"], 1, lambda size: None, sources)
+
+
+def _contender(name: str, group: str, log: list[str]) -> peers.Contender:
+    def call(batch: torch.Tensor) -> torch.Tensor:
+        log.append(name)
+        return torch.zeros(len(batch), 1000)
+
+    return peers.Contender(name, group, call, "fp32", "stand-in")
+
+
+def test_round_robin_calls_each_once_a_round_in_a_rotating_order() -> None:
+    log: list[str] = []
+    contenders = [_contender("a", peers.SUITE, log), _contender("a", peers.PEER, log), _contender("b", peers.PEER, log)]
+    seconds = peers.time_round_robin(contenders, torch.zeros(2, 3, 4, 4), rounds=3, warmup=1, progress=lambda m: None)
+    assert set(seconds) == {"suite:a", "peer:a", "peer:b"} and all(len(s) == 3 for s in seconds.values())
+    assert log[3:] == ["a", "a", "b", "a", "b", "a", "b", "a", "a"]  # after the warm-up: rotated each round
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        peers.time_round_robin(contenders, torch.zeros(1), rounds=0)
+
+
+def _result(name: str, group: str, seconds: list[float], pct: float | None) -> peers.Result:
+    accuracy = None
+    if pct is not None:
+        from densenet_opt.accuracy import Fidelity, Top1OfFp32
+        accuracy = Fidelity("agreement_with_fp32", pct, 100.0, pct, 0.01, Top1OfFp32(pct, pct - 1, min(100.0, pct + 1), 2000))
+    limit = compute_limit("int8", 2.87, flags=AMX, cores=2, ghz=2.6)
+    return peers.Result(peers.Contender(name, group, lambda b: b, "int8", "note"), 32, seconds, accuracy, limit)
+
+
+def test_the_suite_is_set_against_the_fastest_peer_that_keeps_the_rule() -> None:
+    """The 20 ms peer keeps only 97% of fp32's top-1 (below MLPerf's 99%): the 40 ms one is the bar."""
+    rounds = 10
+    suite = _result("openvino_int8", peers.SUITE, [0.020 + 0.0001 * i for i in range(rounds)], 99.5)
+    inaccurate = _result("fast-peer", peers.PEER, [0.020] * rounds, 97.0)
+    accurate = _result("slow-peer", peers.PEER, [0.040 + 0.0002 * i for i in range(rounds)], 100.0)
+    peers.judge([suite, inaccurate, accurate])
+    name, ratio, low, high = suite.over_best_peer
+    assert name == "slow-peer" and 1.9 < low <= ratio <= high < 2.1 and not inaccurate.meets
+    assert inaccurate.over_best_peer is None  # peers are not judged
+    table = pd.read_csv(io.StringIO(peers.csv_text([suite, inaccurate, accurate])))
+    assert list(table.columns) == list(peers.COLUMNS)
+    assert table.loc[0, "best_peer"] == "slow-peer" and table.loc[1, "meets_mlperf_rule"] == False  # noqa: E712
+    assert table.loc[0, "fraction_of_limit"] == pytest.approx(32 / suite.median_ms * 1e3 / 1855.4, rel=1e-3)
+    text = peers.markdown([suite, inaccurate, accurate], "### heading")
+    assert "| **openvino_int8** (suite) |" in text and "vs slow-peer |" in text and "| below |" in text
+    no_peer = _result("openvino_int8", peers.SUITE, [0.02] * 3, 99.5)
+    peers.judge([no_peer, _result("x", peers.PEER, [0.01] * 3, 90.0)])
+    assert no_peer.over_best_peer is None  # no peer keeps the rule: nothing to set it against
+
+
+def test_openvino_measures_the_execution_mode_once_and_keeps_it(tiny_onnx: str, tmp_path: Path, monkeypatch) -> None:
+    ov = pytest.importorskip("openvino")
+    from densenet_opt.measure import contention
+    from densenet_opt.variants import openvino
+
+    assert openvino.stream_candidates(1, 2) == (1,) and openvino.stream_candidates(32, 2) == (1, 2)
+    assert openvino.stream_candidates(3, 8) == (1, 3)
+    monkeypatch.setattr(contention.Contention, "contended", lambda self, limit_pct=30: False)  # whatever the machine does
+    messages: list[str] = []
+    ctx = types.SimpleNamespace(batch_size=4, cache_dir=tmp_path, progress=messages.append, variant=None)
+    model = ov.convert_model(tiny_onnx)
+    streams, note = openvino.choose_streams(ctx, model, "fp32", 2, tiny_onnx)
+    assert streams in (1, 2) and note.startswith(f"{streams} (measured: 1 stream ") and "2 streams" in note
+    assert model.get_parameters()[0].get_partial_shape().is_dynamic  # the model given is not reshaped
+    again, note = openvino.choose_streams(ctx, model, "fp32", 2, tiny_onnx)
+    assert again == streams and "measured earlier" in note and len(messages) == 1
+    one, note = openvino.choose_streams(types.SimpleNamespace(**{**vars(ctx), "batch_size": 1}), model, "fp32", 2, tiny_onnx)
+    assert (one, note) == (1, "only candidate at this batch size")
+    monkeypatch.setattr(contention.Contention, "contended", lambda self, limit_pct=30: True)
+    _, note = openvino.choose_streams(types.SimpleNamespace(**{**vars(ctx), "batch_size": 3}), model, "fp32", 2, tiny_onnx)
+    assert note.endswith("; contended)")
+    _, note = openvino.choose_streams(types.SimpleNamespace(**{**vars(ctx), "batch_size": 3}), model, "fp32", 2, tiny_onnx)
+    assert "measured earlier" not in note  # a choice made under contention is not kept

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""The suite's configs against the peers' own defaults (OpenVINO, NNCF, ONNX Runtime, torch.compile), side by side.
+
+Builds the suite's variants and each peer (densenet_opt/peers.py says exactly how) at each
+batch size, times them in one process round-robin, scores each by MLPerf's accuracy rule
+(top-1 at least 99% of the fp32 model's, on --num-samples evaluation images, with a 95%
+paired-bootstrap interval) and prints each suite engine's speed over the fastest peer that
+meets the rule, with a 95% bootstrap interval, and each engine's fraction of this CPU's
+compute limit (densenet_opt/measure/limits.py). Writes OUTPUT_DIR/peers.csv (pandas) and
+OUTPUT_DIR/peers.md (the tables of docs/performance.md's peer section, naming the machine
+kind, the CPU pressure and the date).
+
+    python tools/peers.py                                  # batch 32 and 1, every peer
+    python tools/peers.py --batch-sizes 1 --rounds 40 --peers openvino,nncf-int8
+    python tools/peers.py --variants openvino_int8,pruned_structured+openvino_int8 \\
+        --variant-options openvino_int8.streams=2
+
+Uses the sweep's defaults for the weights, cache dir and calibration images (synthetic
+weights and images where no others are given: their top-1 is against the synthetic
+pseudo-classes). Needs the cpu extra (OpenVINO, NNCF, ONNX Runtime). On a quiet machine
+only: the figures are ratios measured in one process, but a busy machine changes which
+execution mode wins (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+from densenet_opt import atomic, peers
+from densenet_opt.accuracy import ACCURACY
+from densenet_opt.config import options_from_mapping, parse_batch_sizes
+from densenet_opt.errors import UserError
+from densenet_opt.measure.contention import PressureMark, Contention
+from densenet_opt.measure.env import machine_kind
+from densenet_opt.measure.limits import local_compute_limit
+from densenet_opt.sweep import Sweep
+from densenet_opt.values import whole_number
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default=",".join(peers.DEFAULT_VARIANTS),
+                        help="the suite's variants or chains to set against the peers (default: %(default)s)")
+    parser.add_argument("--peers", default=",".join(peers.DEFAULT_PEERS), help=f"of {', '.join(peers.PEERS)} (default: all)")
+    parser.add_argument("--batch-sizes", default="32,1", help="accuracy is measured at the largest (default: %(default)s)")
+    parser.add_argument("--rounds", default="20", help="timed round-robin rounds per batch size (default: %(default)s)")
+    parser.add_argument("--num-samples", default="2000", help="evaluation images the accuracy rule is measured on (default: %(default)s)")
+    parser.add_argument("--calibration-samples", default="128", help="calibration images of every int8 engine (default: %(default)s)")
+    parser.add_argument("--variant-options", default="", help="as the sweep's, e.g. openvino_int8.streams=2")
+    parser.add_argument("--output-dir", type=Path, default=Path("results") / "peers", help="where peers.csv and peers.md go (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        rounds = whole_number(args.rounds, minimum=1)
+    except ValueError as error:
+        parser.error(f"--rounds {error}")
+    sizes = sorted(parse_batch_sizes(args.batch_sizes), reverse=True)  # accuracy at the largest: fewer calls
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    chosen_peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    sweep = Sweep(options_from_mapping({
+        "device": "cpu", "num_samples": args.num_samples, "calibration_samples": args.calibration_samples,
+        "variants": ",".join(variants), "batch_sizes": ",".join(map(str, sizes)), "variant_options": args.variant_options,
+    }), progress=lambda message: print(message, file=sys.stderr, flush=True))
+    sources = peers.sources_of(sweep.build_context)
+    reference, kind = sweep.reference_logits, sweep.accuracy_kind
+    labels = sweep.eval_set.labels if kind else None
+    gmacs = sweep.reference_gflops_per_image / 2
+    accuracy: dict[str, object] = {}
+    results: list[peers.Result] = []
+    pressures: list[str] = []
+    for size in sizes:
+        contenders, skipped = peers.build_contenders(variants, chosen_peers, size, sweep.build_context, sources, sweep.progress)
+        for line in skipped:
+            print(f"left out: {line}", file=sys.stderr)
+        for contender in contenders:
+            if contender.key not in accuracy:
+                sweep.progress(f"{contender.name}: accuracy over {len(sweep.eval_set)} images at batch {size}")
+                accuracy[contender.key] = peers.measure_fidelity(contender, sweep.eval_set, reference, labels,
+                                                                  kind or ACCURACY, size)
+        sweep.progress(f"batch {size}: {len(contenders)} engines, {rounds} rounds round-robin")
+        start = PressureMark.now()
+        seconds = peers.time_round_robin(contenders, sweep.input_batch(size), rounds, progress=sweep.progress)
+        pressure = Contention.since(start).cpu_pressure_pct
+        pressures.append(f"batch {size}: {'not readable' if pressure is None else f'{pressure:.0f}%'}")
+        batch_results = [peers.Result(c, size, seconds[c.key], accuracy[c.key], local_compute_limit(c.precision, gmacs))
+                         for c in contenders]
+        peers.judge(batch_results)
+        results += batch_results
+        for contender in contenders:
+            contender.close()
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    command = " ".join(["python tools/peers.py", *(argv if argv is not None else sys.argv[1:])])
+    heading = (f"### Peers on `{machine_kind('cpu')}`\n\n{when}; CPU pressure while timed: {', '.join(pressures)}; "
+               f"{rounds} rounds; accuracy on {len(sweep.eval_set)} images; measured by `{command}`.")
+    text = peers.markdown(results, heading)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(args.output_dir / peers.PEERS_FILE, peers.csv_text(results), option="--output-dir")
+    atomic.write_text(args.output_dir / "peers.md", text + "\n", option="--output-dir")
+    print(text)
+    print(f"wrote {args.output_dir / peers.PEERS_FILE} and {args.output_dir / 'peers.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as error:
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted (Ctrl-C): nothing was written")
