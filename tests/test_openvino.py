@@ -237,7 +237,8 @@ def test_openvino_int8_is_cached_and_close(ctx: BuildContext, eval_images: torch
 
 @pytest.mark.slow
 def test_two_streams_give_the_logits_of_one(ctx: BuildContext, eval_images: torch.Tensor) -> None:
-    one = get_variant(OPENVINO_INT8).build_engine(ctx)
+    one = get_variant(OPENVINO_INT8).build_engine(
+        dataclasses.replace(ctx, options=parse_variant_options(dict(ctx.options) | {"openvino.streams": "1"})))
     two = get_variant(OPENVINO_INT8).build_engine(
         dataclasses.replace(ctx, options=parse_variant_options(dict(ctx.options) | {"openvino.streams": "2"})))
     try:

@@ -138,3 +138,29 @@ def test_openvino_measures_the_execution_mode_once_and_keeps_it(tiny_onnx: str, 
     assert note.endswith("; contended)")
     _, note = openvino.choose_streams(types.SimpleNamespace(**{**vars(ctx), "batch_size": 3}), model, "fp32", 2, tiny_onnx)
     assert "measured earlier" not in note  # a choice made under contention is not kept
+
+
+@pytest.mark.slow
+def test_the_peer_tool_end_to_end(tmp_path: Path) -> None:
+    """tools/peers.py on DenseNet-121 (the sweep's synthetic weights and cached export) at
+    batch 2 against ONNX Runtime's and OpenVINO's defaults: a CSV pandas reads, a markdown
+    table naming the machine kind, every engine's accuracy by the rule."""
+    pytest.importorskip("openvino")
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "tools/peers.py", "--variants", "openvino", "--peers", "onnxruntime,openvino", "--batch-sizes", "2",
+         "--rounds", "2", "--num-samples", "8", "--output-dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=repo, timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = pd.read_csv(tmp_path / peers.PEERS_FILE)
+    assert list(table["engine"]) == ["openvino", "onnxruntime", "openvino"] and list(table["group"]) == ["suite", "peer", "peer"]
+    assert (table["top1_of_fp32_pct"] > 90).all() and table["rounds"].eq(2).all()
+    assert table.loc[0, "best_peer"] in ("onnxruntime", "openvino") and table.loc[0, "over_best_peer"] > 0
+    assert "### Peers on `" in done.stdout and "| **openvino** (suite) |" in done.stdout
+    bad = subprocess.run([sys.executable, "tools/peers.py", "--rounds", "0"], capture_output=True, text=True, cwd=repo,
+                         timeout=120)
+    assert bad.returncode == 2 and "--rounds must be at least 1" in bad.stderr

@@ -31,11 +31,12 @@ from pathlib import Path
 
 from densenet_opt import atomic, peers
 from densenet_opt.accuracy import ACCURACY
-from densenet_opt.config import options_from_mapping, parse_batch_sizes
+from densenet_opt.config import DEFAULT_MAX_CPU_PRESSURE, options_from_mapping, parse_batch_sizes
 from densenet_opt.errors import UserError
 from densenet_opt.measure.contention import PressureMark, Contention
 from densenet_opt.measure.env import machine_kind
 from densenet_opt.measure.limits import local_compute_limit
+from densenet_opt.render.markdown import PEERS_MARKDOWN
 from densenet_opt.sweep import Sweep
 from densenet_opt.values import whole_number
 
@@ -52,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-samples", default="128", help="calibration images of every int8 engine (default: %(default)s)")
     parser.add_argument("--variant-options", default="", help="as the sweep's, e.g. openvino_int8.streams=2")
     parser.add_argument("--output-dir", type=Path, default=Path("results") / "peers", help="where peers.csv and peers.md go (default: %(default)s)")
+    parser.add_argument("--store", action="store_true",
+                        help="also store them as this machine kind's comparison, benchmarks_baseline/KIND/peers/ (shown in "
+                        "docs/performance.md by tools/performance_tables.py); refused when the rounds were timed under CPU "
+                        f"pressure above {DEFAULT_MAX_CPU_PRESSURE:g}%%")
     args = parser.parse_args(argv)
     try:
         rounds = whole_number(args.rounds, minimum=1)
@@ -71,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     accuracy: dict[str, object] = {}
     results: list[peers.Result] = []
     pressures: list[str] = []
+    contended = False
     for size in sizes:
         contenders, skipped = peers.build_contenders(variants, chosen_peers, size, sweep.build_context, sources, sweep.progress)
         for line in skipped:
@@ -84,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         start = PressureMark.now()
         seconds = peers.time_round_robin(contenders, sweep.input_batch(size), rounds, progress=sweep.progress)
         pressure = Contention.since(start).cpu_pressure_pct
+        contended |= pressure is not None and pressure > DEFAULT_MAX_CPU_PRESSURE
         pressures.append(f"batch {size}: {'not readable' if pressure is None else f'{pressure:.0f}%'}")
         batch_results = [peers.Result(c, size, seconds[c.key], accuracy[c.key], local_compute_limit(c.precision, gmacs))
                          for c in contenders]
@@ -98,9 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     text = peers.markdown(results, heading)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(args.output_dir / peers.PEERS_FILE, peers.csv_text(results), option="--output-dir")
-    atomic.write_text(args.output_dir / "peers.md", text + "\n", option="--output-dir")
+    atomic.write_text(args.output_dir / PEERS_MARKDOWN, text + "\n", option="--output-dir")
     print(text)
-    print(f"wrote {args.output_dir / peers.PEERS_FILE} and {args.output_dir / 'peers.md'}", file=sys.stderr)
+    print(f"wrote {args.output_dir / peers.PEERS_FILE} and {args.output_dir / PEERS_MARKDOWN}", file=sys.stderr)
+    if args.store:
+        if contended:
+            raise UserError(f"not stored: the rounds ran under CPU pressure above {DEFAULT_MAX_CPU_PRESSURE:g}% "
+                            f"({', '.join(pressures)}); rerun on a quiet machine (the results are in {args.output_dir})")
+        stored = Path("benchmarks_baseline") / machine_kind("cpu") / "peers"
+        stored.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(stored / peers.PEERS_FILE, peers.csv_text(results), option="--store")
+        atomic.write_text(stored / PEERS_MARKDOWN, text + "\n", option="--store")
+        print(f"stored in {stored}: run tools/performance_tables.py to show it in docs/performance.md", file=sys.stderr)
     return 0
 
 

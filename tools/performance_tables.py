@@ -4,11 +4,13 @@
     python tools/performance_tables.py            # rewrite every generated block
     python tools/performance_tables.py --check    # exit 1 when one is out of date
 
-Three blocks, each between its markers (densenet_opt/render/markdown.py), never typed by hand:
+Four blocks, each between its markers (densenet_opt/render/markdown.py), never typed by hand:
 
 - docs/performance.md: render.markdown.stored_sweep_tables(benchmarks_baseline/), one table
   per machine kind and device, from BASELINE_DIR/KIND/DEVICE-sweep/benchmark_results.csv,
   which `nox -s bench -- --save-baseline` stores;
+- docs/performance.md: the comparison with the peers' defaults of each kind,
+  BASELINE_DIR/KIND/peers/peers.md, which `python tools/peers.py --store` writes;
 - README.md: the same table for one kind, the one measured most recently;
 - docs/usage.md: the sweep's options, from densenet_opt/config.py's OPTIONS (what
   `densenet-opt sweep --help` and the pytest plugin offer).
@@ -21,8 +23,8 @@ import sys
 from pathlib import Path
 
 from densenet_opt.render.markdown import (
-    OPTIONS_BEGIN, OPTIONS_END, README_TABLE_BEGIN, README_TABLE_END, TABLES_BEGIN, TABLES_END, newest_sweep_kind,
-    options_table, stored_sweep_tables,
+    OPTIONS_BEGIN, OPTIONS_END, PEERS_BEGIN, PEERS_END, README_TABLE_BEGIN, README_TABLE_END, TABLES_BEGIN, TABLES_END,
+    newest_sweep_kind, options_table, stored_peer_tables, stored_sweep_tables,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +49,8 @@ def generated(root: Path, baseline_dir: Path) -> dict[Path, str]:
     """{file: its text with every generated block up to date}."""
     kind = newest_sweep_kind(baseline_dir)
     blocks = {
-        root / "docs" / "performance.md": [(TABLES_BEGIN, TABLES_END, stored_sweep_tables(baseline_dir))],
+        root / "docs" / "performance.md": [(TABLES_BEGIN, TABLES_END, stored_sweep_tables(baseline_dir)),
+                                           (PEERS_BEGIN, PEERS_END, stored_peer_tables(baseline_dir))],
         root / "README.md": [(README_TABLE_BEGIN, README_TABLE_END,
                               stored_sweep_tables(baseline_dir, kinds=[kind] if kind else []))],
         root / "docs" / "usage.md": [(OPTIONS_BEGIN, OPTIONS_END, options_table())],

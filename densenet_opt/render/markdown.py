@@ -198,6 +198,20 @@ TABLES_BEGIN = "<!-- performance tables: generated from benchmarks_baseline/KIND
 TABLES_END = "<!-- end of the generated performance tables -->"
 
 
+# docs/performance.md's comparisons with the peers sit between these lines (stored_peer_tables).
+PEERS_BEGIN = "<!-- peer comparisons: generated from benchmarks_baseline/KIND/peers/peers.md (tools/peers.py --store) by tools/performance_tables.py; edit those, not this -->"
+PEERS_END = "<!-- end of the generated peer comparisons -->"
+PEERS_MARKDOWN = "peers.md"  # tools/peers.py's markdown, beside its peers.csv
+
+
+def stored_peer_tables(baseline_dir: Path) -> str:
+    """tools/peers.py's stored output of each machine kind
+    (``baseline_dir/KIND/peers/peers.md``, kinds in name order), as written."""
+    stored = sorted(Path(baseline_dir).glob(f"*/peers/{PEERS_MARKDOWN}"))
+    return "\n\n".join(path.read_text(encoding="utf-8").strip() for path in stored) or (
+        "No stored comparison yet: `python tools/peers.py --store` stores one for the machine kind it runs on.")
+
+
 def stored_sweeps(baseline_dir: Path) -> list[Path]:
     """The stored sweeps, ``baseline_dir/KIND/DEVICE-sweep/benchmark_results.csv``, kinds in name order."""
     return sorted(Path(baseline_dir).glob("*/*-sweep/benchmark_results.csv"))
