@@ -215,9 +215,10 @@ def build_contenders(variants: Sequence[str], peers: Sequence[str], batch_size: 
             skipped.append(f"{variant}: {error}")
             continue
         precision = engine.info.get("precision", "fp32")
-        note = ", ".join(f"{k}={engine.info[k]}" for k in ("precision", "performance_hint", "num_streams") if k in engine.info)
-        built.append(Contender(variant, SUITE, engine, precision if precision in ("int8", "bf16") else "fp32", note,
-                               engine.close))
+        note = ", ".join(f"{k}={engine.info[k]}" for k in ("precision", "performance_hint", "num_streams", "streams_chosen")
+                         if k in engine.info)
+        precision = "int8" if precision.startswith("int8") else precision if precision == "bf16" else "fp32"
+        built.append(Contender(variant, SUITE, engine, precision, note, engine.close))
     for name in peers:
         peer = PEERS[name]
         progress(f"batch {batch_size}: building the peer {name} ({peer.note})")

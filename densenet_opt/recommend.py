@@ -36,6 +36,11 @@ def recommend(
     UserError (one sentence naming ``source``) when no row is within budget and the rule,
     or when none fits, naming the three closest."""
     eligible = [r for r in rows if (checks is None or checks[r].within) and meets_rule(r, min_top1_of_fp32)]
+    if not eligible and min_top1_of_fp32 is not None and all(r.top1_of_fp32_pct is None for r in rows):
+        raise UserError(
+            f"no row of {source} has MLPerf's accuracy figure (top1_of_fp32_pct: a file of an older version, or "
+            "faults only): measure again, or pass --min-top1-of-fp32 none to recommend by the budgets alone"
+        )
     if not eligible:
         rule = f" and at least {min_top1_of_fp32:g}% of the fp32 model's top-1" if min_top1_of_fp32 is not None else ""
         raise UserError(

@@ -40,6 +40,7 @@ def test_fp32_and_int8_pin_f32_so_fp32_is_fp32() -> None:
     assert compile_config("fp32", 2)["INFERENCE_PRECISION_HINT"] == "f32"
     assert compile_config("int8", 2)["INFERENCE_PRECISION_HINT"] == "f32"  # the layers NNCF leaves in float
     assert compile_config("bf16", 2)["INFERENCE_PRECISION_HINT"] == "bf16"
+    assert compile_config("int8-bf16", 2)["INFERENCE_PRECISION_HINT"] == "bf16"  # openvino_int8.float_precision=bf16
     assert compile_config("fp32", 3) | {"INFERENCE_NUM_THREADS": "3"} == compile_config("fp32", 3)
 
 

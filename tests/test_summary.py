@@ -183,8 +183,10 @@ def test_a_row_without_the_accuracy_figure_is_not_recommended_under_the_rule(tmp
     results = [old, _row("fast", 1, latency=2.0)]
     assert recommend(results, max_memory_mb=None, max_latency_ms=None, min_top1_of_fp32=99.0).variant == "fast"
     assert recommend(results[:1], max_memory_mb=None, max_latency_ms=None, min_top1_of_fp32=None).variant == "baseline"
-    with pytest.raises(UserError, match="within its budget and at least 99% of the fp32 model's top-1"):
+    with pytest.raises(UserError, match="has MLPerf's accuracy figure .* pass --min-top1-of-fp32 none"):
         recommend(results[:1], max_memory_mb=None, max_latency_ms=None, min_top1_of_fp32=99.0)
+    with pytest.raises(UserError, match="within its budget and at least 99.6% of the fp32 model's top-1"):
+        recommend(results, max_memory_mb=None, max_latency_ms=None, min_top1_of_fp32=99.6)
 
 
 @pytest.mark.parametrize(

@@ -156,6 +156,12 @@ INT8_OPTIONS = (
         "nncf.quantize_with_accuracy_control: revert the quantized operations that cost most agreement to float "
         "until agreement_target is met (on), or plain nncf.quantize (off)",
     ),
+    VariantOption.choice(
+        "float_precision", ("f32", "bf16"), "f32",
+        "INFERENCE_PRECISION_HINT of the layers NNCF leaves in float (concatenations, pooling, the classifier, any "
+        "operation accuracy control reverted): f32, or bf16 on CPUs with native bf16 (AVX-512 BF16 or AMX), as "
+        "OpenVINO's own default there",
+    ),
     VariantOption("agreement_target", percent, 99.0, "top-1 agreement with fp32 (%) that accuracy_control aims for"),
     VariantOption("search_images", lambda text: whole_number(text, minimum=1), 256,
                   "held-out calibration-pool images accuracy_control measures agreement on"),
@@ -216,14 +222,17 @@ def cpu_supports_bf16(core) -> bool:
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+INT8_BF16 = "int8-bf16"  # openvino_int8 with float_precision=bf16: the layers NNCF left in float run in bf16
+
+
 def compile_config(precision: str, threads: int, streams: int = 1) -> dict[str, str]:
-    """The CPU plugin properties for ``precision`` (fp32, bf16 or int8) and ``streams``
+    """The CPU plugin properties for ``precision`` (fp32, bf16, int8 or INT8_BF16) and ``streams``
     (module docstring): LATENCY with one stream, THROUGHPUT with more."""
     return {
         "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
         "NUM_STREAMS": str(streams),
         "INFERENCE_NUM_THREADS": str(threads),
-        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        "INFERENCE_PRECISION_HINT": "bf16" if precision in ("bf16", INT8_BF16) else "f32",
     }
 
 
@@ -622,7 +631,13 @@ def build_int8(ctx: BuildContext) -> Engine:
         ctx.progress(f"{OPENVINO_INT8}: {info['accuracy_control_chosen']}: {info['fake_quantize_ops']} FakeQuantize "
                      f"operations, all-int8 {info['all_int8_agreement_top_1']}%, with accuracy control "
                      f"{info['controlled_agreement_top_1']}% on {len(heldout)} held-out images")
-    return _compile(ctx, model, "int8", size, info)
+    precision = "int8"
+    if ctx.option("float_precision") == "bf16":
+        if not cpu_supports_bf16(core()):
+            raise VariantUnavailable(f"{OPENVINO_INT8}.float_precision=bf16 needs a CPU with native bf16 (AVX-512 BF16 "
+                                     "or AMX): pass float_precision=f32 here")
+        precision = INT8_BF16
+    return _compile(ctx, model, precision, size, info)
 
 
 def control_info(path: Path, control: AccuracyControl, heldout: int) -> dict[str, str]:
