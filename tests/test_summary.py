@@ -180,7 +180,7 @@ def test_the_accuracy_rule_must_be_a_percentage_or_none(results_dir: Path, capsy
 def test_a_row_without_the_accuracy_figure_is_not_recommended_under_the_rule(tmp_path: Path) -> None:
     """Rows of an older version have no top1_of_fp32 columns: they cannot be shown to meet the rule."""
     old = _row("baseline", 1, latency=5.0, top1_of_fp32_pct=None, top1_of_fp32_low=None, top1_of_fp32_high=None)
-    results = [old, _row("fast", 1, latency=2.0)]
+    results = [old, _row("fast", 1, latency=2.0, top1=99.5)]
     assert recommend(results, max_memory_mb=None, max_latency_ms=None, min_top1_of_fp32=99.0).variant == "fast"
     assert recommend(results[:1], max_memory_mb=None, max_latency_ms=None, min_top1_of_fp32=None).variant == "baseline"
     with pytest.raises(UserError, match="has MLPerf's accuracy figure .* pass --min-top1-of-fp32 none"):
