@@ -4,7 +4,7 @@
     python tools/performance_tables.py            # rewrite every generated block
     python tools/performance_tables.py --check    # exit 1 when one is out of date
 
-Four blocks, each between its markers (densenet_opt/render/markdown.py), never typed by hand:
+Five blocks, each between its markers (densenet_opt/render/markdown.py), never typed by hand:
 
 - docs/performance.md: render.markdown.stored_sweep_tables(benchmarks_baseline/), one table
   per machine kind and device, from BASELINE_DIR/KIND/DEVICE-sweep/benchmark_results.csv,
@@ -13,7 +13,9 @@ Four blocks, each between its markers (densenet_opt/render/markdown.py), never t
   BASELINE_DIR/KIND/peers/peers.md, which `python tools/peers.py --store` writes;
 - README.md: the same table for one kind, the one measured most recently;
 - docs/usage.md: the sweep's options, from densenet_opt/config.py's OPTIONS (what
-  `densenet-opt sweep --help` and the pytest plugin offer).
+  `densenet-opt sweep --help` and the pytest plugin offer);
+- docs/variants.md: every variant's options, from their declarations (what
+  `--variant-options` and `densenet-opt list` take).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from pathlib import Path
 
 from densenet_opt.render.markdown import (
     OPTIONS_BEGIN, OPTIONS_END, PEERS_BEGIN, PEERS_END, README_TABLE_BEGIN, README_TABLE_END, TABLES_BEGIN, TABLES_END,
-    newest_sweep_kind, options_table, stored_peer_tables, stored_sweep_tables,
+    VARIANT_OPTIONS_BEGIN, VARIANT_OPTIONS_END, newest_sweep_kind, options_table, stored_peer_tables, stored_sweep_tables,
+    variant_options_table,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +57,7 @@ def generated(root: Path, baseline_dir: Path) -> dict[Path, str]:
         root / "README.md": [(README_TABLE_BEGIN, README_TABLE_END,
                               stored_sweep_tables(baseline_dir, kinds=[kind] if kind else []))],
         root / "docs" / "usage.md": [(OPTIONS_BEGIN, OPTIONS_END, options_table())],
+        root / "docs" / "variants.md": [(VARIANT_OPTIONS_BEGIN, VARIANT_OPTIONS_END, variant_options_table())],
     }
     texts = {}
     for path, replacements in blocks.items():

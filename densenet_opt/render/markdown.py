@@ -260,6 +260,26 @@ README_TABLE_BEGIN = "<!-- README_TABLE_BEGIN -->"
 README_TABLE_END = "<!-- README_TABLE_END -->"
 
 
+VARIANT_OPTIONS_BEGIN = "<!-- variant options: generated from each variant's declared options by tools/performance_tables.py -->"
+VARIANT_OPTIONS_END = "<!-- end of the generated variant options -->"
+
+
+def variant_options_table() -> str:
+    """Every registered variant's options (variants.VariantOption: what ``--variant-options``
+    and ``densenet-opt list`` take) as a table: key, default, meaning."""
+    from densenet_opt.variants import registry
+
+    rows = []
+    for variant in registry().values():
+        for option in variant.options:
+            meaning = option.help + (f"; one of {', '.join(option.choices)}" if option.choices else "")
+            if variant.shared_prefix:
+                meaning += f"; `{variant.shared_prefix}.{option.name}` sets it too"
+            rows.append({"key": f"`{variant.name}.{option.name}`", "default": f"`{option.default_text}`",
+                         "meaning": meaning.replace("|", "\\|")})
+    return markdown_table(rows, ["key", "default", "meaning"])
+
+
 def options_table() -> str:
     """The sweep's options (config.OPTIONS, as the CLI and the plugin offer them) as a table:
     option, default, meaning."""
