@@ -21,7 +21,7 @@ import torch
 from densenet_opt import report
 from densenet_opt.accuracy import NonFiniteLogits
 from densenet_opt.errors import UserError
-from densenet_opt.sweep import OUT_OF_MEMORY_PATTERNS, classify_fault
+from densenet_opt.faults import OUT_OF_MEMORY_PATTERNS, classify_fault
 
 TINY = ["--variants", "baseline", "--num-samples", "4", "--rounds", "2", "--warmup-rounds", "0", "--weights", "synthetic"]
 
