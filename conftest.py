@@ -1,9 +1,10 @@
 """What the repository's tests share: small models, images, a cache, fault-injection set-up.
 
 The sweep's own fixtures are not here. ``sweep`` (one :class:`~densenet_opt.sweep.Sweep` per
-session) and ``engine_config`` (one built engine per (variant, batch size), parametrized from
-``--variants`` and ``--batch-sizes`` by the plugin's ``pytest_generate_tests``) live, with the
-sweep's options and hooks, in the pytest plugin ``densenet_opt/plugin.py``. The package
+session), ``workbench`` (its :class:`~densenet_opt.workbench.Workbench`) and ``engine_config``
+(one built engine per (variant, batch size), parametrized from ``--variants`` and
+``--batch-sizes`` by the plugin's ``pytest_generate_tests``) live, with the sweep's options
+and hooks, in the pytest plugin ``densenet_opt/plugin.py``. The package
 registers it through the ``pytest11`` entry point (pyproject.toml), so pytest loads it before
 it reads the command line, in this repository and from an installed copy alike, which has no
 conftest.py; a test (densenet_opt/bench.py, tests/test_budgets.py) reaches them by naming them
@@ -45,7 +46,7 @@ TEST_KINDS = {
 ALL_KINDS_OPTION = "--all-kinds"
 # A test over one of the plugin's sweep fixtures is of kind "sweep" without a mark (the
 # benchmark in densenet_opt/bench.py is the package's, which knows no marks of ours).
-SWEEP_FIXTURES = frozenset({"sweep", "engine_config"})
+SWEEP_FIXTURES = frozenset({"sweep", "workbench", "engine_config"})
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -139,18 +140,18 @@ def densenet_state_dict(densenet: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def eval_images(request: pytest.FixtureRequest, sweep) -> torch.Tensor:
-    """The first images of the session's evaluation set (``sweep``, the plugin's fixture):
+def eval_images(request: pytest.FixtureRequest, workbench) -> torch.Tensor:
+    """The first images of the session's evaluation set (``workbench``, the plugin's fixture):
     the test module's ``BATCH`` of them (4 if it has none), at most the whole set."""
     count = getattr(request.module, "BATCH", 4)
-    return sweep.eval_set.head(min(count, len(sweep.eval_set)))
+    return workbench.eval_set.head(min(count, len(workbench.eval_set)))
 
 
 @pytest.fixture(scope="module")
-def reference_logits(sweep, eval_images: torch.Tensor) -> torch.Tensor:
+def reference_logits(workbench, eval_images: torch.Tensor) -> torch.Tensor:
     """The fp32 reference model's logits on ``eval_images``: what a variant is compared with."""
     with torch.inference_mode():
-        return sweep.reference_model()(eval_images)
+        return workbench.reference_model()(eval_images)
 
 
 # ---------------------------------------------------------------------------------------

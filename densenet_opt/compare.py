@@ -5,7 +5,7 @@ per **side**: the *head* (by default the working tree this process runs from) an
 *base* (a git revision, another source tree, or the same tree under another Python
 environment, e.g. one that differs in one dependency). Each side's worker imports
 ``densenet_opt`` from its own tree (PYTHONPATH) and builds its engines with that tree's
-code (``Sweep.build_engine``) into its own cache directory, so that no artifact built by
+code (``Workbench.build_engine``) into its own cache directory, so that no artifact built by
 one side is reused by the other. The coordinator then times the two engines of a config
 **interleaved**: round i runs base then head, round i+1 head then base (ABBA order, so
 neither side always runs first), each round one call on the same input batch timed in its
@@ -40,19 +40,23 @@ from densenet_opt.verdict import Verdict, judge, verdicts_csv
 COMPARE_FILE = "compare.csv"
 PROTOCOL = "@@densenet-opt-compare "
 # The worker: runs in each side's interpreter with that side's tree first on the path, so
-# it may only use what both versions have (options_from_mapping, Sweep.build_engine and
-# Sweep.input_batch). One JSON request per line on stdin, one PROTOCOL line per answer.
+# it may only use what both versions have (options_from_mapping, build_engine and
+# input_batch: a Workbench's, or in a version older than workbench.py a Sweep's). One JSON
+# request per line on stdin, one PROTOCOL line per answer.
 WORKER = r'''
 import json, sys, time, traceback
 import densenet_opt
 from densenet_opt.config import options_from_mapping
-from densenet_opt.sweep import Sweep
+try:
+    from densenet_opt.workbench import Workbench
+except ImportError:  # a version from before the split: the Sweep built engines
+    from densenet_opt.sweep import Sweep as Workbench
 
 def answer(**values):
     print("@@densenet-opt-compare " + json.dumps(values), flush=True)
 
 options = options_from_mapping(json.loads(sys.argv[1]))
-sweep = Sweep(options, progress=lambda message: print(message, file=sys.stderr, flush=True))
+workbench = Workbench(options, progress=lambda message: print(message, file=sys.stderr, flush=True))
 answer(ready=True, package=densenet_opt.__file__)
 engines, batches = {}, {}
 for line in sys.stdin:
@@ -60,8 +64,8 @@ for line in sys.stdin:
     try:
         if request["do"] == "build":
             key = (request["variant"], request["batch_size"])
-            engines[key] = sweep.build_engine(*key)
-            batches[key] = sweep.input_batch(request["batch_size"])
+            engines[key] = workbench.build_engine(*key)
+            batches[key] = workbench.input_batch(request["batch_size"])
             answer(built=True)
         elif request["do"] == "round":
             key = (request["variant"], request["batch_size"])

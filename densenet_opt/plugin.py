@@ -1,4 +1,4 @@
-"""The pytest plugin: the sweep's options, fixtures and hooks; the logic lives in sweep.py.
+"""The pytest plugin: the sweep's options, fixtures and hooks; the logic lives in sweep.py and workbench.py.
 
 Registered through the ``pytest11`` entry point in pyproject.toml, so the options exist
 before pytest parses the command line (``pytest --benchmark-only --imagenet-val /data/val``
@@ -6,7 +6,8 @@ works with the path as a separate argument, from any directory) and an installed
 needs no conftest.py. ``densenet-opt sweep`` runs the same plugin in-process and hands it
 the options it has already parsed (``OptionsHandover``), so they are parsed once.
 
-Fixtures: ``sweep`` (one :class:`~densenet_opt.sweep.Sweep` per session) and
+Fixtures: ``sweep`` (one :class:`~densenet_opt.sweep.Sweep` per session), ``workbench``
+(its :class:`~densenet_opt.workbench.Workbench`: weights, data, the fp32 reference) and
 ``engine_config`` (one engine per (variant, batch size), parametrized from the options).
 """
 
@@ -24,8 +25,10 @@ from densenet_opt.config import SweepOptions, add_sweep_options, options_from_ma
 from densenet_opt.errors import UserError, VariantUnavailable
 from densenet_opt.report import utc_timestamp
 from densenet_opt.measure.env import machine_kind, software_versions
-from densenet_opt.sweep import OLDER_VERSION, Sweep, preflight
+from densenet_opt.resume import OLDER_VERSION, resume_plan
+from densenet_opt.sweep import Sweep, preflight
 from densenet_opt.variants import Engine
+from densenet_opt.workbench import Workbench
 
 OPTIONS_KEY = pytest.StashKey[SweepOptions]()
 ENGINE_FIXTURE = "engine_config"
@@ -239,7 +242,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                    [(variant, size) for variant in options.variants for size in options.batch_sizes])
         if options.resume:
             try:
-                done, stale = Sweep(options).resume_plan(set(configs))
+                done, stale = resume_plan(Workbench(options), set(configs))
             except UserError as error:  # the weights or data it compares with: one sentence
                 raise pytest.UsageError(str(error)) from None
             configs = [config for config in configs if config not in done]
@@ -278,6 +281,13 @@ def sweep(pytestconfig: pytest.Config) -> Iterator[Sweep]:
 
 
 @pytest.fixture(scope="session")
+def workbench(sweep: Sweep) -> Workbench:
+    """The session sweep's Workbench, for tests that build engines or read the evaluation
+    data without measuring: its weights, images and reference are the sweep's own."""
+    return sweep.workbench
+
+
+@pytest.fixture(scope="session")
 def engine_config(request: pytest.FixtureRequest, sweep: Sweep) -> Iterator[EngineConfig]:
     """Built once per session and shared by every test of that config; skipped with the
     reason when the variant cannot run here (VariantUnavailable) or would not fit in the
@@ -298,9 +308,9 @@ def engine_config(request: pytest.FixtureRequest, sweep: Sweep) -> Iterator[Engi
         searching.remove(search)
     sweep.progress(f"{clock.status()} building {variant} for batch {batch_size} on {sweep.device.type}")
     clock.start(variant, batch_size, searching)
-    shared_before = sweep.shared_setup_s
+    shared_before = sweep.workbench.shared_setup_s
     try:
-        engine = sweep.build_engine(variant, batch_size)
+        engine = sweep.workbench.build_engine(variant, batch_size)
     except VariantUnavailable as reason:
         clock.skip(variant, batch_size)  # not a measured time: it would skew the estimates
         pytest.skip(f"{variant} at batch {batch_size} on {sweep.device.type}: {reason}")
@@ -314,7 +324,7 @@ def engine_config(request: pytest.FixtureRequest, sweep: Sweep) -> Iterator[Engi
         raise
     yield EngineConfig(variant, batch_size, engine)
     engine.close()
-    clock.finish(shared_s=sweep.shared_setup_s - shared_before)
+    clock.finish(shared_s=sweep.workbench.shared_setup_s - shared_before)
     schedule.save_history(sweep.options.cache_dir, sweep.options.device, schedule.history_profile(sweep.options), clock)
 
 

@@ -27,7 +27,7 @@ from densenet_opt import atomic
 from densenet_opt.config import SweepOptions
 from densenet_opt.errors import UserError, VariantUnavailable
 from densenet_opt.report import OUTPUT_OPTION
-from densenet_opt.sweep import Sweep
+from densenet_opt.workbench import Workbench
 
 PROFILES_DIR = "profiles"
 TENSORBOARD_DIR = "tensorboard"
@@ -110,21 +110,21 @@ def cuda_memory_history(path: Path, max_entries: int = MEMORY_HISTORY_ENTRIES) -
 def profile_configs(options: SweepOptions, rounds: int = DEFAULT_ROUNDS, memory_snapshot: bool = False,
                     progress: Callable[[str], None] = print) -> list[ProfileFiles]:
     """Build each (variant, batch size) engine of ``options`` as the sweep does and profile it."""
-    sweep = Sweep(options, progress=progress)
-    cuda = sweep.device.type == "cuda"
+    workbench = Workbench(options, progress=progress)
+    cuda = workbench.device.type == "cuda"
     if memory_snapshot and not cuda:
         raise UserError("--memory-snapshot records CUDA allocations: use it with --device cuda on a machine with a GPU")
     out_dir = options.output_dir / PROFILES_DIR
     written = []
     for variant in options.variants:
         for batch_size in options.batch_sizes:
-            name = config_name(variant, batch_size, sweep.device.type)
+            name = config_name(variant, batch_size, workbench.device.type)
             progress(f"profiling {name}")
             snapshot = out_dir / f"{name}.memory.pickle"
             try:
                 with cuda_memory_history(snapshot) if memory_snapshot else nullcontext():
-                    engine = sweep.build_engine(variant, batch_size)
-                    batch = sweep.input_batch(batch_size)
+                    engine = workbench.build_engine(variant, batch_size)
+                    batch = workbench.input_batch(batch_size)
                     if memory_snapshot:  # the snapshot covers the build and a few calls
                         for _ in range(rounds):
                             engine(batch)

@@ -1,41 +1,40 @@
-"""One sweep's shared state: weights, data, reference logits, and turning measurements into rows.
+"""The sweep's measurement: time, score and probe one config, and turn it into a written Row.
 
-The CLI, nox and pytest all go through this class; the pytest fixtures only wire it up.
+Sweep holds a Workbench (workbench.py: weights, data, the fp32 reference, engine building)
+and adds what only measuring needs: the timed rounds, each variant's fidelity, the
+fresh-process probe, the rows and their faults. The CLI, nox and pytest all go through it;
+the pytest fixtures only wire it up.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import gc
 import tempfile
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from functools import cached_property
 
 import torch
 
 from densenet_opt import baselines, data, model
-from densenet_opt.accuracy import ACCURACY, SYNTHETIC_ACCURACY, UNDEFINED_RELATIVE_ERROR, Fidelity, fidelity, predict
+from densenet_opt.accuracy import ACCURACY, UNDEFINED_RELATIVE_ERROR, Fidelity, fidelity, predict
 from densenet_opt.config import SweepOptions
-from densenet_opt.flops import count_flops
 from densenet_opt.errors import UserError
 from densenet_opt.faults import classify_fault
 from densenet_opt.measure.contention import Contention, PressureMark, free_cores
-from densenet_opt.measure.env import environment_info, machine_kind, machine_name
+from densenet_opt.measure.env import environment_info, machine_name
 from densenet_opt.measure.memory import MIB
 from densenet_opt.measure.probe import ProbeResult, run_probe
 from densenet_opt.measure.timing import LatencyStats, PairedSpeedup, benchmark_call, per_round_text
 from densenet_opt.report import (
-    BASELINE, OK, OUT_OF_MEMORY, RESULTS_FILE, SKIPPED_FOR_TIME, Row, printable_path_text, read_rows,
-    top1_of_fp32_columns, upsert_row, utc_timestamp,
+    BASELINE, OK, OUT_OF_MEMORY, RESULTS_FILE, SKIPPED_FOR_TIME, Row, top1_of_fp32_columns, upsert_row, utc_timestamp,
 )
-from densenet_opt.variants import BuildContext, Engine, get_variant, parse_variant_options
-from densenet_opt.variants.torch_engine import TorchEngine
+from densenet_opt.resume import completed_rows
+from densenet_opt.variants import Engine, get_variant
+from densenet_opt.workbench import Workbench, calibration_shortage
 
 MODEL_NAME = "Densenet121"
-# Largest batch the fp32 reference logits are computed at (see Sweep.reference_batch_size).
-MAX_REFERENCE_BATCH = 32
 
 
 def preflight(options: SweepOptions) -> None:
@@ -70,19 +69,6 @@ def preflight(options: SweepOptions) -> None:
         model.check_compatible(model.densenet121(weights=None).state_dict(), weights)
 
 
-def calibration_shortage(options: SweepOptions, count: int, variant: str | None = None) -> str:
-    """The sentence for a data set with fewer than ``count`` images beyond the evaluated ones."""
-    have = data.count_samples(options.imagenet_val, options.ground_truth)
-    who = f"{variant} calibrates on" if variant else "a variant's calibration (and any search) needs"
-    return (f"{who} {count} images beyond the --num-samples {options.num_samples} evaluated ones, but "
-            f"{printable_path_text(str(options.imagenet_val))} has {have} usable images: lower --calibration-samples or --num-samples, "
-            "or point --imagenet-val at a larger folder")
-
-
-# Sweep.resume_mismatch's answer for a row written before rows recorded their inputs.
-OLDER_VERSION = "older version"
-
-
 class ConfigFault(Exception):
     """A config's measurement ended in a fault that is itself a result (``status``: out of
     memory, NaN logits); its row is already written. Raised by Sweep.measure."""
@@ -93,9 +79,10 @@ class ConfigFault(Exception):
 
 
 class Sweep:
-    """One sweep's shared state (weights, evaluation data, fp32 reference logits, probes)
-    and the measurement of one (variant, batch size): what the pytest plugin, the CLI and
-    nox all go through."""
+    """The measurement of one (variant, batch size) over a Workbench (``workbench``: the
+    weights, data, fp32 reference and engine building it delegates to): fidelity once per
+    variant, the fresh-process probe once per config, the timed rounds, the rows. What the
+    pytest plugin, the CLI and nox all go through."""
 
     def __init__(
         self, options: SweepOptions, progress: Callable[[str], None] = print,
@@ -103,112 +90,26 @@ class Sweep:
     ) -> None:
         """``wrap_engine(variant, batch_size, engine)`` may replace every engine this sweep
         builds for measuring (the pytest plugin passes its ``pytest_densenet_opt_engine`` hook)."""
+        self.workbench = Workbench(options, progress=progress, wrap_engine=wrap_engine)
         self.options = options
-        self.device = torch.device(options.device)
+        self.device = self.workbench.device
         self.progress = progress
-        self.wrap_engine = wrap_engine or (lambda variant, batch_size, engine: engine)
         self.default_torch_threads = torch.get_num_threads()  # OMP_NUM_THREADS, else the usable cores
-        # Seconds spent on what every config shares and the first one pays for: resolving
-        # (or building) the weights and the fp32 reference logits. The clock leaves it out
-        # of that config's time, which estimates the others (schedule.SweepClock).
-        self.shared_setup_s = 0.0
         self._fidelity: dict[str, Fidelity] = {}
         self._probes: dict[tuple[str, int], ProbeResult] = {}
         self._paired_baselines: dict[int, Engine] = {}
-        # Per variant: --variant-options the time budget set (a search skipped), and why.
-        self._overrides: dict[str, dict[str, str]] = {}
+        # Per variant: why the time budget changed its --variant-options (a search skipped).
         self._override_reasons: dict[str, list[str]] = {}
 
     def override_options(self, variant: str, values: dict[str, str], reason: str) -> None:
         """Build ``variant`` with these --variant-options on top of the user's (a search
         skipped for the time budget); ``reason`` goes into its rows' engine_info."""
-        self._overrides.setdefault(variant, {}).update(values)
+        self.workbench.override_options(variant, values)
         self._override_reasons.setdefault(variant, []).append(reason)
 
     def searches_skipped(self, variant: str) -> bool:
         """Whether the time budget changed how ``variant`` is built."""
-        return variant in self._overrides
-
-    def options_for(self, variant: str) -> SweepOptions:
-        """The options ``variant`` is built and probed with: the user's, with its overrides."""
-        extra = self._overrides.get(variant)
-        if not extra:
-            return self.options
-        return dataclasses.replace(self.options, variant_options={**self.options.variant_options, **extra})
-
-    @cached_property
-    def weights(self) -> model.Weights:
-        started = time.perf_counter()
-        try:
-            return model.resolve_weights(
-                self.options.weights,
-                cache_dir=self.options.cache_dir,
-                allow_pickle=self.options.allow_unsafe_weights,
-                progress=self.progress,
-            )
-        finally:
-            self.shared_setup_s += time.perf_counter() - started
-
-    @cached_property
-    def _reference(self) -> torch.nn.Module:
-        return model.build_model(self.weights)
-
-    def reference_model(self) -> torch.nn.Module:
-        """A private fp32 copy on the CPU: variants may change it in place."""
-        return copy.deepcopy(self._reference)
-
-    @cached_property
-    def eval_set(self) -> data.EvalStream:
-        """The ``num_samples`` evaluation images as a stream (listed now, decoded by
-        ``--data-workers`` processes each time accuracy is measured): memory does not grow
-        with num_samples, except for the logits kept (4 KB an image)."""
-        eval_set = data.open_eval_stream(
-            self.options.imagenet_val, self.options.num_samples, ground_truth=self.options.ground_truth,
-            num_workers=self.options.data_workers,
-        )
-        self.progress(f"evaluation data: {eval_set.source}, decoded by {eval_set.num_workers} worker(s) as it is used")
-        return eval_set
-
-    @property
-    def accuracy_kind(self) -> str | None:
-        """What the labels measure: ACCURACY for a trained network on ImageNet images,
-        SYNTHETIC_ACCURACY for the synthetic weights on synthetic images (their head was
-        fitted to those pseudo-classes: synthetic.py); None where labels mean nothing (a
-        trained network on synthetic images, random weights on ImageNet): agreement only."""
-        labels = self.eval_set.label_kind
-        if self.weights.trained and labels == data.IMAGENET_LABELS:
-            return ACCURACY
-        if self.weights.source == model.SYNTHETIC and labels == data.SYNTHETIC_LABELS:
-            return SYNTHETIC_ACCURACY
-        return None
-
-    def calibration_images(self, count: int) -> torch.Tensor:
-        """Images from the same source as the evaluated ones, but never the same images.
-        Raises UserError naming the options to change when the data set has too few."""
-        if self.options.imagenet_val is not None:
-            try:
-                data.select_samples(self.options.imagenet_val, count, skip=self.options.num_samples,
-                                    ground_truth=self.options.ground_truth)
-            except UserError:
-                raise UserError(calibration_shortage(self.options, count)) from None
-        return data.load_eval_set(
-            self.options.imagenet_val, count, skip=self.options.num_samples, ground_truth=self.options.ground_truth
-        ).images
-
-    def build_context(self, batch_size: int, variant: str | None = None) -> BuildContext:
-        options = self.options if variant is None else self.options_for(variant)
-        return BuildContext(
-            device=self.device,
-            batch_size=batch_size,
-            reference_model=self.reference_model,
-            calibration_images=self.calibration_images,
-            calibration_samples=self.options.calibration_samples,
-            weights_key=self.weights.key,
-            cache_dir=self.options.cache_dir,
-            options=parse_variant_options(options.variant_options),
-            progress=self.progress,
-            report_dir=self.options.output_dir,
-        )
+        return variant in self._override_reasons
 
     def measure(self, variant: str, batch_size: int, engine: Engine, benchmark) -> Row | None:
         """Measure one config and write its row: fidelity (once per variant), memory and cold
@@ -222,7 +123,7 @@ class Sweep:
         try:
             accuracy = self.fidelity(variant, engine, batch_size)
             memory = self.probe(variant, batch_size)
-            batch = self.input_batch(batch_size)
+            batch = self.workbench.input_batch(batch_size)
             timed = self._time(variant, batch_size, engine, batch, benchmark)
         except Exception as error:
             status = self.record_fault(variant, batch_size, error)
@@ -308,7 +209,7 @@ class Sweep:
         batch size and kept until ``close``."""
         if batch_size not in self._paired_baselines:
             self.progress(f"building the paired baseline engine for batch {batch_size}")
-            self._paired_baselines[batch_size] = self.build_engine(BASELINE, batch_size)
+            self._paired_baselines[batch_size] = self.workbench.build_engine(BASELINE, batch_size)
         return self._paired_baselines[batch_size]
 
     def close(self) -> None:
@@ -317,89 +218,25 @@ class Sweep:
             engine.close()
         self._paired_baselines.clear()
 
-    def build_engine(self, variant: str, batch_size: int) -> Engine:
-        """The engine of one config, passed through ``wrap_engine``; raises
-        VariantUnavailable when the variant cannot run on this device."""
-        engine = get_variant(variant).build_engine(self.build_context(batch_size, variant))
-        return self.wrap_engine(variant, batch_size, engine)
-
-    def input_batch(self, batch_size: int) -> torch.Tensor:
-        """The timed batch, float32 [batch_size,3,224,224]: the first images of the evaluation
-        set (repeated if it is smaller), decoded and prepared outside any timed region;
-        pinned on CUDA so the copy in is as fast as it can be."""
-        count = min(batch_size, len(self.eval_set))
-        images = self.eval_set.head(count)
-        batch = images[torch.arange(batch_size) % count].contiguous()
-        return batch.pin_memory() if self.device.type == "cuda" else batch
-
-    @property
-    def reference_batch_size(self) -> int:
-        """The batch the fp32 reference starts at: the largest timed batch size, at most
-        MAX_REFERENCE_BATCH (eager fp32 accepts any batch, so this is only a speed choice)."""
-        return min(max(self.options.batch_sizes), MAX_REFERENCE_BATCH)
-
-    @cached_property
-    def reference_logits(self) -> torch.Tensor:
-        """The fp32 model's logits, float32 [num_samples, 1000], over the same image stream
-        the variants are evaluated on. Halves its batch on out of memory (down to 1): a batch
-        size too large for this machine must cost only its own row, never the reference that
-        every other config is compared with."""
-        engine = TorchEngine(self.reference_model().to(self.device), self.device, model_size_bytes=0)
-        batch_size = self.reference_batch_size
-        started = time.perf_counter()
-        try:
-            while True:
-                self.progress(f"fp32 reference logits on {len(self.eval_set)} images at batch {batch_size}")
-                try:
-                    return predict(engine, self.eval_set, batch_size)
-                except Exception as error:
-                    if batch_size == 1 or classify_fault(error) != OUT_OF_MEMORY:
-                        raise
-                    gc.collect()
-                    if self.device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    batch_size //= 2
-        finally:
-            engine.close()
-            self.shared_setup_s += time.perf_counter() - started
-
     def fidelity(self, variant: str, engine: Engine, batch_size: int) -> Fidelity:
         """Measured once per variant, with the first engine the sweep builds for it, at that
         engine's batch size (an engine built for a static shape accepts no other), streaming
         the evaluation images: only the logits, float32 [num_samples, 1000], are kept."""
         if variant not in self._fidelity:
-            reference = self.reference_logits
-            self.progress(f"{variant}: accuracy over {len(self.eval_set)} images at batch {batch_size}")
-            logits = predict(engine, self.eval_set, batch_size)
-            self._fidelity[variant] = fidelity(logits, reference, self._labels, self.accuracy_kind or ACCURACY)
+            workbench = self.workbench
+            reference = workbench.reference_logits
+            self.progress(f"{variant}: accuracy over {len(workbench.eval_set)} images at batch {batch_size}")
+            logits = predict(engine, workbench.eval_set, batch_size)
+            self._fidelity[variant] = fidelity(logits, reference, workbench.labels, workbench.accuracy_kind or ACCURACY)
         return self._fidelity[variant]
-
-    @property
-    def _labels(self) -> torch.Tensor | None:
-        return self.eval_set.labels if self.accuracy_kind else None
-
-    @cached_property
-    def reference_fidelity(self) -> Fidelity:
-        """The fp32 reference's own accuracy: what accuracy drops are measured against."""
-        return fidelity(self.reference_logits, self.reference_logits, self._labels, self.accuracy_kind or ACCURACY)
 
     def probe(self, variant: str, batch_size: int) -> ProbeResult:
         """Measured once per config in a fresh process, shared by every test of it."""
         key = (variant, batch_size)
         if key not in self._probes:
             self.progress(f"{variant} batch {batch_size}: memory and cold start in a fresh process")
-            self._probes[key] = run_probe(self.options_for(variant), variant, batch_size)
+            self._probes[key] = run_probe(self.workbench.options_for(variant), variant, batch_size)
         return self._probes[key]
-
-    @cached_property
-    def reference_gflops_per_image(self) -> float:
-        return count_flops(self._reference) / 1e9
-
-    def gflops_per_image(self, engine: Engine) -> float:
-        """The variant's own count where its graph differs (structured pruning); otherwise the
-        reference's, since FlopCounterMode cannot see int8, ONNX Runtime or compiled kernels
-        and the same arithmetic at another precision is the same work."""
-        return float(engine.info.get("gflops_per_image", self.reference_gflops_per_image))
 
     @cached_property
     def environment(self) -> dict[str, str]:
@@ -412,7 +249,7 @@ class Sweep:
         """The results row of one measured config (Row rounds as the CSV keeps it). Its
         speedup_vs_baseline is left empty: report.with_speedups fills it in from the
         file's baseline row when the row is written (write_row)."""
-        gflops = self.gflops_per_image(engine)
+        gflops = self.workbench.gflops_per_image(engine)
         throughput = batch_size * 1e3 / latency.mean_ms
         return Row(
             model_name=MODEL_NAME,
@@ -440,10 +277,10 @@ class Sweep:
             agreement_top_1=accuracy.agreement_top_1,
             **top1_of_fp32_columns(accuracy.top1_of_fp32),
             logit_relative_error=accuracy.relative_error,
-            num_samples=len(self.eval_set),
-            weights=self.weights.source,
-            data=self.eval_set.source,
-            inputs=self.inputs_of(variant),
+            num_samples=len(self.workbench.eval_set),
+            weights=self.workbench.weights.source,
+            data=self.workbench.eval_set.source,
+            inputs=self.workbench.inputs_of(variant),
             vram_torch_peak_mb=memory.vram_torch_peak_mb,
             cold_start_ms=memory.cold_start_ms,
             engine_info=";".join(f"{k}={v}" for k, v in {
@@ -464,60 +301,9 @@ class Sweep:
         """The ``machine`` column of this sweep's rows: --machine-label, else the host name."""
         return machine_name(self.options.machine_label)
 
-    def completed_rows(self) -> list[Row]:
-        """Rows of this device, machine and machine kind (or of no named machine or kind:
-        files of older versions) already in the output directory that measured successfully."""
-        rows = read_rows(self.options.output_dir / RESULTS_FILE)
-        kind = machine_kind(self.device)
-        return [r for r in rows if r.device == self.device.type and r.status == OK and r.machine in (None, self.machine)
-                and r.machine_kind in (None, kind)]
-
     def completed_configs(self) -> set[tuple[str, int]]:
-        return {(r.variant, r.batch_size) for r in self.completed_rows()}
-
-    def inputs_of(self, variant: str) -> str:
-        """The ``inputs`` column of ``variant``'s rows: the weights' key (their bytes), the
-        calibration images (--calibration-samples, for a variant that calibrates) and the
-        variant's own options (its parts' and shared prefixes' keys of --variant-options,
-        with this run's overrides)."""
-        parts = get_variant(variant).parts or (get_variant(variant),)
-        names = {part.name for part in parts} | {part.shared_prefix for part in parts if part.shared_prefix}
-        given = self.options_for(variant).variant_options
-        own = ",".join(sorted(f"{key}={value}" for key, value in given.items() if key.partition(".")[0] in names))
-        calibration = self.options.calibration_samples if get_variant(variant).calibrates else "none"
-        return f"weights={self.weights.key};calibration={calibration};options={own}"
-
-    def resume_mismatch(self, row: Row) -> str | None:
-        """Why ``row`` (a completed row of this device, machine and kind) was not measured
-        with this run's inputs: the option that differs, or None when it was."""
-        if row.inputs is None:
-            return OLDER_VERSION
-        recorded = dict(part.partition("=")[::2] for part in row.inputs.split(";"))
-        current = dict(part.partition("=")[::2] for part in self.inputs_of(row.variant).split(";"))
-        for key, option in (("weights", "--weights"), ("calibration", "--calibration-samples"), ("options", "--variant-options")):
-            if recorded.get(key) != current[key]:
-                return option
-        if row.num_samples != self.options.num_samples:
-            return "--num-samples"
-        if row.data != printable_path_text(self.eval_set.source):  # as the row holds it
-            return "--imagenet-val"
-        return None
-
-    def resume_plan(self, configs: Collection[tuple[str, int]]) -> tuple[set[tuple[str, int]], dict[str, list[tuple[str, int]]]]:
-        """--resume over ``configs`` (this run's): those whose completed row was measured with
-        this run's inputs (skipped), and the others by the option that differs (measured
-        again; OLDER_VERSION for rows that recorded no inputs)."""
-        done: set[tuple[str, int]] = set()
-        stale: dict[str, list[tuple[str, int]]] = {}
-        for row in self.completed_rows():
-            if (row.variant, row.batch_size) not in configs:
-                continue
-            differs = self.resume_mismatch(row)
-            if differs is None:
-                done.add((row.variant, row.batch_size))
-            else:
-                stale.setdefault(differs, []).append((row.variant, row.batch_size))
-        return done, stale
+        """The (variant, batch size) of resume.completed_rows: measured in the output directory."""
+        return {(r.variant, r.batch_size) for r in completed_rows(self.options)}
 
     def record_skipped_for_time(self, variant: str, batch_size: int, reason: str) -> None:
         """Write the row of a config not started because it would not fit in --time-budget,

@@ -159,14 +159,14 @@ def test_labels_of_another_kind_keep_their_kind() -> None:
     assert fidelity(logits, logits, None, SYNTHETIC_ACCURACY).kind == AGREEMENT  # no labels: agreement
 
 
-def test_synthetic_weights_are_scored_against_the_pseudo_classes(sweep) -> None:
+def test_synthetic_weights_are_scored_against_the_pseudo_classes(workbench) -> None:
     """The labelled task offline (docs/numbers.md#synthetic-weights-what-agreement-does-and-does-not-say):
     the synthetic head was fitted to the pseudo-classes, so the reference's own accuracy on
     held-out synthetic images means something (83.2% top-1 / 93.8% top-5 measured over 256 of them)."""
-    if sweep.weights.source != "synthetic" or sweep.eval_set.label_kind != SYNTHETIC_LABELS:
+    if workbench.weights.source != "synthetic" or workbench.eval_set.label_kind != SYNTHETIC_LABELS:
         pytest.skip("the sweep runs on real weights or images: covered by the ImageNet tests")
-    assert sweep.accuracy_kind == SYNTHETIC_ACCURACY
-    reference = sweep.reference_fidelity
+    assert workbench.accuracy_kind == SYNTHETIC_ACCURACY
+    reference = workbench.reference_fidelity
     assert reference.kind == SYNTHETIC_ACCURACY and reference.agreement_top_1 == 100.0
     assert reference.top1 >= 60.0 and reference.top5 >= reference.top1
 

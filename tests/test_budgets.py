@@ -18,7 +18,7 @@ def budgets(sweep) -> dict[str, Budget]:
 def test_fidelity_within_budget(sweep, engine_config, budgets) -> None:
     budget = budget_for(budgets, engine_config.variant)
     measured = sweep.fidelity(engine_config.variant, engine_config.engine, engine_config.batch_size)
-    violations = budget.fidelity_violations(measured, sweep.reference_fidelity)
+    violations = budget.fidelity_violations(measured, sweep.workbench.reference_fidelity)
     violations += budget.size_violations(engine_config.engine.model_size_bytes / MIB)
     assert not violations, "\n".join(violations)
 

@@ -29,7 +29,7 @@ SLOWED = textwrap.dedent('''
     # Injected by tests/test_compare.py: every pruned call takes 1.3x its own time.
     import time as _time
 
-    _unslowed_build_engine = Sweep.build_engine
+    _unslowed_build_engine = Workbench.build_engine
 
 
     def _slowed_build_engine(self, variant, batch_size):
@@ -45,7 +45,7 @@ SLOWED = textwrap.dedent('''
         return call
 
 
-    Sweep.build_engine = _slowed_build_engine
+    Workbench.build_engine = _slowed_build_engine
 ''')
 
 
@@ -63,7 +63,7 @@ def verdicts(tmp_path: Path, name: str) -> dict[str, str]:
 def test_a_head_with_pruned_30_percent_slower_names_pruned(tmp_path: Path) -> None:
     slowed = tmp_path / "slowed"
     shutil.copytree(REPOSITORY / "densenet_opt", slowed / "densenet_opt", ignore=shutil.ignore_patterns("__pycache__"))
-    with (slowed / "densenet_opt" / "sweep.py").open("a") as f:
+    with (slowed / "densenet_opt" / "workbench.py").open("a") as f:
         f.write(SLOWED)
     result = run_compare(tmp_path, "slowed", "--base", str(REPOSITORY), "--head", str(slowed), "--rounds", "20")
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-2000:]

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from densenet_opt.accuracy import fidelity
 from densenet_opt.errors import UserError, VariantUnavailable
-from densenet_opt.sweep import Sweep
+from densenet_opt.workbench import Workbench
 from densenet_opt.variants import BuildContext, Engine, get_variant, parse_variant_options
 from densenet_opt.variants.onnx import builders as ort_variants
 from densenet_opt.variants.onnx import export as onnx_export
@@ -86,8 +86,8 @@ def settings(variant: str, options: dict[str, str]) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def ctx(sweep: Sweep) -> BuildContext:
-    context = sweep.build_context(BATCH)
+def ctx(workbench: Workbench) -> BuildContext:
+    context = workbench.build_context(BATCH)
     # At most CI's count (its sweep then has calibrated the same model already): the
     # int8 graph's structure does not depend on it, and 128 images take minutes here.
     calibration = min(context.calibration_samples, CALIBRATION_SAMPLES_MAX)
@@ -143,8 +143,8 @@ def test_engine_records_provider_and_build_times(fp32_engine) -> None:
     assert not any(";" in value or "=" in value for value in info.values())  # engine_info is k=v;k=v
 
 
-def test_model_size_is_the_whole_model(fp32_engine, fp32_model, sweep: Sweep) -> None:
-    parameters = sum(p.numel() for p in sweep.reference_model().parameters())
+def test_model_size_is_the_whole_model(fp32_engine, fp32_model, workbench: Workbench) -> None:
+    parameters = sum(p.numel() for p in workbench.reference_model().parameters())
     assert fp32_engine.model_size_bytes == model_size_bytes(fp32_model.path)
     # Every fp32 weight is in there (less the BatchNorms folded into convs).
     assert fp32_engine.model_size_bytes > 0.95 * parameters * 4

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from densenet_opt.errors import UserError
-from densenet_opt.sweep import Sweep
+from densenet_opt.workbench import Workbench
 from densenet_opt.variants import BuildContext, get_variant, parse_variant_options
 from densenet_opt.variants.onnx import builders as ort_variants
 from densenet_opt.variants.onnx.builders import ONNX_INT8
@@ -73,8 +73,8 @@ def test_bad_option_values_are_one_sentence(key: str, value: str, says: str) -> 
 
 
 @pytest.fixture(scope="module")
-def ctx(sweep: Sweep) -> BuildContext:
-    context = sweep.build_context(4)
+def ctx(workbench: Workbench) -> BuildContext:
+    context = workbench.build_context(4)
     return dataclasses.replace(
         context, device=torch.device("cpu"), calibration_samples=CALIBRATION, progress=lambda message: None,
         options=parse_variant_options(SEARCH_OPTIONS),

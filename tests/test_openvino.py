@@ -14,7 +14,7 @@ import torch
 
 from densenet_opt.accuracy import fidelity
 from densenet_opt.errors import UserError, VariantUnavailable
-from densenet_opt.sweep import Sweep
+from densenet_opt.workbench import Workbench
 from densenet_opt.variants import BuildContext, get_variant, parse_variant_options
 from densenet_opt.variants.openvino import (
     IR_FILES,
@@ -182,8 +182,8 @@ def ov():
 
 
 @pytest.fixture(scope="module")
-def ctx(sweep: Sweep, ov) -> BuildContext:
-    context = sweep.build_context(BATCH)
+def ctx(workbench: Workbench, ov) -> BuildContext:
+    context = workbench.build_context(BATCH)
     return dataclasses.replace(context, device=torch.device("cpu"), calibration_samples=CALIBRATION,
                                progress=lambda message: None,
                                options=parse_variant_options({"openvino_int8.accuracy_control": "off"}))

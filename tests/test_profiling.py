@@ -84,12 +84,12 @@ def test_profile_command_bad_input_is_one_sentence(tmp_path: Path, capsys, args:
 
 @pytest.mark.slow
 def test_an_unavailable_variant_is_skipped_with_its_reason(tmp_path: Path, monkeypatch, capsys) -> None:
-    from densenet_opt.sweep import Sweep
+    from densenet_opt.workbench import Workbench
 
     def unavailable(self, variant, batch_size):
         raise VariantUnavailable("needs CUDA")
 
-    monkeypatch.setattr(Sweep, "build_engine", unavailable)
+    monkeypatch.setattr(Workbench, "build_engine", unavailable)
     code = cli.main(["profile", "--device", "cpu", "--variants", "baseline", "--batch-sizes", "1", "--output-dir", str(tmp_path)])
     captured = capsys.readouterr()
     assert "skipped baseline-bs1-cpu: needs CUDA" in captured.out

@@ -16,7 +16,8 @@ from densenet_opt import data
 from densenet_opt.accuracy import fidelity, predict
 from densenet_opt.config import options_from_mapping
 from densenet_opt.errors import UserError
-from densenet_opt.sweep import MAX_REFERENCE_BATCH, Sweep, preflight
+from densenet_opt.sweep import preflight
+from densenet_opt.workbench import MAX_REFERENCE_BATCH, Workbench
 
 WNIDS = ("n01440764", "n01443537", "n01484850")  # torchvision classes 0, 1, 2
 
@@ -205,13 +206,13 @@ def test_peak_memory_of_a_streamed_evaluation_does_not_grow_with_n() -> None:
 
 @pytest.mark.slow
 def test_the_reference_runs_at_a_bounded_batch_and_halves_it_on_out_of_memory(tmp_path: Path, monkeypatch) -> None:
-    def sweep(sizes: str) -> Sweep:
-        return Sweep(options_from_mapping({"batch_sizes": sizes, "variants": "baseline", "device": "cpu",
-                                           "output_dir": str(tmp_path), "num_samples": "4",
-                                           "data_workers": "0"}), progress=lambda message: None)
+    def workbench(sizes: str) -> Workbench:
+        return Workbench(options_from_mapping({"batch_sizes": sizes, "variants": "baseline", "device": "cpu",
+                                               "output_dir": str(tmp_path), "num_samples": "4",
+                                               "data_workers": "0"}), progress=lambda message: None)
 
-    assert sweep("1,4").reference_batch_size == 4
-    assert sweep("1,256").reference_batch_size == MAX_REFERENCE_BATCH == 32
+    assert workbench("1,4").reference_batch_size == 4
+    assert workbench("1,256").reference_batch_size == MAX_REFERENCE_BATCH == 32
 
     tried = []
 
@@ -221,24 +222,24 @@ def test_the_reference_runs_at_a_bounded_batch_and_halves_it_on_out_of_memory(tm
             raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
         return torch.zeros(len(images), 1000)
 
-    monkeypatch.setattr("densenet_opt.sweep.predict", predict)
-    large = sweep("1,256")
-    monkeypatch.setattr(Sweep, "reference_model", lambda self: torch.nn.Identity())
+    monkeypatch.setattr("densenet_opt.workbench.predict", predict)
+    large = workbench("1,256")
+    monkeypatch.setattr(Workbench, "reference_model", lambda self: torch.nn.Identity())
     assert large.reference_logits.shape == (4, 1000)
     assert tried == [32, 16, 8]
 
 
 @pytest.mark.slow
 def test_the_sweep_streams_its_evaluation_set(tmp_path: Path) -> None:
-    sweep = Sweep(options_from_mapping({"batch_sizes": "4", "variants": "baseline", "device": "cpu", "num_samples": "6",
-                                        "data_workers": "0", "output_dir": str(tmp_path)}), progress=lambda m: None)
-    assert isinstance(sweep.eval_set, data.EvalStream) and len(sweep.eval_set) == 6
-    assert sweep.eval_set.num_workers == 0
-    batch = sweep.input_batch(8)  # the first images, repeated when the set is smaller
+    workbench = Workbench(options_from_mapping({"batch_sizes": "4", "variants": "baseline", "device": "cpu", "num_samples": "6",
+                                                "data_workers": "0", "output_dir": str(tmp_path)}), progress=lambda m: None)
+    assert isinstance(workbench.eval_set, data.EvalStream) and len(workbench.eval_set) == 6
+    assert workbench.eval_set.num_workers == 0
+    batch = workbench.input_batch(8)  # the first images, repeated when the set is smaller
     assert batch.shape == (8, 3, 224, 224)
     assert torch.equal(batch[6:], batch[:2]) and torch.equal(batch[:6], data.load_eval_set(None, 6).images)
     engine = _tiny_engine(4)
-    logits = predict(engine, sweep.eval_set, 4)
+    logits = predict(engine, workbench.eval_set, 4)
     assert fidelity(logits, logits, None).agreement_top_1 == 100.0
 
 
@@ -297,22 +298,22 @@ def test_too_few_images_to_calibrate_is_found_before_anything_is_built(tmp_path:
 
 @pytest.mark.slow
 def test_resume_names_the_option_a_row_was_measured_without(tmp_path: Path) -> None:
-    """What --resume compares (Sweep.resume_mismatch): a row measured with this run's inputs
+    """What --resume compares (resume.resume_mismatch): a row measured with this run's inputs
     resumes; one of another weights file, sample count, data set, calibration or options is
     measured again, naming the option; a row of an older version (no inputs) too."""
     import dataclasses
 
     from densenet_opt import report
-    from densenet_opt.sweep import Sweep
+    from densenet_opt.resume import resume_mismatch, resume_plan
 
     options = options_from_mapping({"num_samples": "4", "weights": "synthetic", "device": "cpu",
                                     "output_dir": str(tmp_path / "out"), "variants": "baseline,onnx_int8"})
-    sweep = Sweep(options)
+    workbench = Workbench(options)
     row = report.Row(optimization_technique="onnx_int8", batch_size=1, device="cpu", num_samples=4,
-                     data=sweep.eval_set.source, inputs=sweep.inputs_of("onnx_int8"))
-    assert sweep.resume_mismatch(row) is None
-    assert sweep.resume_plan({("baseline", 1)}) == (set(), {})  # only this run's configs are looked at
-    other_weights = row.inputs.replace(f"weights={sweep.weights.key}", "weights=file-0123456789abcdef")
+                     data=workbench.eval_set.source, inputs=workbench.inputs_of("onnx_int8"))
+    assert resume_mismatch(workbench, row) is None
+    assert resume_plan(workbench, {("baseline", 1)}) == (set(), {})  # only this run's configs are looked at
+    other_weights = row.inputs.replace(f"weights={workbench.weights.key}", "weights=file-0123456789abcdef")
     cases = {
         "--weights": dataclasses.replace(row, inputs=other_weights),
         "--calibration-samples": dataclasses.replace(row, inputs=row.inputs.replace("calibration=128", "calibration=16")),
@@ -321,5 +322,5 @@ def test_resume_names_the_option_a_row_was_measured_without(tmp_path: Path) -> N
         "--imagenet-val": dataclasses.replace(row, data="imagenet-val /data/val (4 samples)"),
         "older version": dataclasses.replace(row, inputs=None),
     }
-    assert {option: sweep.resume_mismatch(case) for option, case in cases.items()} == {option: option for option in cases}
-    assert "calibration=none" in sweep.inputs_of("baseline")  # a variant that does not calibrate
+    assert {option: resume_mismatch(workbench, case) for option, case in cases.items()} == {option: option for option in cases}
+    assert "calibration=none" in workbench.inputs_of("baseline")  # a variant that does not calibrate

@@ -289,23 +289,23 @@ def test_a_failed_compile_leaves_no_package(monkeypatch, tmp_path: Path) -> None
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
-def built(request, sweep) -> tuple[str, Engine]:
+def built(request, workbench) -> tuple[str, Engine]:
     """One engine per variant for the whole module: builds are expensive."""
     name = request.param
     try:
-        engine = sweep.build_engine(name, BUILD_BATCH)
+        engine = workbench.build_engine(name, BUILD_BATCH)
     except VariantUnavailable as reason:
-        pytest.skip(f"{name} on {sweep.device.type}: {reason}")
+        pytest.skip(f"{name} on {workbench.device.type}: {reason}")
     yield name, engine
     engine.close()
 
 
-def test_engine_gives_finite_logits_within_budget(built, sweep) -> None:
+def test_engine_gives_finite_logits_within_budget(built, workbench) -> None:
     """On the sweep's images (64 in CI): the budgets' margins are set for that count."""
     name, engine = built
-    logits = predict(engine, sweep.eval_set, BUILD_BATCH)  # streamed; raises on NaN/Inf
-    assert logits.shape == (len(sweep.eval_set), 1000) and logits.dtype == torch.float32
-    measured = fidelity(logits, sweep.reference_logits, None)
+    logits = predict(engine, workbench.eval_set, BUILD_BATCH)  # streamed; raises on NaN/Inf
+    assert logits.shape == (len(workbench.eval_set), 1000) and logits.dtype == torch.float32
+    measured = fidelity(logits, workbench.reference_logits, None)
     limits = budget_for(load_budgets(), name).limits
     assert measured.agreement_top_1 >= limits["agreement_top1_min"], measured
     assert measured.relative_error <= limits["relative_error_max"], measured
@@ -326,50 +326,50 @@ def assert_same_logits_per_image(engine: Engine, images: torch.Tensor, splits: t
     assert torch.allclose(whole, parts, rtol=1e-2, atol=1e-2 * whole.abs().max().item())
 
 
-def test_static_package_refuses_another_batch_size(built, sweep) -> None:
+def test_static_package_refuses_another_batch_size(built, workbench) -> None:
     name, engine = built
     if engine.info.get("batch") != f"static-{BUILD_BATCH}":
         pytest.skip(f"{name} is not a static package here")
     with pytest.raises(ValueError, match=rf"compiled for batch {BUILD_BATCH}, got 1.*{name}\.batch=dynamic"):
-        engine(sweep.eval_set.head(1))
+        engine(workbench.eval_set.head(1))
 
 
-def test_dynamic_batch_gives_the_same_logits_per_image(built, sweep) -> None:
+def test_dynamic_batch_gives_the_same_logits_per_image(built, workbench) -> None:
     """Runs for the engines of a sweep with --variant-options <variant>.batch=dynamic."""
     name, engine = built
     if engine.info.get("batch") != "dynamic":
         pytest.skip(f"{name} is built for batch {BUILD_BATCH} (static)")
-    assert_same_logits_per_image(engine, sweep.eval_set.head(5), (1, 2, 2))
+    assert_same_logits_per_image(engine, workbench.eval_set.head(5), (1, 2, 2))
 
 
-def test_a_dynamic_package_serves_every_batch_size(sweep) -> None:
+def test_a_dynamic_package_serves_every_batch_size(workbench) -> None:
     """One dynamic build whatever the sweep's options (compiled: the cheapest to compile)."""
-    if sweep.device.type != "cpu":
+    if workbench.device.type != "cpu":
         pytest.skip("compiled is an AOTInductor package on the CPU only")
-    ctx = sweep.build_context(BUILD_BATCH)
+    ctx = workbench.build_context(BUILD_BATCH)
     options = parse_variant_options({**ctx.options, "compiled.batch": "dynamic"})
     engine = get_variant("compiled").build_engine(replace(ctx, options=options))
     try:
         assert engine.info["batch"] == "dynamic"
-        assert_same_logits_per_image(engine, sweep.eval_set.head(5), (1, 2, 2))
+        assert_same_logits_per_image(engine, workbench.eval_set.head(5), (1, 2, 2))
     finally:
         engine.close()
 
 
-def test_second_build_loads_the_cached_package_without_the_fp32_model(built, sweep) -> None:
+def test_second_build_loads_the_cached_package_without_the_fp32_model(built, workbench) -> None:
     """What the memory probe's fresh process does: no compile, and no fp32 model either
     (it would show in RAM and cold start)."""
     name, engine = built
     if "package_cache" not in engine.info:
-        pytest.skip(f"{name} builds no package on {sweep.device.type}")
+        pytest.skip(f"{name} builds no package on {workbench.device.type}")
 
     def no_model():
         raise AssertionError("reference_model() called although the package is cached")
 
-    again = get_variant(name).build_engine(replace(sweep.build_context(BUILD_BATCH), reference_model=no_model))
+    again = get_variant(name).build_engine(replace(workbench.build_context(BUILD_BATCH), reference_model=no_model))
     try:
         assert again.info["package_cache"] == "hit" and again.info["compile_s"] == engine.info["compile_s"]
-        images = sweep.eval_set.head(min(BUILD_BATCH, len(sweep.eval_set)))
+        images = workbench.eval_set.head(min(BUILD_BATCH, len(workbench.eval_set)))
         assert torch.allclose(again(images), engine(images), rtol=1e-5, atol=1e-5)
     finally:
         again.close()

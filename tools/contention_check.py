@@ -54,7 +54,7 @@ def measure(variants: list[str], batch_size: int, rounds: int, hogs: int) -> dic
 
     from densenet_opt.config import options_from_mapping
     from densenet_opt.measure.contention import Contention, PressureMark
-    from densenet_opt.sweep import Sweep
+    from densenet_opt.workbench import Workbench
 
     from densenet_opt.measure.contention import free_cores
 
@@ -62,8 +62,8 @@ def measure(variants: list[str], batch_size: int, rounds: int, hogs: int) -> dic
     if threads and threads != "free":
         torch.set_num_threads(int(threads))
     default_threads = torch.get_num_threads()
-    sweep = Sweep(options_from_mapping({"device": "cpu", "batch_sizes": str(batch_size)}), progress=lambda line: None)
-    engines = {variant: sweep.build_engine(variant, batch_size) for variant in variants}
+    workbench = Workbench(options_from_mapping({"device": "cpu", "batch_sizes": str(batch_size)}), progress=lambda line: None)
+    engines = {variant: workbench.build_engine(variant, batch_size) for variant in variants}
     batch = torch.randn(batch_size, 3, 224, 224)
     for engine in engines.values():  # warm-up
         engine(batch)

@@ -40,10 +40,10 @@ import torch
 from densenet_opt.config import options_from_mapping
 from densenet_opt.errors import UserError
 from densenet_opt.preprocessing import IMAGE_SHAPE
-from densenet_opt.sweep import Sweep
 from densenet_opt.values import whole_number
 from densenet_opt.variants import get_variant, parse_variant_options
 from densenet_opt.variants.openvino import OPENVINO, OPENVINO_INT8, compile_config, core, import_openvino, part_size, split_batch
+from densenet_opt.workbench import Workbench
 
 
 def compile_model_file(info: dict[str, str], images: int, streams: int = 1, extra: dict[str, str] | None = None):
@@ -95,16 +95,16 @@ def main(argv: list[str] | None = None) -> int:
         streams_values = [whole_number(text, minimum=1) for text in args.streams.split(",")]
     except ValueError as error:
         parser.error(f"--streams: {error}")
-    sweep = Sweep(options_from_mapping({"device": "cpu", "calibration_samples": args.calibration_samples,
-                                        "variants": args.variants, "batch_sizes": str(args.batch_size),
-                                        "variant_options": args.variant_options}))
+    workbench = Workbench(options_from_mapping({"device": "cpu", "calibration_samples": args.calibration_samples,
+                                                "variants": args.variants, "batch_sizes": str(args.batch_size),
+                                                "variant_options": args.variant_options}))
     batch = torch.randn(args.batch_size, *IMAGE_SHAPE, generator=torch.Generator().manual_seed(0))
     array = batch.numpy()
     callers: dict[str, object] = {}
     model_files: dict[str, dict[str, str]] = {}
     for variant in args.variants.split(","):
         for streams in streams_values:
-            ctx = sweep.build_context(args.batch_size)
+            ctx = workbench.build_context(args.batch_size)
             ctx = dataclasses.replace(ctx, options=parse_variant_options(dict(ctx.options) | {"openvino.streams": str(streams)}))
             engine = get_variant(variant).build_engine(ctx)
             if "model_file" not in engine.info:

@@ -37,8 +37,8 @@ from densenet_opt.measure.contention import PressureMark, Contention
 from densenet_opt.measure.env import machine_kind
 from densenet_opt.measure.limits import local_compute_limit
 from densenet_opt.render.markdown import PEERS_MARKDOWN
-from densenet_opt.sweep import Sweep
 from densenet_opt.values import whole_number
+from densenet_opt.workbench import Workbench
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,30 +65,30 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sorted(parse_batch_sizes(args.batch_sizes), reverse=True)  # accuracy at the largest: fewer calls
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     chosen_peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-    sweep = Sweep(options_from_mapping({
+    workbench = Workbench(options_from_mapping({
         "device": "cpu", "num_samples": args.num_samples, "calibration_samples": args.calibration_samples,
         "variants": ",".join(variants), "batch_sizes": ",".join(map(str, sizes)), "variant_options": args.variant_options,
     }), progress=lambda message: print(message, file=sys.stderr, flush=True))
-    sources = peers.sources_of(sweep.build_context)
-    reference, kind = sweep.reference_logits, sweep.accuracy_kind
-    labels = sweep.eval_set.labels if kind else None
-    gmacs = sweep.reference_gflops_per_image / 2
+    sources = peers.sources_of(workbench.build_context)
+    reference, kind = workbench.reference_logits, workbench.accuracy_kind
+    labels = workbench.eval_set.labels if kind else None
+    gmacs = workbench.reference_gflops_per_image / 2
     accuracy: dict[str, object] = {}
     results: list[peers.Result] = []
     pressures: list[str] = []
     contended = False
     for size in sizes:
-        contenders, skipped = peers.build_contenders(variants, chosen_peers, size, sweep.build_context, sources, sweep.progress)
+        contenders, skipped = peers.build_contenders(variants, chosen_peers, size, workbench.build_context, sources, workbench.progress)
         for line in skipped:
             print(f"left out: {line}", file=sys.stderr)
         for contender in contenders:
             if contender.key not in accuracy:
-                sweep.progress(f"{contender.name}: accuracy over {len(sweep.eval_set)} images at batch {size}")
-                accuracy[contender.key] = peers.measure_fidelity(contender, sweep.eval_set, reference, labels,
+                workbench.progress(f"{contender.name}: accuracy over {len(workbench.eval_set)} images at batch {size}")
+                accuracy[contender.key] = peers.measure_fidelity(contender, workbench.eval_set, reference, labels,
                                                                   kind or ACCURACY, size)
-        sweep.progress(f"batch {size}: {len(contenders)} engines, {rounds} rounds round-robin")
+        workbench.progress(f"batch {size}: {len(contenders)} engines, {rounds} rounds round-robin")
         start = PressureMark.now()
-        seconds = peers.time_round_robin(contenders, sweep.input_batch(size), rounds, progress=sweep.progress)
+        seconds = peers.time_round_robin(contenders, workbench.input_batch(size), rounds, progress=workbench.progress)
         pressure = Contention.since(start).cpu_pressure_pct
         contended |= pressure is not None and pressure > DEFAULT_MAX_CPU_PRESSURE
         pressures.append(f"batch {size}: {'not readable' if pressure is None else f'{pressure:.0f}%'}")
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     command = " ".join(["python tools/peers.py", *(argv if argv is not None else sys.argv[1:])])
     heading = (f"### Peers on `{machine_kind('cpu')}`\n\n{when}; CPU pressure while timed: {', '.join(pressures)}; "
-               f"{rounds} rounds; accuracy on {len(sweep.eval_set)} images; measured by `{command}`.")
+               f"{rounds} rounds; accuracy on {len(workbench.eval_set)} images; measured by `{command}`.")
     text = peers.markdown(results, heading)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(args.output_dir / peers.PEERS_FILE, peers.csv_text(results), option="--output-dir")

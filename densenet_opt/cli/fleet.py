@@ -12,7 +12,8 @@ from densenet_opt.render import fleet
 from densenet_opt.report import BENCHMARK_JSON, RESULTS_FILE
 from densenet_opt.runner import run_sweep
 from densenet_opt.shard import parse_gpus, sweep_on_gpus
-from densenet_opt.sweep import Sweep, preflight
+from densenet_opt.sweep import preflight
+from densenet_opt.workbench import Workbench
 
 
 def add_sweep_gpus_command(commands: argparse._SubParsersAction) -> None:
@@ -41,7 +42,7 @@ def run_sweep_gpus(args: argparse.Namespace) -> int:
     # One visible GPU is a plain sweep; one GPU named with --gpus still needs its own pinned process.
     if options.device != "cuda" or (len(gpus) <= 1 and args.gpus.strip() in ("", "all")):
         return run_sweep(options, args.pytest_args)
-    _ = Sweep(options).weights  # resolve (and cache) the weights once, not in every process at once
+    _ = Workbench(options).weights  # resolve (and cache) the weights once, not in every process at once
     return sweep_on_gpus(options, gpus, args.pytest_args)
 
 

@@ -1,7 +1,7 @@
 """``densenet-opt loadgen``: the sweep's options (engines, weights, images, device) plus LoadGen's.
 
 Parses once (config.options_from_mapping, settings.settings_from_mapping), builds engines
-as the sweep does (sweep.Sweep.build_engine), decodes the query sample library's images
+as the sweep does (workbench.Workbench.build_engine), decodes the query sample library's images
 before any test (qsl.load_library), and calls runner.run_loadgen.
 """
 
@@ -97,19 +97,17 @@ def run_from_options(options: SweepOptions, settings: LoadGenSettings, progress:
     weights, device, variant options) and ``options.num_samples`` decoded images.
     ``options.batch_sizes`` are the batch policies. Raises UserError as run_loadgen does,
     and for bad data or weights (sweep.preflight)."""
-    from densenet_opt.sweep import Sweep, preflight
+    from densenet_opt.sweep import preflight
+    from densenet_opt.workbench import Workbench
 
     import_loadgen()  # in a second, before engines are built
     preflight(options)
     library = load_library(options.imagenet_val, options.num_samples, options.ground_truth)
     progress(f"query sample library: {library.source}, {len(library)} images decoded")
-    sweep = Sweep(options, progress=progress)
-    try:
-        return run_loadgen(settings, variants=options.variants, batch_sizes=options.batch_sizes,
-                           build_engine=sweep.build_engine, library=library, device=sweep.device,
-                           output_dir=options.output_dir, progress=progress)
-    finally:
-        sweep.close()
+    workbench = Workbench(options, progress=progress)
+    return run_loadgen(settings, variants=options.variants, batch_sizes=options.batch_sizes,
+                       build_engine=workbench.build_engine, library=library, device=workbench.device,
+                       output_dir=options.output_dir, progress=progress)
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from densenet_opt.measure.memory import (
 )
 from densenet_opt.measure.probe import RESULT_PREFIX, UNAVAILABLE_PREFIX, USER_ERROR_PREFIX, ProbeResult
 from densenet_opt.preprocessing import IMAGE_SHAPE
-from densenet_opt.sweep import Sweep
+from densenet_opt.workbench import Workbench
 
 
 def measure_in_this_process(variant: str, batch_size: int, options: SweepOptions) -> ProbeResult:
@@ -33,13 +33,13 @@ def measure_in_this_process(variant: str, batch_size: int, options: SweepOptions
     first logits, ms) of one config. Raises what building the engine raises."""
     started = psutil.Process().create_time()
     rss_before = current_rss_bytes()
-    sweep = Sweep(options, progress=lambda message: print(message, file=sys.stderr))
-    engine = sweep.build_engine(variant, batch_size)
+    workbench = Workbench(options, progress=lambda message: print(message, file=sys.stderr))
+    engine = workbench.build_engine(variant, batch_size)
     # Memory does not depend on pixel values: a random batch spares loading the data set.
     batch = torch.randn(batch_size, *IMAGE_SHAPE, generator=torch.Generator().manual_seed(0))
-    if sweep.device.type == "cuda":
+    if workbench.device.type == "cuda":
         batch = batch.pin_memory()
-        torch.cuda.reset_peak_memory_stats(sweep.device)
+        torch.cuda.reset_peak_memory_stats(workbench.device)
     release_freed_memory()
     reset_peak_rss()  # keep build-time spikes (export, calibration) out of the inference figure
     engine(batch)
@@ -47,9 +47,9 @@ def measure_in_this_process(variant: str, batch_size: int, options: SweepOptions
     engine(batch)  # steady state: some backends allocate lazily on the second call too
     ram = max(peak_rss_bytes() - rss_before, 0)
     vram = vram_torch = 0
-    if sweep.device.type == "cuda":
-        vram_torch = torch.cuda.max_memory_allocated(sweep.device)
-        vram = nvml_process_used_bytes(sweep.device) or torch.cuda.max_memory_reserved(sweep.device)
+    if workbench.device.type == "cuda":
+        vram_torch = torch.cuda.max_memory_allocated(workbench.device)
+        vram = nvml_process_used_bytes(workbench.device) or torch.cuda.max_memory_reserved(workbench.device)
     engine.close()
     return ProbeResult(ram / MIB, vram / MIB, vram_torch / MIB, cold_start_ms)
 

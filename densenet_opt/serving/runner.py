@@ -345,7 +345,7 @@ def run_loadgen(
     dynamic batcher of at most n samples waiting at most ``settings.max_queue_delay_ms``,
     the engine built for n, partial batches padded). ``build_engine(variant, batch_size)``
     builds an engine (float32 [batch_size,3,224,224] host batch in, float32 logits out;
-    the sweep's Sweep.build_engine); VariantUnavailable skips that variant. ``library``:
+    workbench.Workbench.build_engine); VariantUnavailable skips that variant. ``library``:
     the decoded images. SingleStream runs with the batch-1 policy only: one query is in
     flight at a time, so a batcher has nothing to batch, and its figure would only be the
     padded batch's time plus the delay. Writes OUTPUT_DIR/loadgen_results.csv and
