@@ -41,6 +41,21 @@ def test_fp32_and_int8_pin_f32_so_fp32_is_fp32() -> None:
     assert compile_config("int8", 2)["INFERENCE_PRECISION_HINT"] == "f32"  # the layers NNCF leaves in float
     assert compile_config("bf16", 2)["INFERENCE_PRECISION_HINT"] == "bf16"
     assert compile_config("int8-bf16", 2)["INFERENCE_PRECISION_HINT"] == "bf16"  # openvino_int8.float_precision=bf16
+
+
+@pytest.mark.parametrize(("option", "has_bf16", "precision"), [
+    ("auto", True, "int8-bf16"), ("auto", False, "int8"), ("f32", True, "int8"), ("bf16", True, "int8-bf16")])
+def test_int8s_float_layers_follow_openvinos_default_unless_told(option: str, has_bf16: bool, precision: str) -> None:
+    from densenet_opt.variants.openvino import int8_precision
+
+    assert int8_precision(option, has_bf16) == precision
+
+
+def test_bf16_float_layers_on_a_cpu_without_bf16_say_what_to_pass() -> None:
+    from densenet_opt.variants.openvino import int8_precision
+
+    with pytest.raises(VariantUnavailable, match="float_precision=bf16 needs a CPU with native bf16 .* pass float_precision=f32"):
+        int8_precision("bf16", False)
     assert compile_config("fp32", 3) | {"INFERENCE_NUM_THREADS": "3"} == compile_config("fp32", 3)
 
 
