@@ -196,6 +196,13 @@ def sources_of(context: Callable[[int], BuildContext]) -> Sources:
                    reference_model=lambda: context(1).reference_model(), nncf_int8_file=nncf_int8_file)
 
 
+def check_peers(names: Sequence[str]) -> None:
+    """UserError naming the first of ``names`` that is not a key of PEERS, and the known ones."""
+    unknown = [name for name in names if name not in PEERS]
+    if unknown:
+        raise UserError(f"unknown peer {unknown[0]!r}: choose from {', '.join(PEERS)}")
+
+
 def build_contenders(variants: Sequence[str], peers: Sequence[str], batch_size: int,
                      context: Callable[[int], BuildContext], sources: Sources,
                      progress: Callable[[str], None] = print) -> tuple[list[Contender], list[str]]:
@@ -203,9 +210,7 @@ def build_contenders(variants: Sequence[str], peers: Sequence[str], batch_size: 
     PEERS) at ``batch_size``, and one sentence per engine that could not be built here (an
     unavailable variant or runtime: the comparison goes on without it). UserError for an
     unknown peer name."""
-    unknown = [name for name in peers if name not in PEERS]
-    if unknown:
-        raise UserError(f"unknown peer {unknown[0]!r}: choose from {', '.join(PEERS)}")
+    check_peers(peers)
     built, skipped = [], []
     for variant in variants:
         progress(f"batch {batch_size}: building the suite's {variant}")

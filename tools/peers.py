@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sorted(parse_batch_sizes(args.batch_sizes), reverse=True)  # accuracy at the largest: fewer calls
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     chosen_peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    peers.check_peers(chosen_peers)  # before minutes of reference logits
     workbench = Workbench(options_from_mapping({
         "device": "cpu", "num_samples": args.num_samples, "calibration_samples": args.calibration_samples,
         "variants": ",".join(variants), "batch_sizes": ",".join(map(str, sizes)), "variant_options": args.variant_options,
