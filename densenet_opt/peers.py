@@ -347,25 +347,3 @@ def csv_text(results: Sequence[Result]) -> str:
     writer.writeheader()
     writer.writerows(rows(results))
     return buffer.getvalue()
-
-
-def markdown(results: Sequence[Result], heading: str) -> str:
-    """The comparison as a markdown table per batch size, under ``heading`` (which names the
-    machine kind and the conditions), fastest first."""
-    lines = [heading, ""]
-    for size in sorted({r.batch_size for r in results}, reverse=True):
-        lines += [f"Batch {size}:", "", "| engine | images/s | ms per batch | % of fp32 top-1 (95% CI) | MLPerf rule | "
-                  "fraction of compute limit | x best peer (95% CI) |", "|---|---|---|---|---|---|---|"]
-        for r in sorted((r for r in results if r.batch_size == size), key=lambda r: r.median_ms):
-            figure = r.accuracy.top1_of_fp32 if r.accuracy else None
-            accuracy = "" if figure is None else f"{figure.pct:.2f} ({figure.low:.2f}-{figure.high:.2f})"
-            limit = "" if r.limit is None else f"{r.limit.fraction(r.images_per_s):.1%} of {r.limit.images_per_s:.0f} ({r.limit.precision})"
-            speed = "" if r.over_best_peer is None else (f"{r.over_best_peer[1]:.2f} ({r.over_best_peer[2]:.2f}-"
-                                                         f"{r.over_best_peer[3]:.2f}) vs {r.over_best_peer[0]}")
-            name = f"**{r.contender.name}** (suite)" if r.contender.group == SUITE else f"{r.contender.name} (peer default)"
-            lines.append(f"| {name} | {r.images_per_s:.1f} | {r.median_ms:.2f} | {accuracy} | "
-                         f"{'meets' if r.meets else 'below' if figure else 'not measured'} | {limit} | {speed} |")
-        lines.append("")
-    return "\n".join(lines)
-
-

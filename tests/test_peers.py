@@ -17,6 +17,7 @@ from densenet_opt import peers
 from densenet_opt.accuracy import fidelity
 from densenet_opt.errors import UserError
 from densenet_opt.measure.limits import compute_limit
+from densenet_opt.render.markdown import peers_tables
 
 AMX = {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}
 
@@ -108,7 +109,7 @@ def test_the_suite_is_set_against_the_fastest_peer_that_keeps_the_rule() -> None
     assert list(table.columns) == list(peers.COLUMNS)
     assert table.loc[0, "best_peer"] == "slow-peer" and table.loc[1, "meets_mlperf_rule"] == False  # noqa: E712
     assert table.loc[0, "fraction_of_limit"] == pytest.approx(32 / suite.median_ms * 1e3 / 1855.4, rel=1e-3)
-    text = peers.markdown([suite, inaccurate, accurate], "### heading")
+    text = peers_tables([suite, inaccurate, accurate], "### heading")
     assert "| **openvino_int8** (suite) |" in text and "vs slow-peer |" in text and "| below |" in text
     no_peer = _result("openvino_int8", peers.SUITE, [0.02] * 3, 99.5)
     peers.judge([no_peer, _result("x", peers.PEER, [0.01] * 3, 90.0)])

@@ -36,7 +36,7 @@ from densenet_opt.errors import UserError
 from densenet_opt.measure.contention import PressureMark, Contention
 from densenet_opt.measure.env import machine_kind
 from densenet_opt.measure.limits import local_compute_limit
-from densenet_opt.render.markdown import PEERS_MARKDOWN
+from densenet_opt.render.markdown import PEERS_MARKDOWN, peers_tables
 from densenet_opt.values import whole_number
 from densenet_opt.workbench import Workbench
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python tools/peers.py", *(argv if argv is not None else sys.argv[1:])])
     heading = (f"### Peers on `{machine_kind('cpu')}`\n\n{when}; CPU pressure while timed: {', '.join(pressures)}; "
                f"{rounds} rounds; accuracy on {len(workbench.eval_set)} images; measured by `{command}`.")
-    text = peers.markdown(results, heading)
+    text = peers_tables(results, heading)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(args.output_dir / peers.PEERS_FILE, peers.csv_text(results), option="--output-dir")
     atomic.write_text(args.output_dir / PEERS_MARKDOWN, text + "\n", option="--output-dir")

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from densenet_opt import atomic
+from densenet_opt import atomic, peers
 from densenet_opt.accuracy import AGREEMENT, SYNTHETIC_ACCURACY
 from densenet_opt.budgets import BudgetCheck
 from densenet_opt.config import DEFAULT_MAX_CPU_PRESSURE, OPTIONS
@@ -314,3 +314,23 @@ def append_gate_table(output_dir: Path, verdicts: Sequence[Verdict], kind: str) 
     text = text.split(f"\n{GATE_HEADING}", 1)[0].rstrip("\n") + "\n\n"
     atomic.write_text(path, text + gate_table(verdicts, kind), option=OUTPUT_OPTION)
     return path
+
+
+def peers_tables(results: Sequence[peers.Result], heading: str) -> str:
+    """tools/peers.py's comparison (peers.Result) as a markdown table per batch size, under
+    ``heading`` (which names the machine kind and the conditions), fastest first."""
+    lines = [heading, ""]
+    for size in sorted({r.batch_size for r in results}, reverse=True):
+        lines += [f"Batch {size}:", "", "| engine | images/s | ms per batch | % of fp32 top-1 (95% CI) | MLPerf rule | "
+                  "fraction of compute limit | x best peer (95% CI) |", "|---|---|---|---|---|---|---|"]
+        for r in sorted((r for r in results if r.batch_size == size), key=lambda r: r.median_ms):
+            figure = r.accuracy.top1_of_fp32 if r.accuracy else None
+            accuracy = "" if figure is None else f"{figure.pct:.2f} ({figure.low:.2f}-{figure.high:.2f})"
+            limit = "" if r.limit is None else f"{r.limit.fraction(r.images_per_s):.1%} of {r.limit.images_per_s:.0f} ({r.limit.precision})"
+            speed = "" if r.over_best_peer is None else (f"{r.over_best_peer[1]:.2f} ({r.over_best_peer[2]:.2f}-"
+                                                         f"{r.over_best_peer[3]:.2f}) vs {r.over_best_peer[0]}")
+            name = f"**{r.contender.name}** (suite)" if r.contender.group == peers.SUITE else f"{r.contender.name} (peer default)"
+            lines.append(f"| {name} | {r.images_per_s:.1f} | {r.median_ms:.2f} | {accuracy} | "
+                         f"{'meets' if r.meets else 'below' if figure else 'not measured'} | {limit} | {speed} |")
+        lines.append("")
+    return "\n".join(lines)
