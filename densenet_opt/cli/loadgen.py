@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from densenet_opt.config import SweepOptions, add_sweep_options, options_from_mapping
 from densenet_opt.serving import settings as lg_settings
@@ -21,7 +21,7 @@ from densenet_opt.serving.qsl import load_library
 from densenet_opt.serving.results import LOADGEN_RESULTS_FILE, SERVER_POINTS_FILE
 from densenet_opt.serving.runner import LOGS_DIR, LoadGenReport, import_loadgen, run_loadgen
 from densenet_opt.serving.settings import LoadGenSettings
-from densenet_opt.serving.sut import LOADGEN_THREAD, TestAbandoned
+from densenet_opt.serving.sut import TestAbandoned
 
 DEFAULT_OUTPUT_DIR = "results-loadgen"
 # Sweep options whose meaning or default differs here.
@@ -125,20 +125,21 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def exit_interrupted(output_dir: Path, interrupt: KeyboardInterrupt) -> int:
+def exit_interrupted(output_dir: Path, interrupt: KeyboardInterrupt) -> NoReturn:
     """Ctrl-C: one line on stderr saying what was kept, then exit code 130 (128 + SIGINT).
 
     When a LoadGen test was running (sut.TestAbandoned) its threads still run inside the
     mlperf_loadgen extension; letting the interpreter shut down under them ends in
-    "terminate called without an active exception" and a segfault. The rows of finished
-    scenarios are already on disk (runner.run_loadgen writes each as it finishes), so the
-    process then ends at once with os._exit(130), after flushing stdout and stderr."""
+    "terminate called without an active exception" and a segfault, and an interrupt between
+    two tests (a Server search's points) left the interpreter's shutdown waiting in the
+    extension on a loaded CI machine (the process outlived the test's 30 s). The rows of
+    finished scenarios are already on disk (runner.run_loadgen writes each, atomically, as
+    it finishes), so the process always ends at once with os._exit(130), after flushing
+    stdout and stderr."""
     results = output_dir / LOADGEN_RESULTS_FILE
     kept = (f"the rows of the scenarios that finished are in {results}" if results.exists()
             else "no scenario had finished, nothing was written")
     stopped = "the LoadGen test under way was abandoned; " if isinstance(interrupt, TestAbandoned) else ""
     print(f"densenet-opt loadgen: interrupted (Ctrl-C): {stopped}{kept}", file=sys.stderr, flush=True)
-    if any(thread.name == LOADGEN_THREAD and thread.is_alive() for thread in threading.enumerate()):
-        sys.stdout.flush()
-        os._exit(130)
-    return 130
+    sys.stdout.flush()
+    os._exit(130)
