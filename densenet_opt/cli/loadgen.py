@@ -130,9 +130,9 @@ def exit_interrupted(output_dir: Path, interrupt: KeyboardInterrupt) -> NoReturn
 
     When a LoadGen test was running (sut.TestAbandoned) its threads still run inside the
     mlperf_loadgen extension; letting the interpreter shut down under them ends in
-    "terminate called without an active exception" and a segfault, and an interrupt between
-    two tests (a Server search's points) left the interpreter's shutdown waiting in the
-    extension on a loaded CI machine (the process outlived the test's 30 s). The rows of
+    "terminate called without an active exception" and a segfault; and once, on a loaded CI
+    machine, the process outlived the test's 30 s after SIGINT by the normal shutdown path
+    (cause not established: an interrupt between two tests takes that path). The rows of
     finished scenarios are already on disk (runner.run_loadgen writes each, atomically, as
     it finishes), so the process always ends at once with os._exit(130), after flushing
     stdout and stderr."""
