@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -186,6 +187,7 @@ def sources_of(context: Callable[[int], BuildContext]) -> Sources:
     export and the cached NNCF default IR are the ones the suite's variants use."""
     from densenet_opt.variants.onnx.builders import fp32_model
 
+    @functools.cache  # one build resolves the cached IR's path for every peer and batch size
     def nncf_int8_file() -> str:
         ctx = dataclasses.replace(context(1), options=parse_variant_options({"openvino_int8.accuracy_control": "off"}))
         engine = get_variant("openvino_int8").build_engine(ctx)
