@@ -238,6 +238,94 @@ def top1_agreement(logits: torch.Tensor | np.ndarray, reference_classes: torch.T
     return float((chosen == reference).mean() * 100.0)
 
 
+# What an accuracy-aware int8 search (onnx_int8, int8, openvino_int8) accepts: its
+# ``accuracy_rule`` option's values (variants/search_rule.py resolves "auto").
+TOP1_OF_FP32_RULE = "top1_of_fp32"  # MLPerf's rule: top-1 against the labels, % of the fp32 model's
+AGREEMENT_RULE = "agreement"  # top-1 agreement with the fp32 model, %
+SEARCH_RULES = (TOP1_OF_FP32_RULE, AGREEMENT_RULE)
+
+
+@dataclass(frozen=True)
+class SearchRule:
+    """The accuracy a search's candidate must keep on its N held-out images, and its score.
+
+    ``name`` TOP1_OF_FP32_RULE: the candidate's top-1 against the images' labels as % of the
+    fp32 reference's top-1 on the same images (MLPerf's rule at ``target`` 99; the figure
+    Top1OfFp32 reports for the evaluated images, without the interval). AGREEMENT_RULE: the
+    % of images whose top-1 class is the fp32 reference's (needs no labels). Both are one
+    comparison per image: the candidate's argmax against ``classes`` (int64 [N]: the labels,
+    or the reference's argmax), divided by ``reference_rate``, the fraction of images the
+    reference itself gets right by the same comparison (1 for agreement). Build with ``of``."""
+
+    name: str
+    target: float  # %
+    classes: np.ndarray
+    reference_rate: float
+
+    @classmethod
+    def of(cls, name: str, target: float, reference_top1: np.ndarray, labels: np.ndarray | None = None) -> SearchRule:
+        """The rule ``name`` (SEARCH_RULES) at ``target`` % for held-out images whose fp32
+        argmax classes are ``reference_top1`` (int [N]) and whose labels are ``labels``
+        (int [N]; needed by TOP1_OF_FP32_RULE only). Raises ValueError for another name, for
+        TOP1_OF_FP32_RULE without labels or with labels of another length, and when the
+        reference gets none of the images right (the rule has no scale: use agreement)."""
+        reference = np.asarray(reference_top1, dtype=np.int64)
+        if name == AGREEMENT_RULE:
+            return cls(name, float(target), reference, 1.0)
+        if name != TOP1_OF_FP32_RULE:
+            raise ValueError(f"accuracy rule {name!r} is not one of {', '.join(SEARCH_RULES)}")
+        if labels is None or len(labels) != len(reference):
+            got = "no labels" if labels is None else f"{len(labels)} labels"
+            raise ValueError(f"the {TOP1_OF_FP32_RULE} rule needs a label for each of the {len(reference)} "
+                             f"held-out images, got {got}")
+        classes = np.asarray(labels, dtype=np.int64)
+        rate = float((reference == classes).mean()) if len(reference) else 0.0
+        if rate == 0:
+            raise ValueError(f"the fp32 model gets none of the {len(reference)} held-out images right against "
+                             f"their labels, so the {TOP1_OF_FP32_RULE} rule has no scale: use the "
+                             f"{AGREEMENT_RULE} rule")
+        return cls(name, float(target), classes, rate)
+
+    def score(self, logits: torch.Tensor | np.ndarray) -> float:
+        """The rule's figure, %, of ``logits`` (float [N, C], the held-out images in order)."""
+        return top1_agreement(logits, self.classes) / self.reference_rate
+
+    def score_of_matches(self, matches: float) -> float:
+        """The figure, %, of a candidate whose argmax matches ``classes`` on the fraction
+        ``matches`` of the images (what NNCF's validation function returns)."""
+        return 100.0 * matches / self.reference_rate
+
+    def meets(self, score: float) -> bool:
+        """Whether ``score`` (%) reaches the target."""
+        return score >= self.target
+
+    @property
+    def metric(self) -> str:
+        """The column a search's table names the figure by: rule_metric(name)."""
+        return rule_metric(self.name)
+
+    def text(self) -> str:
+        """"top-1 >= 99% of the fp32 model's (MLPerf's rule)" or "agreement >= 99%"."""
+        return rule_text(self.name, self.target)
+
+
+def rule_metric(name: str) -> str:
+    """The column name of a search rule's figure: Row's ``top1_of_fp32_pct`` or ``agreement_top_1``."""
+    return "top1_of_fp32_pct" if name == TOP1_OF_FP32_RULE else "agreement_top_1"
+
+
+def rule_text(name: str, target: float) -> str:
+    """A search rule in words, with its target (%)."""
+    if name == TOP1_OF_FP32_RULE:
+        return f"top-1 >= {target:g}% of the fp32 model's (MLPerf's rule)"
+    return f"top-1 agreement with fp32 >= {target:g}%"
+
+
+def score_text(name: str, score: float) -> str:
+    """A search's figure in words: "top-1 99.21% of fp32's" or "agreement 98.05%"."""
+    return f"top-1 {score:.2f}% of fp32's" if name == TOP1_OF_FP32_RULE else f"agreement {score:.2f}%"
+
+
 # engine_info's note where relative_error is undefined.
 UNDEFINED_RELATIVE_ERROR = "undefined: the fp32 reference's logits are all zero (a collapsed model) and these are not"
 

@@ -140,6 +140,18 @@ class Workbench:
             self.options.imagenet_val, count, skip=self.options.num_samples, ground_truth=self.options.ground_truth
         ).images
 
+    def calibration_labels(self, count: int) -> torch.Tensor | None:
+        """The labels of ``calibration_images(count)``, int64 [count], where labels measure
+        top-1 (``accuracy_kind``), else None; listed without decoding an image. Raises
+        UserError as calibration_images does when the data set has too few."""
+        if self.accuracy_kind is None:
+            return None
+        try:
+            return data.open_eval_stream(self.options.imagenet_val, count, skip=self.options.num_samples,
+                                         ground_truth=self.options.ground_truth, num_workers=0).labels
+        except UserError:
+            raise UserError(calibration_shortage(self.options, count)) from None
+
     def build_context(self, batch_size: int, variant: str | None = None) -> BuildContext:
         """What a variant builds its engine from at ``batch_size``: with ``variant``, its
         options include this workbench's overrides of it."""
@@ -155,6 +167,7 @@ class Workbench:
             options=parse_variant_options(options.variant_options),
             progress=self.progress,
             report_dir=self.options.output_dir,
+            calibration_labels=self.calibration_labels,
         )
 
     def build_engine(self, variant: str, batch_size: int) -> Engine:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from densenet_opt.accuracy import AGREEMENT_RULE, SearchRule
 from densenet_opt.errors import UserError
 from densenet_opt.variants import BuildContext, get_variant, parse_variant_options
 
@@ -106,11 +107,11 @@ def test_search_measures_each_point_and_chooses_the_fewest_float_modules_that_me
         return engine
 
     result = quantization_search.search(
-        ranked=["a", "b", "c"], build_point=build_point, reference_top1=reference, heldout=torch.zeros(10, 3, 2, 2),
-        target=100.0, max_float_modules=4, batch_size=4, rounds=2, progress=said.append,
+        ranked=["a", "b", "c"], build_point=build_point, rule=SearchRule.of(AGREEMENT_RULE, 100.0, reference),
+        heldout=torch.zeros(10, 3, 2, 2), max_float_modules=4, batch_size=4, rounds=2, progress=said.append,
     )
     assert built == [(), ("a",), ("a", "b"), ("a", "b", "c")]
-    assert [point.agreement_top_1 for point in result.points] == [80.0, 90.0, 100.0, 100.0]
+    assert [point.score for point in result.points] == [80.0, 90.0, 100.0, 100.0]
     assert result.chosen.excluded == ("a", "b") and result.unit == "modules"
     assert all(point.throughput_samples_per_sec > 0 for point in result.points)
     assert len(said) == 4 and "about" in said[0] and "s left" in said[0]
@@ -123,7 +124,8 @@ def test_search_measures_each_point_and_chooses_the_fewest_float_modules_that_me
     [
         ("int8.float_modules", "-2", "auto or a whole number >= 0, got -2"),
         ("int8.float_modules", "most", "auto or a whole number >= 0, got 'most'"),
-        ("int8.agreement_target", "0", "percentage in (0, 100]"),
+        ("int8.accuracy_target", "0", "percentage in (0, 100]"),
+        ("int8.accuracy_rule", "top5", "must be one of auto, top1_of_fp32, agreement"),
         ("int8.search_images", "0", "must be at least 1, got 0"),
         ("int8.max_float_modules", "0", "must be at least 1, got 0"),
         ("int8.observer", "kl", "must be one of histogram, minmax"),
@@ -188,7 +190,7 @@ def test_a_real_search_on_a_small_cnn_writes_the_table_and_the_variant_loads_the
     """Two points (all-int8, the worst module in float), each an AOTInductor package at
     the search's batch (8 held-out images); the build at batch 8 loads the chosen point's
     package from the cache instead of compiling again."""
-    options = {"int8.search_images": "8", "int8.max_float_modules": "1", "int8.agreement_target": "100"}
+    options = {"int8.search_images": "8", "int8.max_float_modules": "1", "int8.accuracy_target": "100"}
     engine = get_variant("int8").build_engine(small_context(tmp_path, options, batch_size=8))
     rows = list(csv.DictReader((tmp_path / "out" / "int8_pareto.csv").open()))
     assert [row["float_modules"] for row in rows] == ["0", "1"]

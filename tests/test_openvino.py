@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from densenet_opt.accuracy import fidelity
+from densenet_opt.accuracy import AGREEMENT_RULE, TOP1_OF_FP32_RULE, SearchRule, fidelity, rule_metric
 from densenet_opt.errors import UserError, VariantUnavailable
 from densenet_opt.workbench import Workbench
 from densenet_opt.variants import BuildContext, get_variant, parse_variant_options
@@ -23,7 +23,7 @@ from densenet_opt.variants.openvino import (
     OPENVINO_INT8,
     AccuracyControl,
     OpenVinoEngine,
-    agreement_validation,
+    matches_validation,
     cached_ir,
     compile_config,
     core,
@@ -145,7 +145,8 @@ def test_threads_option_is_checked() -> None:
 
 @pytest.mark.parametrize(("key", "text", "message"), [
     ("openvino_int8.accuracy_control", "maybe", "must be one of on, off"),
-    ("openvino_int8.agreement_target", "101", "must be a percentage in \\(0, 100\\]"),
+    ("openvino_int8.accuracy_target", "101", "must be a percentage in \\(0, 100\\]"),
+    ("openvino_int8.accuracy_rule", "top5", "must be one of auto, top1_of_fp32, agreement"),
     ("openvino_int8.search_images", "0", "must be at least 1"),
     ("openvino_int8.max_reverted", "-1", "must be at least 1"),
 ])
@@ -167,10 +168,10 @@ class FakeCompiled:
         return {"logits": logits.numpy()}
 
 
-def test_the_validation_function_scores_agreement_per_item_by_index() -> None:
+def test_the_validation_function_scores_matches_per_item_by_index() -> None:
     classes = [3, 1, 4, 1]
     items = [(index, torch.full((1, 3, 2, 2), float(c)).numpy()) for index, c in enumerate(classes)]
-    validate = agreement_validation(torch.tensor([3, 1, 5, 1]).numpy())
+    validate = matches_validation(torch.tensor([3, 1, 5, 1]).numpy())
     assert validate(FakeCompiled(), items) == (0.75, [1.0, 1.0, 0.0, 1.0])
     # NNCF ranks on subsets: an item is scored against its own reference class.
     assert validate(FakeCompiled(), [items[2], items[3]]) == (0.5, [0.0, 1.0])
@@ -181,10 +182,14 @@ def test_the_cache_key_names_the_accuracy_control_settings() -> None:
     pytest.importorskip("nncf", reason="the key names the NNCF version: pip install -e .[cpu]")
     calibration, heldout = torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)
     plain = int8_key("sha", calibration)
-    controlled = int8_key("sha", calibration, AccuracyControl(99.0, 2, 32, 8), heldout)
+    labels = np.array([1, 2])
+    controlled = int8_key("sha", calibration, AccuracyControl(TOP1_OF_FP32_RULE, 99.0, 2, 32, 8), heldout, labels)
     assert "accuracy_control" not in plain and controlled["accuracy_control"]["target"] == 99.0
-    assert controlled != int8_key("sha", calibration, AccuracyControl(98.0, 2, 32, 8), heldout)
-    assert controlled != int8_key("sha", calibration, AccuracyControl(99.0, 2, 32, 8), heldout * 2)
+    assert controlled != int8_key("sha", calibration, AccuracyControl(TOP1_OF_FP32_RULE, 98.0, 2, 32, 8), heldout, labels)
+    assert controlled != int8_key("sha", calibration, AccuracyControl(TOP1_OF_FP32_RULE, 99.0, 2, 32, 8), heldout * 2, labels)
+    assert controlled != int8_key("sha", calibration, AccuracyControl(AGREEMENT_RULE, 99.0, 2, 32, 8), heldout, labels)
+    assert controlled != int8_key("sha", calibration, AccuracyControl(TOP1_OF_FP32_RULE, 99.0, 2, 32, 8), heldout,
+                                  np.array([1, 3]))
 
 
 # The tests below build real engines; the ones above and the faked decision at the end run anywhere.
@@ -308,6 +313,7 @@ class FakeNncf:
 
     class DropType:
         ABSOLUTE = "absolute"
+        RELATIVE = "relative"
 
     def __init__(self) -> None:
         self.controlled_calls: list[dict] = []
@@ -325,12 +331,14 @@ class FakeNncf:
         return "controlled"
 
 
+@pytest.mark.parametrize("rule", [TOP1_OF_FP32_RULE, AGREEMENT_RULE])
 @pytest.mark.parametrize(("figures", "chosen", "model", "nncf_control_called"), [
-    ({"all-int8": 99.5, "controlled": 99.9}, "all-int8 (meets the target)", "all-int8", False),
-    ({"all-int8": 93.0, "controlled": 99.2}, "accuracy control (meets the target)", "controlled", True),
-    ({"all-int8": 93.0, "controlled": 95.0}, "all-int8 (no model met the target)", "all-int8", True),
+    ({"all-int8": 99.5, "controlled": 99.9}, "all-int8 (meets the rule)", "all-int8", False),
+    ({"all-int8": 93.0, "controlled": 99.2}, "accuracy control (meets the rule)", "controlled", True),
+    ({"all-int8": 93.0, "controlled": 95.0}, "all-int8 (no model met the rule)", "all-int8", True),
 ])
-def test_accuracy_control_takes_the_fastest_model_meeting_the_target(monkeypatch, figures, chosen, model, nncf_control_called) -> None:
+def test_accuracy_control_takes_the_fastest_model_meeting_the_rule(monkeypatch, figures, chosen, model, nncf_control_called,
+                                                                   rule) -> None:
     import densenet_opt.variants.openvino as openvino_module
 
     fake = FakeNncf()
@@ -339,25 +347,30 @@ def test_accuracy_control_takes_the_fastest_model_meeting_the_target(monkeypatch
                         type(sys)("fake_advanced_parameters"))
     sys.modules["nncf.quantization.advanced_parameters"].AdvancedAccuracyRestorerParameters = dict
 
-    class FakeAgreement:
-        def __init__(self, source, images) -> None:
+    class FakeScore:
+        def __init__(self, source, images, control, labels) -> None:
             self.items, self.validate = list(enumerate(images)), None
+            self.rule = SearchRule.of(control.rule, control.target, np.zeros(len(images)), labels)
 
         def __call__(self, quantized) -> float:
             return figures[quantized]
 
-    monkeypatch.setattr(openvino_module, "Agreement", FakeAgreement)
+    monkeypatch.setattr(openvino_module, "HeldoutScore", FakeScore)
     monkeypatch.setattr(openvino_module, "fake_quantize_ops", lambda quantized: len(quantized))
-    control = AccuracyControl(99.0, 4, 3, 2)
+    control = AccuracyControl(rule, 99.0, 4, 3, 2)
     result, measured = openvino_module.quantize_controlled(
-        "fp32", torch.zeros(2, 3, 4, 4), torch.zeros(4, 3, 4, 4), control, progress=lambda message: None)
+        "fp32", torch.zeros(2, 3, 4, 4), torch.zeros(4, 3, 4, 4), np.zeros(4, dtype=np.int64), control,
+        progress=lambda message: None)
+    metric = rule_metric(rule)
     assert (result, measured["chosen"]) == (model, chosen)
-    assert measured["all_int8_agreement_top_1"] == figures["all-int8"]
+    assert measured[f"all_int8_{metric}"] == figures["all-int8"] and measured["rule"] == rule
     assert bool(fake.controlled_calls) == nncf_control_called
     if nncf_control_called:
-        assert measured["controlled_agreement_top_1"] == figures["controlled"]
+        assert measured[f"controlled_{metric}"] == figures["controlled"]
         settings = fake.controlled_calls[0]
-        assert settings["max_drop"] == pytest.approx(0.01) and settings["drop_type"] == "absolute"
+        # MLPerf's rule is NNCF's relative drop of top-1; agreement an absolute drop.
+        assert settings["max_drop"] == pytest.approx(0.01)
+        assert settings["drop_type"] == ("relative" if rule == TOP1_OF_FP32_RULE else "absolute")
         assert settings["advanced_accuracy_restorer_parameters"] == {"max_num_iterations": 3, "ranking_subset_size": 2}
 
 
@@ -389,21 +402,22 @@ def test_accuracy_control_builds_caches_and_reports_on_a_small_cnn(ov, tmp_path:
         device=torch.device("cpu"), batch_size=2, reference_model=lambda: copy.deepcopy(model),
         calibration_images=lambda count: pool[:count], calibration_samples=1, weights_key="tiny",
         cache_dir=tmp_path, progress=messages.append,
-        options=parse_variant_options({"openvino_int8.agreement_target": "100", "openvino_int8.search_images": "32",
+        options=parse_variant_options({"openvino_int8.accuracy_target": "100", "openvino_int8.search_images": "32",
                                        "openvino_int8.ranking_images": "4", "openvino_int8.max_reverted": "2"}),
     )
     engine = get_variant(OPENVINO_INT8).build_engine(ctx)
     again = get_variant(OPENVINO_INT8).build_engine(ctx)
     try:
         info = engine.info
-        assert info["accuracy_control"] == "on" and info["heldout_images"] == "32" and info["agreement_target"] == "100"
+        assert info["accuracy_control"] == "on" and info["heldout_images"] == "32"
+        assert info["accuracy_rule"] == "top-1 agreement with fp32 >= 100%"  # no labels here: auto is agreement
         all_int8 = float(info["all_int8_agreement_top_1"])
         if all_int8 >= 100.0:
-            assert info["accuracy_control_chosen"] == "all-int8 (meets the target)"
+            assert info["accuracy_control_chosen"] == "all-int8 (meets the rule)"
             assert info["controlled_agreement_top_1"] == "n/a"
-        else:  # NNCF ran: its model is kept only if it meets the target
+        else:  # NNCF ran: its model is kept only if it meets the rule
             controlled = float(info["controlled_agreement_top_1"])
-            expected = "accuracy control (meets the target)" if controlled >= 100.0 else "all-int8 (no model met the target)"
+            expected = "accuracy control (meets the rule)" if controlled >= 100.0 else "all-int8 (no model met the rule)"
             assert info["accuracy_control_chosen"] == expected
         assert any("held-out images" in message for message in messages)
         assert again.info["int8_cache"] == "hit"

@@ -206,7 +206,10 @@ class BuildContext:
     in RAM and cold start). ``variant`` is set by ``Variant.build_engine``.
     ``report_dir``: where a variant writes what its build measured for the user (a
     sensitivity table, a training curve), as CSV files named after the variant; None
-    (a fresh-process probe, a unit test) means write nothing.
+    (a fresh-process probe, a unit test) means write nothing. ``calibration_labels(count)``:
+    int64 [count] labels of the images ``calibration_images(count)`` returns, where labels
+    measure top-1 (ImageNet with trained weights, synthetic weights on synthetic images:
+    Workbench.accuracy_kind), else None: what an accuracy search's MLPerf rule needs.
     """
 
     device: torch.device
@@ -220,6 +223,7 @@ class BuildContext:
     progress: Callable[[str], None] = print
     variant: Variant | None = None
     report_dir: Path | None = None
+    calibration_labels: Callable[[int], torch.Tensor | None] = lambda count: None
 
     def _built(self) -> Variant:
         if self.variant is None:

@@ -27,18 +27,21 @@ change the answer:
   the synchronisation of many threads on one small layer for parallel independent work.
 - ``openvino_int8``: NNCF post-training quantization with its default preset (symmetric int8
   weights and activations) on the same calibration images as every other int8 variant, never
-  evaluated ones. With ``accuracy_control=on`` (the default) it is
-  ``nncf.quantize_with_accuracy_control``: NNCF quantizes, ranks the quantized operations by
-  the agreement each costs and reverts the worst to float, one at a time, until top-1
-  agreement with the fp32 model on ``search_images`` held-out images of the calibration pool
-  (after the calibration images, never evaluated ones) is at least ``agreement_target``, or
-  ``max_reverted`` operations are reverted. The metric is ours (agreement with fp32 needs no
-  labels: NNCF takes any validation function); NNCF validates with inference precision f32.
-  With ``accuracy_control=off`` it is plain ``nncf.quantize``. NNCF runs in a spawned process
-  (quantize_in_fresh_process says why). The quantized IR is cached on
-  disk keyed by the export's sha256, the images, the settings, and the OpenVINO and NNCF
-  versions; engine_info gives the agreement measured on the held-out images afterwards and
-  the number of FakeQuantize operations left.
+  evaluated ones. With ``accuracy_control=on`` (the default) it is the all-int8 model when it
+  already meets ``accuracy_rule`` (variants/search_rule.py:
+  MLPerf's rule, top-1 at least ``accuracy_target`` % of the fp32 model's, where the labels
+  measure top-1; else top-1 agreement with fp32) on ``search_images`` held-out images of the
+  calibration pool (after the calibration images, never evaluated ones); otherwise
+  ``nncf.quantize_with_accuracy_control``: NNCF ranks the quantized operations by what each
+  costs and reverts the worst to float, one at a time, until the rule is met (MLPerf's rule
+  is NNCF's ``DropType.RELATIVE`` with ``max_drop`` 1 - target / 100 on top-1 against the
+  labels; agreement is ``DropType.ABSOLUTE`` on our agreement metric: NNCF takes any
+  validation function), or ``max_reverted`` operations are reverted. Our own checks compile
+  with inference precision f32. With ``accuracy_control=off`` it is plain ``nncf.quantize``.
+  NNCF runs in a spawned process (quantize_in_fresh_process says why). The quantized IR is
+  cached on disk keyed by the export's sha256, the images and their labels, the settings,
+  and the OpenVINO and NNCF versions; engine_info gives the rule's figure measured on the
+  held-out images and the number of FakeQuantize operations left.
 
 OpenVINO and NNCF are in the ``cpu`` extra; without them the variants are skipped with the
 install command. On a CUDA sweep they are skipped (CPU device only).
@@ -63,12 +66,13 @@ import numpy as np
 import torch
 
 from densenet_opt import atomic
-from densenet_opt.accuracy import top1_agreement
+from densenet_opt.accuracy import TOP1_OF_FP32_RULE, rule_metric, rule_text, score_text, top1_agreement
 from densenet_opt.cache import CACHE_OPTION, file_problem, file_sha256, key_digest, tensor_digest
 from densenet_opt.errors import UserError, VariantUnavailable
 from densenet_opt.preprocessing import IMAGE_SHAPE
-from densenet_opt.values import percent, whole_number
+from densenet_opt.values import whole_number
 from densenet_opt.variants import BuildContext, Engine, Variant, VariantOption
+from densenet_opt.variants.search_rule import heldout_labels, rule_name, rule_options, search_rule
 
 OPENVINO, OPENVINO_BF16, OPENVINO_INT8 = "openvino", "openvino_bf16", "openvino_int8"
 INSTALL_HINT = "pip install -e .[cpu] (or pip install openvino nncf)"
@@ -154,8 +158,8 @@ INT8_OPTIONS = (
     STREAMS_OPTION,
     VariantOption.choice(
         "accuracy_control", (ON, OFF), ON,
-        "nncf.quantize_with_accuracy_control: revert the quantized operations that cost most agreement to float "
-        "until agreement_target is met (on), or plain nncf.quantize (off)",
+        "all-int8 when it meets accuracy_rule, else nncf.quantize_with_accuracy_control: revert the quantized "
+        "operations that cost most accuracy to float until accuracy_rule is met (on), or plain nncf.quantize (off)",
     ),
     VariantOption.choice(
         "float_precision", (AUTO, "f32", "bf16"), AUTO,
@@ -164,9 +168,9 @@ INT8_OPTIONS = (
         "bf16 where the CPU has it, else f32, as OpenVINO's own default (on the AMX Xeon all-int8 with bf16 float "
         "layers ran batch 1 in 11.3 ms against 14.6 with f32, the same top-1: docs/performance.md)",
     ),
-    VariantOption("agreement_target", percent, 99.0, "top-1 agreement with fp32 (%) that accuracy_control aims for"),
+    *rule_options("accuracy_control"),
     VariantOption("search_images", lambda text: whole_number(text, minimum=1), 256,
-                  "held-out calibration-pool images accuracy_control measures agreement on"),
+                  "held-out calibration-pool images accuracy_control measures accuracy_rule on"),
     VariantOption("max_reverted", lambda text: whole_number(text, minimum=1), 16,
                   "most quantized operations accuracy_control reverts to float (NNCF's max_num_iterations)"),
     VariantOption("ranking_images", lambda text: whole_number(text, minimum=1), 32,
@@ -394,22 +398,28 @@ def build_bf16(ctx: BuildContext) -> Engine:
 class AccuracyControl:
     """openvino_int8's accuracy-control settings (its options); None in the build means off."""
 
-    target: float  # top-1 agreement with fp32, %
+    rule: str  # accuracy.SEARCH_RULES (auto resolved: search_rule.rule_name)
+    target: float  # % of the rule
     images: int  # held-out calibration-pool images validated on
     max_reverted: int  # NNCF's max_num_iterations
     ranking_images: int  # NNCF's ranking_subset_size
 
 
-def accuracy_control(ctx: BuildContext) -> AccuracyControl | None:
-    """The settings of ``ctx``'s options; None for ``accuracy_control=off``."""
+def accuracy_control(ctx: BuildContext) -> tuple[AccuracyControl | None, np.ndarray | None]:
+    """The settings of ``ctx``'s options (None for ``accuracy_control=off``) and the labels
+    of the held-out images (int64 [search_images], or None where labels do not measure
+    top-1). UserError for accuracy_rule=top1_of_fp32 without labels."""
     if ctx.option("accuracy_control") == OFF:
-        return None
-    return AccuracyControl(ctx.option("agreement_target"), ctx.option("search_images"), ctx.option("max_reverted"),
-                           ctx.option("ranking_images"))
+        return None, None
+    images = ctx.option("search_images")
+    labels = heldout_labels(ctx, ctx.calibration_samples, images)
+    control = AccuracyControl(rule_name(ctx, labels), ctx.option("accuracy_target"), images, ctx.option("max_reverted"),
+                              ctx.option("ranking_images"))
+    return control, labels
 
 
 def int8_key(source_sha256: str, images: torch.Tensor, control: AccuracyControl | None = None,
-             heldout: torch.Tensor | None = None) -> dict[str, object]:
+             heldout: torch.Tensor | None = None, labels: np.ndarray | None = None) -> dict[str, object]:
     """What the NNCF int8 IR depends on."""
     ov, nncf = import_openvino(), import_nncf()
     key: dict[str, object] = {
@@ -419,7 +429,7 @@ def int8_key(source_sha256: str, images: torch.Tensor, control: AccuracyControl 
     }
     if control is not None and heldout is not None:
         key |= {"accuracy_control": dataclasses.asdict(control), "heldout": f"{len(heldout)}-{tensor_digest(heldout)}",
-                "metric": "agreement_top_1", "version": 2}
+                "labels": None if labels is None else tensor_digest(torch.from_numpy(labels)), "version": 3}
     return key
 
 
@@ -427,41 +437,44 @@ def _items(images: torch.Tensor) -> list[np.ndarray]:
     return [images[i : i + CALIBRATION_BATCH].numpy() for i in range(0, len(images), CALIBRATION_BATCH)]
 
 
-def agreement_validation(reference: np.ndarray) -> Callable[[object, object], tuple[float, list[float]]]:
+def matches_validation(classes: np.ndarray) -> Callable[[object, object], tuple[float, list[float]]]:
     """The validation function NNCF's accuracy control takes: ``(compiled model, items)`` ->
-    (top-1 agreement with ``reference`` as a fraction in [0, 1], one 0/1 value per item).
-    Items are ``(index, image batch)`` pairs, so that any subset NNCF picks is scored
-    against the right reference classes; ``reference``: int64 [N] fp32 argmax classes."""
+    (the fraction in [0, 1] of items whose top-1 class is ``classes``', one 0/1 value per
+    item). Items are ``(index, image batch)`` pairs, so that any subset NNCF picks is scored
+    against the right classes; ``classes``: int64 [N], the labels (MLPerf's rule: NNCF's
+    relative drop of this fraction) or the fp32 argmax classes (agreement)."""
 
     def validate(compiled, items) -> tuple[float, list[float]]:
         request = compiled.create_infer_request()
         values = []
         for index, batch in items:
             logits = np.asarray(next(iter(request.infer({0: batch}).values())))
-            values.append(top1_agreement(logits, reference[index : index + 1]) / 100.0)
+            values.append(top1_agreement(logits, classes[index : index + 1]) / 100.0)
         return (sum(values) / len(values) if values else 0.0), values
 
     return validate
 
 
-class Agreement:
-    """Top-1 agreement (%) of OpenVINO models with the fp32 ``source`` (an ov.Model) on
-    ``images`` (float32 [N,3,224,224]), every model compiled with inference precision f32,
-    one image per request as NNCF validates. ``items``/``validate`` are what NNCF's
-    accuracy control is given."""
+class HeldoutScore:
+    """The search rule's figure (%: accuracy.SearchRule) of OpenVINO models on ``images``
+    (float32 [N,3,224,224]), against the fp32 ``source`` (an ov.Model) run here; every model
+    compiled with inference precision f32, one image per request as NNCF validates.
+    ``items``/``validate`` are what NNCF's accuracy control is given, ``rule`` the
+    SearchRule. UserError when the rule has no scale (search_rule)."""
 
-    def __init__(self, source, images: torch.Tensor) -> None:
+    def __init__(self, source, images: torch.Tensor, control: AccuracyControl, labels: np.ndarray | None) -> None:
         self.items = list(enumerate(_items(images)))
         request = self._compiled(source).create_infer_request()
         reference = [int(np.asarray(next(iter(request.infer({0: item}).values()))).argmax()) for _, item in self.items]
-        self.validate = agreement_validation(np.array(reference, dtype=np.int64))
+        self.rule = search_rule(control.rule, control.target, np.array(reference, dtype=np.int64), labels, OPENVINO_INT8)
+        self.validate = matches_validation(self.rule.classes)
 
     @staticmethod
     def _compiled(model):
         return core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
 
     def __call__(self, model) -> float:
-        return 100.0 * self.validate(self._compiled(model), self.items)[0]
+        return self.rule.score_of_matches(self.validate(self._compiled(model), self.items)[0])
 
 
 def fake_quantize_ops(model) -> int:
@@ -469,43 +482,56 @@ def fake_quantize_ops(model) -> int:
     return sum(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
 
 
-def quantize_controlled(source, calibration: torch.Tensor, heldout: torch.Tensor, control: AccuracyControl,
-                        progress: Callable[[str], None]) -> tuple[object, dict[str, object]]:
+def nncf_drop(control: AccuracyControl) -> tuple[float, str]:
+    """NNCF's ``max_drop`` and ``drop_type`` name for ``control``'s rule: MLPerf's (top-1 at
+    least target % of fp32's) is a RELATIVE drop of 1 - target / 100 of the fraction of
+    labels matched; agreement is an ABSOLUTE drop of (100 - target) / 100 from fp32's own."""
+    if control.rule == TOP1_OF_FP32_RULE:
+        return 1.0 - control.target / 100.0, "RELATIVE"
+    return (100.0 - control.target) / 100.0, "ABSOLUTE"
+
+
+def quantize_controlled(source, calibration: torch.Tensor, heldout: torch.Tensor, labels: np.ndarray | None,
+                        control: AccuracyControl, progress: Callable[[str], None]) -> tuple[object, dict[str, object]]:
     """The int8 model ``control`` chooses for the OpenVINO fp32 ``source`` (module docstring),
-    and what was measured: the all-int8 model (``nncf.quantize``) when it meets the target;
+    and what was measured: the all-int8 model (``nncf.quantize``) when it meets the rule;
     else ``nncf.quantize_with_accuracy_control``'s when that one does; else the all-int8 model
     again (the fastest; reverting operations that still miss the target is the user's call),
-    as onnx_int8 decides. ``calibration``/``heldout``: float32 [N,3,224,224], disjoint."""
+    as onnx_int8 decides. ``calibration``/``heldout``: float32 [N,3,224,224], disjoint;
+    ``labels``: int64 [len(heldout)] or None (what the rule needs: search_rule.py). The
+    measured figures are keyed ``all_int8_<metric>``/``controlled_<metric>`` (rule_metric)."""
     nncf = import_nncf()
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
-    agreement = Agreement(source, heldout)
+    score = HeldoutScore(source, heldout, control, labels)
+    metric = rule_metric(control.rule)
     all_int8 = nncf.quantize(source, nncf.Dataset(_items(calibration)), subset_size=len(calibration))
-    measured: dict[str, object] = {"all_int8_agreement_top_1": agreement(all_int8), "controlled_agreement_top_1": None,
-                                   "all_int8_fake_quantize_ops": fake_quantize_ops(all_int8)}
-    progress(f"{OPENVINO_INT8}: all-int8 {measured['all_int8_agreement_top_1']:.2f}% agreement on {len(heldout)} "
-             f"held-out images (target {control.target:g}%)")
-    if measured["all_int8_agreement_top_1"] >= control.target:
-        return all_int8, measured | {"chosen": "all-int8 (meets the target)"}
+    measured: dict[str, object] = {"rule": control.rule, f"all_int8_{metric}": score(all_int8),
+                                   f"controlled_{metric}": None, "all_int8_fake_quantize_ops": fake_quantize_ops(all_int8)}
+    progress(f"{OPENVINO_INT8}: all-int8 {score_text(control.rule, measured[f'all_int8_{metric}'])} on {len(heldout)} "
+             f"held-out images (rule: {score.rule.text()})")
+    if score.rule.meets(measured[f"all_int8_{metric}"]):
+        return all_int8, measured | {"chosen": "all-int8 (meets the rule)"}
     progress(f"{OPENVINO_INT8}: nncf.quantize_with_accuracy_control: ranking the quantized operations on "
              f"{min(control.ranking_images, len(heldout))} images, then reverting at most {control.max_reverted} "
              "(minutes on a few cores; cached after)")
+    max_drop, drop_type = nncf_drop(control)
     controlled = nncf.quantize_with_accuracy_control(
-        source, nncf.Dataset(_items(calibration)), nncf.Dataset(agreement.items, lambda item: item[1]),
-        agreement.validate, max_drop=(100.0 - control.target) / 100.0, drop_type=nncf.DropType.ABSOLUTE,
+        source, nncf.Dataset(_items(calibration)), nncf.Dataset(score.items, lambda item: item[1]),
+        score.validate, max_drop=max_drop, drop_type=getattr(nncf.DropType, drop_type),
         subset_size=len(calibration),
         advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
             max_num_iterations=control.max_reverted, ranking_subset_size=control.ranking_images),
     )
-    measured["controlled_agreement_top_1"] = agreement(controlled)
+    measured[f"controlled_{metric}"] = score(controlled)
     measured["controlled_fake_quantize_ops"] = fake_quantize_ops(controlled)
-    if measured["controlled_agreement_top_1"] >= control.target:
-        return controlled, measured | {"chosen": "accuracy control (meets the target)"}
-    return all_int8, measured | {"chosen": "all-int8 (no model met the target)"}
+    if score.rule.meets(measured[f"controlled_{metric}"]):
+        return controlled, measured | {"chosen": "accuracy control (meets the rule)"}
+    return all_int8, measured | {"chosen": "all-int8 (no model met the rule)"}
 
 
-def _quantize(source_path: str, images: np.ndarray, heldout: np.ndarray | None, control: AccuracyControl | None,
-              staging: str, progress: Callable[[str], None]) -> None:
+def _quantize(source_path: str, images: np.ndarray, heldout: np.ndarray | None, labels: np.ndarray | None,
+              control: AccuracyControl | None, staging: str, progress: Callable[[str], None]) -> None:
     """NNCF int8 of the ONNX file at ``source_path`` into ``staging`` (IR_FILES, and
     CONTROL_FILE with what accuracy control measured): the body of the fresh process."""
     ov, nncf = import_openvino(), import_nncf()
@@ -514,7 +540,8 @@ def _quantize(source_path: str, images: np.ndarray, heldout: np.ndarray | None, 
     if control is None:
         quantized = nncf.quantize(model, nncf.Dataset(_items(calibration)), subset_size=len(calibration))
     else:
-        quantized, measured = quantize_controlled(model, calibration, torch.from_numpy(heldout), control, progress)
+        quantized, measured = quantize_controlled(model, calibration, torch.from_numpy(heldout), labels, control,
+                                                  progress)
         (Path(staging) / CONTROL_FILE).write_text(json.dumps(measured, indent=2) + "\n")
     ov.save_model(quantized, str(Path(staging) / IR_FILES[0]), compress_to_fp16=False)
 
@@ -534,8 +561,9 @@ def _quantize_child(messages, *args) -> None:
 
 
 def quantize_in_fresh_process(source_path: Path, images: torch.Tensor, heldout: torch.Tensor | None,
-                              control: AccuracyControl | None, staging: Path, progress: Callable[[str], None]) -> None:
-    """NNCF quantization (plain, or with accuracy ``control`` on ``heldout``) of the ONNX file
+                              control: AccuracyControl | None, staging: Path, progress: Callable[[str], None],
+                              labels: np.ndarray | None = None) -> None:
+    """NNCF quantization (plain, or with accuracy ``control`` on ``heldout`` and its ``labels``) of the ONNX file
     at ``source_path`` on ``images`` (float32 [N,3,224,224]), written to ``staging``, in a
     spawned process; its progress is passed to ``progress`` and its error raised here.
 
@@ -548,7 +576,7 @@ def quantize_in_fresh_process(source_path: Path, images: torch.Tensor, heldout: 
     messages = context.Queue()
     child = context.Process(
         target=_quantize_child, name="densenet-opt-nncf", daemon=True,
-        args=(messages, str(source_path), images.numpy(), None if heldout is None else heldout.numpy(), control,
+        args=(messages, str(source_path), images.numpy(), None if heldout is None else heldout.numpy(), labels, control,
               str(staging)),
     )
     child.start()
@@ -596,7 +624,7 @@ def build_int8(ctx: BuildContext) -> Engine:
         )
     from densenet_opt.variants.onnx.builders import fp32_model
 
-    control = accuracy_control(ctx)
+    control, labels = accuracy_control(ctx)
     source = fp32_model(ctx)
     pool = ctx.calibration_images(ctx.calibration_samples + (control.images if control else 0))
     images, heldout = pool[: ctx.calibration_samples], pool[ctx.calibration_samples :]
@@ -608,13 +636,14 @@ def build_int8(ctx: BuildContext) -> Engine:
             f"calibration images and found none: give a data folder with more images or pass "
             f"{OPENVINO_INT8}.accuracy_control=off"
         )
-    key = int8_key(source.sha256, images, control, heldout)
+    key = int8_key(source.sha256, images, control, heldout, labels)
     folder = Path(ctx.cache_dir) / "openvino" / f"densenet121-int8-{key_digest(key)}"
 
     def quantize(staging: Path) -> None:
         ctx.progress(f"{OPENVINO_INT8}: nncf quantization on {len(images)} calibration images in a fresh process "
                      f"(cached in {folder})")
-        quantize_in_fresh_process(source.path, images, heldout if control else None, control, staging, ctx.progress)
+        quantize_in_fresh_process(source.path, images, heldout if control else None, control, staging, ctx.progress,
+                                  labels)
 
     started = time.perf_counter()
     cached = cached_ir(folder, key, quantize)
@@ -630,9 +659,10 @@ def build_int8(ctx: BuildContext) -> Engine:
     }
     if control is not None:
         info |= control_info(folder / CONTROL_FILE, control, len(heldout))
+        metric = rule_metric(control.rule)
         ctx.progress(f"{OPENVINO_INT8}: {info['accuracy_control_chosen']}: {info['fake_quantize_ops']} FakeQuantize "
-                     f"operations, all-int8 {info['all_int8_agreement_top_1']}%, with accuracy control "
-                     f"{info['controlled_agreement_top_1']}% on {len(heldout)} held-out images")
+                     f"operations, {info['accuracy_rule']}: all-int8 {info[f'all_int8_{metric}']}%, with accuracy "
+                     f"control {info[f'controlled_{metric}']}% on {len(heldout)} held-out images")
     return _compile(ctx, model, int8_precision(ctx.option("float_precision"), cpu_supports_bf16(core())), size, info)
 
 
@@ -657,10 +687,11 @@ def control_info(path: Path, control: AccuracyControl, heldout: int) -> dict[str
         value = measured.get(name)
         return "n/a" if value is None else f"{value:.2f}"
 
+    metric = rule_metric(control.rule)
     return {
-        "agreement_target": f"{control.target:g}", "heldout_images": str(heldout),
-        "all_int8_agreement_top_1": figure("all_int8_agreement_top_1"),
-        "controlled_agreement_top_1": figure("controlled_agreement_top_1"),
+        "accuracy_rule": rule_text(control.rule, control.target), "heldout_images": str(heldout),
+        f"all_int8_{metric}": figure(f"all_int8_{metric}"),
+        f"controlled_{metric}": figure(f"controlled_{metric}"),
         "accuracy_control_chosen": str(measured.get("chosen", "unknown (cache written by an older version)")),
     }
 

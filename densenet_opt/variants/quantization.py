@@ -15,10 +15,10 @@ call (concatenations, BatchNorm+ReLU+quantize) remains; AMX multiplies int8 at 8
 per-core rate of AVX-512 VNNI. The figures measured on a CPU without AMX are in
 docs/performance.md#measurements-behind-the-design.
 
-Accuracy-aware (option ``float_modules``, default auto): the modules that cost the most
-top-1 agreement are kept in float, the fewest that meet ``agreement_target``, measured
-point by point with the variant's own packages (quantization_search.py), the Pareto
-table written to the output directory.
+Accuracy-aware (option ``float_modules``, default auto): the modules whose int8 adds the
+most error are kept in float, the fewest that meet ``accuracy_rule`` (MLPerf's rule where
+labels exist: search_rule.py), measured point by point with the variant's own packages
+(quantization_search.py), the Pareto table written to the output directory.
 
 There is no CUDA path: these patterns lower to oneDNN CPU kernels only, and PyTorch has
 no int8 convolution for CUDA GPUs.
@@ -38,9 +38,10 @@ import torch
 from densenet_opt import atomic, pareto
 from densenet_opt.cache import CACHE_OPTION, key_digest, tensor_digest
 from densenet_opt.errors import UserError, VariantUnavailable
-from densenet_opt.values import auto_or_count, percent, whole_number
+from densenet_opt.values import auto_or_count, whole_number
 from densenet_opt.variants import BuildContext, Engine, Variant, VariantOption
 from densenet_opt.variants import quantization_search
+from densenet_opt.variants.search_rule import heldout_labels, rule_name, rule_options, search_rule
 from densenet_opt.variants.inductor import (
     BATCH_OPTION, CACHE_SUBDIR, BatchShape, PackageEngine, batch_shape, check_cpp_compiler, load_or_compile,
     machine_key,
@@ -54,7 +55,8 @@ CALIBRATION_BATCH = 32
 # The search times its points at this batch (or all held-out images when fewer), this many rounds.
 SEARCH_BATCH, SEARCH_ROUNDS = 32, 5
 # Bump when the ranking or the search measures differently.
-SEARCH_VERSION = 1
+RANKING_VERSION = 1
+SEARCH_VERSION = 2  # 2: the accuracy rule
 
 
 def import_pt2e():
@@ -217,7 +219,7 @@ def ranking(ctx: BuildContext, calibration: torch.Tensor, calibration_key: str) 
     (quantization_search.rank_modules on the first SENSITIVITY_IMAGES calibration images);
     cached by weights, torchao and calibration."""
     key = {
-        "version": SEARCH_VERSION, "weights": ctx.weights_key, "torchao": importlib.metadata.version("torchao"),
+        "version": RANKING_VERSION, "weights": ctx.weights_key, "torchao": importlib.metadata.version("torchao"),
         "calibration": calibration_key, "sensitivity_images": quantization_search.SENSITIVITY_IMAGES,
         **Recipe.of(ctx).key,
     }
@@ -241,11 +243,14 @@ def _search(ctx: BuildContext, calibration: torch.Tensor, calibration_key: str, 
             f"the accuracy-aware int8 search found no held-out images after the {len(calibration)} calibration images: "
             f"give a data folder with more images, or pass --variant-options {NAME}.float_modules=0 (all-int8)"
         )
-    target, most = ctx.option("agreement_target"), ctx.option("max_float_modules")
+    target, most = ctx.option("accuracy_target"), ctx.option("max_float_modules")
+    labels = heldout_labels(ctx, len(calibration), len(heldout))
+    rule = rule_name(ctx, labels)
     batch = min(SEARCH_BATCH, len(heldout))
     key = {
         "version": SEARCH_VERSION, "weights": ctx.weights_key, "torchao": importlib.metadata.version("torchao"),
         **machine_key(), "calibration": calibration_key, "heldout": f"{len(heldout)}-{tensor_digest(heldout)}",
+        "rule": rule, "labels": None if labels is None else tensor_digest(torch.from_numpy(labels)),
         "target": target, "max_float_modules": most, "batch_size": batch,
         "sensitivity_images": quantization_search.SENSITIVITY_IMAGES, **Recipe.of(ctx).key,
     }
@@ -265,8 +270,8 @@ def _search(ctx: BuildContext, calibration: torch.Tensor, calibration_key: str, 
             return PackageEngine(runner, built, dtype=torch.float32, info={})
 
         return quantization_search.search(
-            ranked=ranked, build_point=build_point, reference_top1=reference, heldout=heldout, target=target,
-            max_float_modules=most, batch_size=batch, rounds=SEARCH_ROUNDS, progress=ctx.progress,
+            ranked=ranked, build_point=build_point, rule=search_rule(rule, target, reference, labels, NAME),
+            heldout=heldout, max_float_modules=most, batch_size=batch, rounds=SEARCH_ROUNDS, progress=ctx.progress,
         )
 
     path = ctx.cache_dir / CACHE_SUBDIR / "search" / f"{NAME}-float-modules-{key_digest(key)}.json"
@@ -275,7 +280,7 @@ def _search(ctx: BuildContext, calibration: torch.Tensor, calibration_key: str, 
 
 def build(ctx: BuildContext) -> Engine:
     """The int8 AOTInductor package (cached; quantized and compiled only when missing),
-    the modules that cost most agreement in float (option float_modules: auto searches,
+    the modules that cost most accuracy in float (option float_modules: auto searches,
     quantization_search.py). VariantUnavailable without torchao or a C++ compiler to build
     the package; UserError when the calibration pool has no image left to search on."""
     shape = batch_shape(ctx)
@@ -292,12 +297,9 @@ def build(ctx: BuildContext) -> Engine:
     info: dict[str, str] = {}
     if searching:
         result, cached = _search(ctx, calibration, calibration_key, heldout)
-        chosen = result.chosen
-        excluded = chosen.excluded
+        excluded = result.chosen.excluded
         table = pareto.write_pareto_table(result, ctx.report_dir, NAME)
-        ctx.progress(f"{NAME}: {len(excluded)} float module(s), {chosen.agreement_top_1:.2f}% agreement on "
-                     f"{result.heldout_images} held-out images: {result.verdict()}"
-                     + (f"; Pareto table {table}" if table else ""))
+        ctx.progress(f"{NAME}: {result.chosen_text()}" + (f"; Pareto table {table}" if table else ""))
         info = pareto.search_info(result, cached, quantization_search.UNIT)
     elif float_modules:
         excluded = tuple(ranking(ctx, calibration, calibration_key)[:float_modules])
@@ -317,12 +319,12 @@ OPTIONS = (
     VariantOption(
         "float_modules", auto_or_count, None,
         "modules (convolutions, the classifier) kept in float, most harmful first (quantization_search.py): auto "
-        "measures k = 0, 1, 2, 4, ... and takes the fewest that meet agreement_target, writing the Pareto table to "
+        "measures k = 0, 1, 2, 4, ... and takes the fewest that meet accuracy_rule, writing the Pareto table to "
         "the output directory; 0 is all-int8",
     ),
-    VariantOption("agreement_target", percent, 99.0, "top-1 agreement with fp32 (%) that float_modules=auto aims for"),
+    *rule_options("float_modules=auto"),
     VariantOption("search_images", lambda text: whole_number(text, minimum=1), 256,
-                  "held-out images of the calibration pool that float_modules=auto measures agreement on"),
+                  "held-out images of the calibration pool that float_modules=auto measures accuracy_rule on"),
     VariantOption("max_float_modules", lambda text: whole_number(text, minimum=1), 16,
                   "the largest k float_modules=auto tries (each point is an AOTInductor compile: minutes on 2 cores)"),
     VariantOption.choice("observer", (HISTOGRAM, MINMAX), HISTOGRAM,
@@ -335,7 +337,7 @@ VARIANTS = [
     Variant(
         NAME,
         "static int8 PT2E (torchao X86InductorQuantizer) lowered by inductor with freezing to oneDNN, the modules "
-        "that cost most agreement kept in float; CPU only",
+        "that cost most accuracy kept in float; CPU only",
         build,
         devices=("cpu",),
         options=OPTIONS,

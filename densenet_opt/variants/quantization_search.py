@@ -19,10 +19,11 @@ The method, with the tools torchao ships for it:
    calibration on the same calibration images, convert_pt2e, an AOTInductor package at
    the search's batch size (the very package the variant loads when that point is chosen
    and the sweep's batch size is the search's, cached by the same key; another batch size
-   compiles its own). Each point's top-1 agreement with the fp32 reference is
-   measured with its package, i.e. with the oneDNN int8 kernels the variant runs, on
-   held-out images of the calibration pool (neither calibration nor evaluated images),
-   and its throughput is timed at that batch, the points round-robin.
+   compiles its own). Each point's accuracy by the search's rule (variants/search_rule.py:
+   MLPerf's top-1 as % of the fp32 reference's where labels exist, else top-1 agreement
+   with it) is measured with its package, i.e. with the oneDNN int8 kernels the variant
+   runs, on held-out images of the calibration pool (neither calibration nor evaluated
+   images), and its throughput is timed at that batch, the points round-robin.
 3. The choice and the table: ``densenet_opt.pareto``.
 
 Every point costs an AOTInductor compile (minutes on 2 cores); the search result is
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 from densenet_opt import pareto
-from densenet_opt.accuracy import top1_agreement
+from densenet_opt.accuracy import SearchRule
 
 # Calibration images the numeric debugger runs (every node output of both graphs is
 # logged: about 250 MB an image for DenseNet-121).
@@ -106,9 +107,8 @@ def search(
     *,
     ranked: Sequence[str],
     build_point: Callable[[tuple[str, ...]], Callable[[torch.Tensor], torch.Tensor]],
-    reference_top1: np.ndarray,
+    rule: SearchRule,
     heldout: torch.Tensor,
-    target: float,
     max_float_modules: int,
     batch_size: int,
     rounds: int,
@@ -117,15 +117,15 @@ def search(
     """Measure the Pareto points (module docstring). ``ranked``: module names, most harmful
     first (rank_modules). ``build_point(excluded)``: the variant's engine with ``excluded``
     kept in float, taking batches of exactly ``batch_size`` float32 images.
-    ``reference_top1``: the fp32 model's argmax class for each of ``heldout`` (float32
-    [N,3,224,224]). ``target``: agreement in %. ``rounds``: timed calls per point."""
+    ``rule``: what each point's accuracy is scored by on ``heldout`` (float32
+    [N,3,224,224]), and its target. ``rounds``: timed calls per point."""
     batch = heldout[:batch_size]
     if len(batch) < batch_size:
         batch = torch.cat([batch, batch[-1:].expand(batch_size - len(batch), *batch.shape[1:])])
     points = pareto.measure_ladder(
         ranked, max_float_modules, build=build_point,
-        agreement=lambda engine: top1_agreement(batched_logits(engine, heldout, batch_size), reference_top1),
+        score=lambda engine: rule.score(batched_logits(engine, heldout, batch_size)), rule=rule.name,
         run_batch=lambda engine: engine(batch), batch_size=batch_size, rounds=rounds, heldout_images=len(heldout),
         progress=progress, name="int8", unit="module",
     )
-    return pareto.Search(points, target, len(heldout), batch_size, UNIT)
+    return pareto.Search(points, rule.target, len(heldout), batch_size, UNIT, rule.name)

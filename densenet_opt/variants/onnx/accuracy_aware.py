@@ -13,14 +13,15 @@ The method, with the tools onnxruntime.quantization ships for it:
    quantize/dequantize is no guide here: the quantizer folds each ReLU into the uint8
    range, so a ReLU output's "own" error is the ReLU.)
 3. For k on a ladder (0, 1, 2, 4, ...), quantize with the k highest-ranked nodes in
-   ``nodes_to_exclude`` and measure, with onnxruntime's real int8 kernels: top-1 agreement
-   with the fp32 model on held-out images of the calibration pool (neither calibration
-   nor evaluated images), and throughput at one batch, the points timed round-robin so
-   that a machine's drift lands on all of them alike.
+   ``nodes_to_exclude`` and measure, with onnxruntime's real int8 kernels: accuracy by the
+   search's rule (variants/search_rule.py: MLPerf's top-1 as % of the fp32 model's where
+   labels exist, else top-1 agreement with it) on held-out images of the calibration pool
+   (neither calibration nor evaluated images), and throughput at one batch, the points
+   timed round-robin so that a machine's drift lands on all of them alike.
 4. The Pareto table holds every point; ``Search.chosen`` is the fewest float nodes that
-   meet the agreement target (fewer float nodes is the faster model; the table shows the
+   meet the rule's target (fewer float nodes is the faster model; the table shows the
    measured throughput so the user can check), or, when none does, the all-int8 point
-   (k = 0), flagged as missing the target: trading throughput for agreement that still
+   (k = 0), flagged as missing the target: trading throughput for accuracy that still
    misses the target is the user's call (``float_nodes=K`` takes any point of the table).
 
 The search result (the table and the chosen nodes) is cached by everything it depends
@@ -40,9 +41,9 @@ import torch
 
 from densenet_opt.cache import key_digest, tensor_digest
 from densenet_opt.errors import UserError
-from densenet_opt.accuracy import top1_agreement
 from densenet_opt.pareto import Search, columns, measure_ladder
 from densenet_opt.variants.onnx.export import Artifact
+from densenet_opt.variants.search_rule import search_rule
 from densenet_opt.variants.onnx.quantize import (
     ImageBatchReader,
     Recipe,
@@ -56,7 +57,7 @@ DEFAULT_MAX_FLOAT_NODES = 64
 # Calibration images the sensitivity pass runs (every activation of DenseNet-121 is kept:
 # about 120 MB an image).
 SENSITIVITY_IMAGES = 4
-SEARCH_VERSION = 2  # 2: the shared pareto.Search (kept_float)
+SEARCH_VERSION = 3  # 2: the shared pareto.Search (kept_float); 3: the accuracy rule
 PARETO_COLUMNS = columns("nodes")
 
 
@@ -106,7 +107,9 @@ def search(
     recipe: Recipe,
     calibration: torch.Tensor,
     heldout: torch.Tensor,
+    rule: str,
     target: float,
+    labels: np.ndarray | None,
     max_float_nodes: int,
     batch_size: int,
     rounds: int,
@@ -116,11 +119,12 @@ def search(
 ) -> Search:
     """Measure the Pareto points of ``source`` quantized by ``recipe`` (module docstring).
 
-    ``calibration``/``heldout``: float32 [N,3,224,224], disjoint. ``target``: agreement
-    in %. ``open_session(path)``: an onnxruntime InferenceSession as the variant runs it
+    ``calibration``/``heldout``: float32 [N,3,224,224], disjoint. ``rule`` (accuracy.SEARCH_RULES),
+    ``target`` (%) and ``labels`` (int64 [N] of ``heldout``, or None) make the SearchRule every
+    point is scored by, against the fp32 model run here. ``open_session(path)``: an onnxruntime InferenceSession as the variant runs it
     (provider, threads). ``rounds``: timed calls per point at ``batch_size``. Each point's
     int8 model is cached like the variant's (int8_artifact). UserError when ``heldout``
-    is empty."""
+    is empty, or when the fp32 model gets none of it right by the labels (search_rule)."""
     if len(heldout) == 0:
         raise UserError(
             f"the accuracy-aware int8 search found no held-out images after the {len(calibration)} calibration images: "
@@ -136,7 +140,7 @@ def search(
             for start in range(0, len(heldout_np), batch_size)
         ])
 
-    reference = logits(fp32).argmax(axis=1)
+    rule_of_search = search_rule(rule, target, logits(fp32).argmax(axis=1), labels, "onnx_int8")
     del fp32
     build = lambda exclude: int8_artifact(  # noqa: E731
         source, recipe=recipe, images=calibration, cache_dir=cache_dir, progress=progress, exclude=exclude
@@ -145,11 +149,11 @@ def search(
     batch = heldout_np[:batch_size]
     points = measure_ladder(
         ranked, max_float_nodes, build=lambda exclude: open_session(build(exclude).path),
-        agreement=lambda session: top1_agreement(logits(session), reference),
+        score=lambda session: rule_of_search.score(logits(session)), rule=rule,
         run_batch=lambda session: session.run(None, {name: batch}), batch_size=len(batch), rounds=rounds,
         heldout_images=len(heldout), progress=progress, name="onnx_int8", unit="node",
     )
-    return Search(points, target, len(heldout), len(batch))
+    return Search(points, target, len(heldout), len(batch), "nodes", rule)
 
 
 def search_cache_path(cache_dir: Path, key: dict) -> Path:
@@ -157,14 +161,15 @@ def search_cache_path(cache_dir: Path, key: dict) -> Path:
     return Path(cache_dir) / "onnx" / "search" / f"int8-float-nodes-{key_digest(key)}.json"
 
 
-def search_key(source: Artifact, recipe: Recipe, calibration: torch.Tensor, heldout: torch.Tensor,
-               target: float, max_float_nodes: int, batch_size: int) -> dict:
+def search_key(source: Artifact, recipe: Recipe, calibration: torch.Tensor, heldout: torch.Tensor, rule: str,
+               target: float, labels: np.ndarray | None, max_float_nodes: int, batch_size: int) -> dict:
     """What a search's result depends on (timing settings aside: throughput is reported, not chosen on)."""
     return {
         "version": SEARCH_VERSION, "source_sha256": source.sha256,
         "recipe": asdict(recipe),
         "calibration": f"{len(calibration)}-{tensor_digest(calibration)}",
         "heldout": f"{len(heldout)}-{tensor_digest(heldout)}",
+        "rule": rule, "labels": None if labels is None else tensor_digest(torch.from_numpy(labels)),
         "target": target, "max_float_nodes": max_float_nodes, "batch_size": batch_size,
         "sensitivity_images": SENSITIVITY_IMAGES,
     }

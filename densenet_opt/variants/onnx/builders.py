@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from densenet_opt import pareto
 from densenet_opt.errors import UserError, VariantUnavailable
-from densenet_opt.values import auto_or_count, percent, whole_number
+from densenet_opt.values import auto_or_count, whole_number
 from densenet_opt.variants import BuildContext, Variant, VariantOption
+from densenet_opt.variants.search_rule import heldout_labels, rule_name, rule_options
 from densenet_opt.variants.onnx.engine import OrtEngine, open_engine
 from densenet_opt.variants.onnx.export import Artifact, fp16_artifact, fp32_artifact
 from densenet_opt.variants.onnx.providers import (
@@ -81,11 +82,11 @@ INT8_OPTIONS = (
     VariantOption(
         "float_nodes", auto_or_count, None,
         "nodes kept in float, most harmful first (accuracy_aware.py): auto measures k = 0, 1, 2, 4, ... and takes "
-        "the fewest that meet agreement_target, writing the Pareto table to the output directory; 0 is all-int8",
+        "the fewest that meet accuracy_rule, writing the Pareto table to the output directory; 0 is all-int8",
     ),
-    VariantOption("agreement_target", percent, 99.0, "top-1 agreement with fp32 (%) that float_nodes=auto aims for"),
+    *rule_options("float_nodes=auto"),
     VariantOption("search_images", _positive, 256,
-                  "held-out images of the calibration pool that float_nodes=auto measures agreement on"),
+                  "held-out images of the calibration pool that float_nodes=auto measures accuracy_rule on"),
     VariantOption("max_float_nodes", _positive, 64, "the largest k float_nodes=auto tries"),
     VariantOption.choice("calibration", ("percentile", "minmax", "entropy"), "percentile",
                          "calibration method of the activation ranges (onnxruntime CalibrationMethod)"),
@@ -96,7 +97,7 @@ SEARCH_BATCH, SEARCH_ROUNDS = 32, 5
 
 def build_int8(ctx: BuildContext) -> OrtEngine:
     """The static int8 QDQ model on TensorRT (CUDA, when installed) or the CPU provider,
-    with the nodes that cost most agreement kept in float (option float_nodes; on the CPU
+    with the nodes that cost most accuracy kept in float (option float_nodes; on the CPU
     provider ``auto`` measures the Pareto points, accuracy_aware.py).
 
     Raises UserError for --calibration-samples 0 (before exporting) and for a forced CUDA
@@ -127,13 +128,9 @@ def build_int8(ctx: BuildContext) -> OrtEngine:
     search_info: dict[str, str] = {}
     if searching:
         result, cached = _search(ctx, source, recipe, calibration, heldout, ort)
-        chosen = result.chosen
-        exclude = chosen.excluded
+        exclude = result.chosen.excluded
         table = pareto.write_pareto_table(result, ctx.report_dir, ONNX_INT8)
-        ctx.progress(
-            f"onnx_int8: {len(exclude)} float node(s), {chosen.agreement_top_1:.2f}% agreement on "
-            f"{result.heldout_images} held-out images: {result.verdict()}" + (f"; Pareto table {table}" if table else "")
-        )
+        ctx.progress(f"onnx_int8: {result.chosen_text()}" + (f"; Pareto table {table}" if table else ""))
         search_info = pareto.search_info(result, cached, "nodes")
     elif float_nodes:
         if target != CPU:
@@ -171,13 +168,15 @@ def _search(ctx: BuildContext, source: Artifact, recipe, calibration, heldout, o
     """The cached (or measured) float-nodes search for ``ctx``'s options, and whether it was cached."""
     import densenet_opt.variants.onnx.accuracy_aware as accuracy_aware  # needs onnxruntime.quantization
 
-    target, max_nodes = ctx.option("agreement_target"), ctx.option("max_float_nodes")
+    target, max_nodes = ctx.option("accuracy_target"), ctx.option("max_float_nodes")
+    labels = heldout_labels(ctx, len(calibration), len(heldout))
+    rule = rule_name(ctx, labels)
     batch = min(SEARCH_BATCH, len(heldout)) or 1
-    key = accuracy_aware.search_key(source, recipe, calibration, heldout, target, max_nodes, batch)
+    key = accuracy_aware.search_key(source, recipe, calibration, heldout, rule, target, labels, max_nodes, batch)
     return pareto.cached_search(
         accuracy_aware.search_cache_path(ctx.cache_dir, key),
         lambda: accuracy_aware.search(
-            source, recipe=recipe, calibration=calibration, heldout=heldout, target=target,
+            source, recipe=recipe, calibration=calibration, heldout=heldout, rule=rule, target=target, labels=labels,
             max_float_nodes=max_nodes, batch_size=batch, rounds=SEARCH_ROUNDS,
             open_session=_cpu_session(ort, Settings.of(ctx).threads), cache_dir=ctx.cache_dir, progress=ctx.progress,
         ),
@@ -190,6 +189,6 @@ VARIANTS: list[Variant] = [
     Variant(ONNX_FP16, "ONNX Runtime float16 model (CUDA or TensorRT provider)", build_fp16,
             options=OPTIONS, shared_prefix=ONNX),
     Variant(ONNX_INT8, "ONNX Runtime static int8, QDQ (TensorRT on CUDA, else the CPU provider), "
-            "the nodes that cost most agreement kept in float", build_int8,
+            "the nodes that cost most accuracy kept in float", build_int8,
             options=OPTIONS + INT8_OPTIONS, shared_prefix=ONNX, calibrates=True),
 ]
