@@ -383,11 +383,15 @@ def test_the_quantization_process_raises_its_error_here_and_leaves_no_ir(ov, tmp
 
 
 @pytest.mark.slow
-def test_accuracy_control_builds_caches_and_reports_on_a_small_cnn(ov, tmp_path: Path) -> None:
+@pytest.mark.parametrize("labelled", [False, True])
+def test_accuracy_control_builds_caches_and_reports_on_a_small_cnn(ov, tmp_path: Path, labelled: bool) -> None:
     """The real NNCF path end to end on a small CNN (DenseNet-121's 187 operations take
     minutes to rank on 2 cores; a small random-init DenseNet gives every image the same
     class): a target of 100% on 32 held-out images, one calibration image (ranges too
-    narrow for the rest), so that int8 misses and NNCF ranks and reverts operations."""
+    narrow for the rest), so that int8 misses and NNCF ranks and reverts operations.
+    Without labels the rule is agreement (NNCF's absolute drop); with labels (the fp32
+    model's own classes, every fourth one changed: fp32 top-1 75%) MLPerf's rule (NNCF's
+    relative drop)."""
     pytest.importorskip("nncf", reason=NO_OPENVINO)
     import copy
 
@@ -397,11 +401,15 @@ def test_accuracy_control_builds_caches_and_reports_on_a_small_cnn(ov, tmp_path:
         torch.nn.Conv2d(32, 32, 3, stride=2), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10),
     ).eval()
     pool = torch.randn(33, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        labels = model(pool).argmax(dim=1)
+    labels[::4] = (labels[::4] + 1) % 10
     messages: list[str] = []
     ctx = BuildContext(
         device=torch.device("cpu"), batch_size=2, reference_model=lambda: copy.deepcopy(model),
         calibration_images=lambda count: pool[:count], calibration_samples=1, weights_key="tiny",
         cache_dir=tmp_path, progress=messages.append,
+        calibration_labels=lambda count: labels[:count] if labelled else None,
         options=parse_variant_options({"openvino_int8.accuracy_target": "100", "openvino_int8.search_images": "32",
                                        "openvino_int8.ranking_images": "4", "openvino_int8.max_reverted": "2"}),
     )
@@ -410,19 +418,21 @@ def test_accuracy_control_builds_caches_and_reports_on_a_small_cnn(ov, tmp_path:
     try:
         info = engine.info
         assert info["accuracy_control"] == "on" and info["heldout_images"] == "32"
-        assert info["accuracy_rule"] == "top-1 agreement with fp32 >= 100%"  # no labels here: auto is agreement
-        all_int8 = float(info["all_int8_agreement_top_1"])
+        metric = "top1_of_fp32_pct" if labelled else "agreement_top_1"  # auto: MLPerf's rule where labels exist
+        assert info["accuracy_rule"] == ("top-1 >= 100% of the fp32 model's (MLPerf's rule)" if labelled
+                                         else "top-1 agreement with fp32 >= 100%")
+        all_int8 = float(info[f"all_int8_{metric}"])
         if all_int8 >= 100.0:
             assert info["accuracy_control_chosen"] == "all-int8 (meets the rule)"
-            assert info["controlled_agreement_top_1"] == "n/a"
+            assert info[f"controlled_{metric}"] == "n/a"
         else:  # NNCF ran: its model is kept only if it meets the rule
-            controlled = float(info["controlled_agreement_top_1"])
+            controlled = float(info[f"controlled_{metric}"])
             expected = "accuracy control (meets the rule)" if controlled >= 100.0 else "all-int8 (no model met the rule)"
             assert info["accuracy_control_chosen"] == expected
         assert any("held-out images" in message for message in messages)
         assert again.info["int8_cache"] == "hit"
-        assert {key: again.info[key] for key in ("all_int8_agreement_top_1", "accuracy_control_chosen")} == {
-            key: info[key] for key in ("all_int8_agreement_top_1", "accuracy_control_chosen")}
+        assert {key: again.info[key] for key in (f"all_int8_{metric}", "accuracy_control_chosen")} == {
+            key: info[key] for key in (f"all_int8_{metric}", "accuracy_control_chosen")}
         images = pool[1:3]
         assert torch.equal(engine(images), again(images))
     finally:
