@@ -122,7 +122,9 @@ def test_openvino_measures_the_execution_mode_once_and_keeps_it(tiny_onnx: str, 
     from densenet_opt.variants import openvino
 
     assert openvino.stream_candidates(1, 2) == (1,) and openvino.stream_candidates(32, 2) == (1, 2)
-    assert openvino.stream_candidates(3, 8) == (1, 3)
+    assert openvino.stream_candidates(3, 8) == (1, 2, 3)
+    assert openvino.stream_candidates(32, 16) == (1, 2, 4, 8, 16)  # threads per request: 16, 8, 4, 2, 1
+    assert openvino.stream_candidates(32, 12) == (1, 2, 4, 8, 12) and openvino.stream_candidates(4, 16) == (1, 2, 4)
     monkeypatch.setattr(contention.Contention, "contended", lambda self, limit_pct=30: False)  # whatever the machine does
     messages: list[str] = []
     ctx = types.SimpleNamespace(batch_size=4, cache_dir=tmp_path, progress=messages.append, variant=None)

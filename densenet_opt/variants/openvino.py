@@ -14,8 +14,9 @@ change the answer:
   f32 (``openvino_int8.float_precision``).
 - The execution mode is chosen by measurement (``openvino.streams=auto``, the default):
   when an engine is built, one stream (``PERFORMANCE_HINT = LATENCY``, one inference
-  request at a time on all the threads) and one stream per core (below) are compiled and
-  timed round-robin at the engine's batch size, and the faster is kept, cached per model,
+  request at a time on all the threads) and 2, 4, ... up to one stream per core (below; the
+  threads shared among the streams, so this also chooses the threads per request) are
+  compiled and timed round-robin at the engine's batch size, and the fastest is kept, cached per model,
   precision, batch size, threads, OpenVINO version and machine kind (choose_streams); at
   batch 1 there is nothing to split and one stream is used. Either way the call boundary is
   every other engine's (batch in, logits out, synchronous); ``INFERENCE_NUM_THREADS`` = the
@@ -145,7 +146,7 @@ STREAMS_OPTION = VariantOption(
     "streams", _streams, AUTO,
     "NUM_STREAMS of the CPU plugin: 1 is one inference request on all the threads (PERFORMANCE_HINT=LATENCY); "
     "N > 1 splits each batch into N equal parts run at once, one request per stream, the threads shared among "
-    "them (OpenVINO's throughput mode); auto: the faster of 1 and one stream per core, measured when the engine "
+    "them (OpenVINO's throughput mode); auto: the fastest of 1, 2, 4, ... and one stream per core, measured when the engine "
     "is built for its batch size and cached per machine kind (choose_streams)",
 )
 # Timed calls per candidate when auto measures the execution mode (round-robin, after one
@@ -305,10 +306,18 @@ def _compile(ctx: BuildContext, model, precision: str, size_bytes: int, info: di
 
 
 def stream_candidates(batch_size: int, cores: int) -> tuple[int, ...]:
-    """The stream counts auto chooses among: 1 (LATENCY) and, when the batch can be split,
-    one stream per core up to the batch size (THROUGHPUT): at batch 1 there is nothing to split."""
-    several = min(cores, batch_size)
-    return (1,) if several < 2 else (1, several)
+    """The stream counts auto chooses among: 1 (LATENCY: one request on all ``cores``
+    threads) and, when the batch can be split, 2, 4, 8, ... streams and one stream per core,
+    at most the batch size (THROUGHPUT: the threads shared among the streams, so each count
+    is also a number of threads per request: cores / streams). At batch 1 there is nothing
+    to split: (1,)."""
+    most = min(cores, batch_size)
+    counts = [1]
+    while counts[-1] * 2 < most:
+        counts.append(counts[-1] * 2)
+    if most > 1:
+        counts.append(most)
+    return tuple(counts)
 
 
 def choose_streams(ctx: BuildContext, model, precision: str, threads: int, model_file: str) -> tuple[int, str]:
