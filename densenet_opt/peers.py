@@ -27,6 +27,12 @@ The peers (PEERS), each with nothing set that its documentation does not set by 
   ``torch.autocast("cpu", torch.bfloat16)``: PyTorch's CPU inference recipe for bf16.
 
 Accuracy is measured once per engine, with its engine at the first batch size given.
+
+Where the time goes, the measured reason a suite engine is slower or faster than a peer, is
+profiled at each batch size (measure_layer_profile): OpenVINO's per-layer counters, by layer
+type, of the fastest suite engine and the fastest peer that run on OpenVINO and meet the rule
+(profile_choice), each compiled again from its model file with the properties it was timed
+with (Contender's ``compiled_from``), in one stream.
 """
 
 from __future__ import annotations
@@ -45,14 +51,17 @@ import torch
 from densenet_opt import verdict
 from densenet_opt.accuracy import MLPERF_TOP1_OF_FP32, Fidelity, fidelity, predict
 from densenet_opt.errors import UserError, VariantUnavailable
+from densenet_opt.measure.layer_profile import PROFILE_CALLS, layer_profiles
 from densenet_opt.measure.limits import ComputeLimit
 from densenet_opt.preprocessing import IMAGE_SHAPE
 from densenet_opt.variants import BuildContext, get_variant, parse_variant_options
+from densenet_opt.variants.openvino import CompiledFrom, compiled_from_of, core, import_openvino, part_size, split_batch
 
 SUITE, PEER = "suite", "peer"
 # The suite's engines a default run sets against the peers: its fastest CPU deployments.
 DEFAULT_VARIANTS = ("openvino_int8", "openvino_bf16")
 PEERS_FILE = "peers.csv"
+PROFILE_FILE = "layer_profile.csv"  # beside peers.csv: the layer profiles (profile_csv_text)
 CONFIDENCE = 0.95
 
 
@@ -61,7 +70,8 @@ class Contender:
     """One engine of the comparison: ``call`` takes a float32 [N,3,224,224] batch and returns
     float32 [N,1000] logits (N = the batch size it was built for); ``group`` SUITE or PEER;
     ``precision`` (int8, bf16 or fp32: what its compute limit is read for); ``note``: how
-    it was built."""
+    it was built; ``compiled_from``: for an engine that runs on OpenVINO, its model file and
+    the properties it was compiled with (what its layer profile compiles), else None."""
 
     name: str
     group: str
@@ -69,6 +79,7 @@ class Contender:
     precision: str
     note: str
     close: Callable[[], None] = lambda: None
+    compiled_from: CompiledFrom | None = None
 
     @property
     def key(self) -> str:
@@ -79,24 +90,29 @@ class Contender:
 # --- the peers ----------------------------------------------------------------------------
 
 
-def _openvino_peer(model_file: str, batch_size: int, throughput: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    from densenet_opt.variants.openvino import core, import_openvino, part_size, split_batch
+@dataclass(frozen=True)
+class _OpenVinoCall:
+    """A peer's call that runs on OpenVINO, and what it was compiled from (compiled_from_of reads it)."""
 
+    call: Callable[[torch.Tensor], torch.Tensor]
+    compiled_from: CompiledFrom
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.call(batch)
+
+
+def _openvino_peer(model_file: str, batch_size: int, throughput: bool) -> _OpenVinoCall:
     ov = import_openvino()
-
-    def compiled_for(images: int):
-        model = core().read_model(model_file)
-        model.reshape([images, *IMAGE_SHAPE])
-        return core().compile_model(model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"} if throughput else {})
-
-    compiled = compiled_for(batch_size)
+    source = CompiledFrom(model_file, {"PERFORMANCE_HINT": "THROUGHPUT"} if throughput else {})
+    compiled = source.compile([batch_size, *IMAGE_SHAPE])
     if not throughput:
         request = compiled.create_infer_request()
-        return lambda batch: torch.from_numpy(np.array(request.infer({0: batch.numpy()})[0], dtype=np.float32, copy=True))
+        return _OpenVinoCall(lambda batch: torch.from_numpy(np.array(request.infer({0: batch.numpy()})[0], dtype=np.float32,
+                                                                     copy=True)), source)
     requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     size = part_size(batch_size, requests)
     if size != batch_size:
-        compiled = compiled_for(size)
+        compiled = source.compile([size, *IMAGE_SHAPE])
     queue = ov.AsyncInferQueue(compiled, -(-batch_size // size))
     outputs: dict[int, np.ndarray] = {}
     queue.set_callback(lambda request, index: outputs.__setitem__(index, np.array(request.get_output_tensor(0).data, copy=True)))
@@ -107,7 +123,7 @@ def _openvino_peer(model_file: str, batch_size: int, throughput: bool) -> Callab
         queue.wait_all()
         return torch.from_numpy(np.concatenate([outputs[i] for i in sorted(outputs)])[: len(batch)])
 
-    return call
+    return _OpenVinoCall(call, source)
 
 
 def _onnxruntime_peer(model_file: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -136,8 +152,6 @@ PLUGIN = "plugin default"  # a peer's precision where OpenVINO's CPU plugin pick
 def _plugin_precision() -> str:
     """What OpenVINO's CPU plugin runs float layers in by default here: bf16 where the CPU
     has it (AVX-512 BF16 or AMX), else fp32 (its INFERENCE_PRECISION_HINT)."""
-    from densenet_opt.variants.openvino import core
-
     hint = str(core().get_property("CPU", "INFERENCE_PRECISION_HINT")).lower()
     return "bf16" if "bf16" in hint or "bfloat16" in hint else "fp32"
 
@@ -225,7 +239,7 @@ def build_contenders(variants: Sequence[str], peers: Sequence[str], batch_size: 
         note = ", ".join(f"{k}={engine.info[k]}" for k in ("precision", "performance_hint", "num_streams", "streams_chosen")
                          if k in engine.info)
         precision = "int8" if precision.startswith("int8") else precision if precision == "bf16" else "fp32"
-        built.append(Contender(variant, SUITE, engine, precision, note, engine.close))
+        built.append(Contender(variant, SUITE, engine, precision, note, engine.close, compiled_from_of(engine)))
     for name in peers:
         peer = PEERS[name]
         progress(f"batch {batch_size}: building the peer {name} ({peer.note})")
@@ -235,7 +249,7 @@ def build_contenders(variants: Sequence[str], peers: Sequence[str], batch_size: 
             skipped.append(f"{name}: {error}")
             continue
         precision = _plugin_precision() if peer.precision == PLUGIN else peer.precision
-        built.append(Contender(name, PEER, call, precision, peer.note))
+        built.append(Contender(name, PEER, call, precision, peer.note, compiled_from=compiled_from_of(call)))
     return built, skipped
 
 
@@ -342,10 +356,88 @@ def rows(results: Sequence[Result]) -> list[dict[str, object]]:
     return out
 
 
+def _csv_text(columns: Sequence[str], lines: Sequence[Mapping[str, object]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns)
+    writer.writeheader()
+    writer.writerows(lines)
+    return buffer.getvalue()
+
+
 def csv_text(results: Sequence[Result]) -> str:
     """peers.csv: COLUMNS, one line per result."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows(results))
-    return buffer.getvalue()
+    return _csv_text(COLUMNS, rows(results))
+
+
+# --- the layer profile: where the time goes ---------------------------------------------
+
+
+@dataclass
+class LayerProfile:
+    """The layer profile at one batch size: ``profiled``, each profiled contender with its
+    ms per call by executed layer type (measure/layer_profile.py: the mean of ``calls``
+    calls, one stream); ``left_out``, a clause per group (suite, peer) with no engine
+    profiled, saying why."""
+
+    batch_size: int
+    calls: int
+    profiled: list[tuple[Contender, dict[str, float]]]
+    left_out: list[str]
+
+
+def _within_rule(result: Result) -> bool:
+    """Meets MLPerf's rule, or was not scored by it (the rule is not known)."""
+    return result.meets or result.accuracy is None or result.accuracy.top1_of_fp32 is None
+
+
+def profile_choice(results: Sequence[Result]) -> tuple[list[Result], list[str]]:
+    """Of one batch size's results: the fastest (lowest median) suite engine, then the fastest
+    peer, that run on OpenVINO (Contender.compiled_from) and meet MLPerf's rule where it was
+    measured; and for a group with none, a clause saying why."""
+    chosen, left_out = [], []
+    for group, label in ((SUITE, "suite engine"), (PEER, "peer")):
+        members = [r for r in results if r.contender.group == group]
+        on_openvino = [r for r in members if r.contender.compiled_from is not None]
+        eligible = [r for r in on_openvino if _within_rule(r)]
+        if eligible:
+            chosen.append(min(eligible, key=lambda r: r.median_ms))
+        elif not on_openvino:
+            names = ", ".join(r.contender.name for r in members) or "none timed"
+            left_out.append(f"no {label} runs on OpenVINO ({names}), whose per-layer counters the profile reads")
+        else:
+            left_out.append(f"no {label} on OpenVINO meets MLPerf's accuracy rule "
+                            f"({', '.join(r.contender.name for r in on_openvino)})")
+    return chosen, left_out
+
+
+def measure_layer_profile(results: Sequence[Result], batch: torch.Tensor, calls: int = PROFILE_CALLS) -> LayerProfile:
+    """The LayerProfile of the engines profile_choice picks of one batch size's ``results``,
+    run on ``batch`` (float32 [N,3,224,224], N that batch size) by measure.layer_profile's
+    layer_profiles: each compiled again from its ``compiled_from``. ValueError for calls < 1;
+    VariantUnavailable without OpenVINO."""
+    chosen, left_out = profile_choice(results)
+    ms = layer_profiles({r.contender.key: r.contender.compiled_from for r in chosen}, batch.numpy(), calls) if chosen else {}
+    return LayerProfile(len(batch), calls, [(r.contender, ms[r.contender.key]) for r in chosen], left_out)
+
+
+PROFILE_COLUMNS = ("batch_size", "engine", "group", "layer_type", "ms_per_call", "share_pct", "calls")
+
+
+def profile_rows(profiles: Sequence[LayerProfile]) -> list[dict[str, object]]:
+    """One dict per (batch size, engine, layer type) with PROFILE_COLUMNS: ms per call and
+    its share of the engine's summed counters (%), each engine's types by ms, largest first."""
+    out = []
+    for profile in profiles:
+        for contender, ms in profile.profiled:
+            total = sum(ms.values())
+            for kind, value in sorted(ms.items(), key=lambda item: -item[1]):
+                out.append({"batch_size": profile.batch_size, "engine": contender.name, "group": contender.group,
+                            "layer_type": kind, "ms_per_call": round(value, 4),
+                            "share_pct": round(100.0 * value / total, 2) if total > 0 else 0.0, "calls": profile.calls})
+    return out
+
+
+def profile_csv_text(profiles: Sequence[LayerProfile]) -> str:
+    """layer_profile.csv: PROFILE_COLUMNS, one line per profile_rows row (only the header
+    when nothing was profiled)."""
+    return _csv_text(PROFILE_COLUMNS, profile_rows(profiles))

@@ -86,13 +86,13 @@ def test_round_robin_calls_each_once_a_round_in_a_rotating_order() -> None:
         peers.time_round_robin(contenders, torch.zeros(1), rounds=0)
 
 
-def _result(name: str, group: str, seconds: list[float], pct: float | None) -> peers.Result:
+def _result(name: str, group: str, seconds: list[float], pct: float | None, size: int = 32) -> peers.Result:
     accuracy = None
     if pct is not None:
         from densenet_opt.accuracy import Fidelity, Top1OfFp32
         accuracy = Fidelity("agreement_with_fp32", pct, 100.0, pct, 0.01, Top1OfFp32(pct, pct - 1, min(100.0, pct + 1), 2000))
     limit = compute_limit("int8", 2.87, flags=AMX, cores=2, ghz=2.6)
-    return peers.Result(peers.Contender(name, group, lambda b: b, "int8", "note"), 32, seconds, accuracy, limit)
+    return peers.Result(peers.Contender(name, group, lambda b: b, "int8", "note"), size, seconds, accuracy, limit)
 
 
 def test_the_suite_is_set_against_the_fastest_peer_that_keeps_the_rule() -> None:
@@ -147,7 +147,8 @@ def test_openvino_measures_the_execution_mode_once_and_keeps_it(tiny_onnx: str, 
 def test_the_peer_tool_end_to_end(tmp_path: Path) -> None:
     """tools/peers.py on DenseNet-121 (the sweep's synthetic weights and cached export) at
     batch 2 against ONNX Runtime's and OpenVINO's defaults: a CSV pandas reads, a markdown
-    table naming the machine kind, every engine's accuracy by the rule."""
+    table naming the machine kind, every engine's accuracy by the rule, and the layer
+    profile of the suite's openvino and the peer openvino (not onnxruntime)."""
     pytest.importorskip("openvino")
     import subprocess
     import sys
@@ -164,6 +165,94 @@ def test_the_peer_tool_end_to_end(tmp_path: Path) -> None:
     assert (table["top1_of_fp32_pct"] > 90).all() and table["rounds"].eq(2).all()
     assert table.loc[0, "best_peer"] in ("onnxruntime", "openvino") and table.loc[0, "over_best_peer"] > 0
     assert "### Peers on `" in done.stdout and "| **openvino** (suite) |" in done.stdout
+    profile = pd.read_csv(tmp_path / peers.PROFILE_FILE)
+    assert set(zip(profile["engine"], profile["group"])) == {("openvino", "suite"), ("openvino", "peer")}
+    assert "Convolution" in set(profile["layer_type"]) and (profile["batch_size"] == 2).all()
+    assert "Where the time goes at batch 2:" in done.stdout and (tmp_path / "peers.md").read_text().strip() == done.stdout.strip()
     bad = subprocess.run([sys.executable, "tools/peers.py", "--rounds", "0"], capture_output=True, text=True, cwd=repo,
                          timeout=120)
     assert bad.returncode == 2 and "--rounds must be at least 1" in bad.stderr
+
+
+# --- the layer profile --------------------------------------------------------------------
+
+
+def test_the_layer_profile_sums_openvinos_counters_by_layer_type(tiny_onnx: str) -> None:
+    """Each model compiled again from its file (one as timed in throughput mode: profiled in
+    one stream all the same) gives positive ms per executed layer type, the tiny DenseNet's
+    convolutions and concatenations among them."""
+    pytest.importorskip("openvino")
+    from densenet_opt.measure.layer_profile import layer_profiles
+    from densenet_opt.variants.openvino import CompiledFrom
+
+    models = {"f32": CompiledFrom(tiny_onnx, {"INFERENCE_PRECISION_HINT": "f32"}),
+              "throughput": CompiledFrom(tiny_onnx, {"PERFORMANCE_HINT": "THROUGHPUT"})}
+    batch = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2)).numpy()
+    profiles = layer_profiles(models, batch, calls=2)
+    assert list(profiles) == ["f32", "throughput"]
+    for profile in profiles.values():
+        assert {"Convolution", "Concat"} <= set(profile) and all(ms > 0 for ms in profile.values()), profile
+    with pytest.raises(ValueError, match="calls must be at least 1"):
+        layer_profiles(models, batch, calls=0)
+
+
+def _on_openvino(result: peers.Result, model_file: str = "model.xml") -> peers.Result:
+    from densenet_opt.variants.openvino import CompiledFrom
+
+    result.contender.compiled_from = CompiledFrom(model_file, {})
+    return result
+
+
+def test_the_profile_takes_the_fastest_openvino_suite_engine_and_peer_within_the_rule() -> None:
+    results = [
+        _result("torch_fast", peers.SUITE, [0.010] * 3, 100.0),  # fastest, not on OpenVINO
+        _on_openvino(_result("ov_inaccurate", peers.SUITE, [0.020] * 3, 97.0)),  # below the rule
+        _on_openvino(_result("ov_suite", peers.SUITE, [0.030] * 3, 99.5)),
+        _result("onnxruntime", peers.PEER, [0.005] * 3, 100.0),
+        _on_openvino(_result("ov_slow_peer", peers.PEER, [0.050] * 3, 100.0)),
+        _on_openvino(_result("ov_unscored_peer", peers.PEER, [0.040] * 3, None)),  # the rule not known: eligible
+    ]
+    chosen, left_out = peers.profile_choice(results)
+    assert [r.contender.name for r in chosen] == ["ov_suite", "ov_unscored_peer"] and left_out == []
+    chosen, left_out = peers.profile_choice([results[0], results[1], results[3]])
+    assert chosen == [] and left_out == [
+        "no suite engine on OpenVINO meets MLPerf's accuracy rule (ov_inaccurate)",
+        "no peer runs on OpenVINO (onnxruntime), whose per-layer counters the profile reads"]
+
+
+def test_the_profile_is_written_as_csv_and_under_its_batch_sizes_table(tiny_onnx: str, tmp_path: Path) -> None:
+    """layer_profile.csv opens in pandas (shares summing to 100% per engine), the table's
+    total is the sum of its layer types, a group with nothing profiled is said, and a
+    comparison without a profile (an older stored one) renders with no profile table."""
+    pytest.importorskip("openvino")
+    from densenet_opt.render.markdown import layer_profile_table, stored_peer_tables
+
+    suite = _on_openvino(_result("openvino_int8", peers.SUITE, [0.020] * 3, 99.5, size=2), tiny_onnx)
+    torch_peer = _result("torch-compile", peers.PEER, [0.030] * 3, 100.0, size=2)
+    batch = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    profile = peers.measure_layer_profile([suite, torch_peer], batch, calls=2)
+    assert profile.batch_size == 2 and [c.name for c, _ in profile.profiled] == ["openvino_int8"]
+    table = pd.read_csv(io.StringIO(peers.profile_csv_text([profile])))
+    assert list(table.columns) == list(peers.PROFILE_COLUMNS) and set(table["engine"]) == {"openvino_int8"}
+    assert (table["ms_per_call"] > 0).all() and table["share_pct"].sum() == pytest.approx(100.0, abs=0.1)
+    assert table["ms_per_call"].sum() == pytest.approx(sum(profile.profiled[0][1].values()), abs=1e-2)
+    assert pd.read_csv(io.StringIO(peers.profile_csv_text([]))).columns.tolist() == list(peers.PROFILE_COLUMNS)
+
+    ms = {"Convolution": 10.0, "Concat": 3.0, "Reorder": 0.5, "Reshape": 0.004}
+    rendered = layer_profile_table({"a": ms, "b": {"Convolution": 5.0, "Concat": 0.1}}).splitlines()
+    assert rendered[2:] == ["| Convolution | 10.00 (74.1%) | 5.00 (98.0%) |", "| Concat | 3.00 (22.2%) | 0.10 (2.0%) |",
+                            "| Reorder | 0.50 (3.7%) | 0.00 (0.0%) |", "| other types (1) | 0.00 (0.0%) | 0.00 (0.0%) |",
+                            "| total | 13.50 (100.0%) | 5.10 (100.0%) |"]  # Reorder: under 1 ms, but 3.7% of a
+
+    with_profile = peers_tables([suite, torch_peer], "### Peers on `kind-a`", {2: profile})
+    without = peers_tables([suite, torch_peer], "### Peers on `kind-b`")
+    assert "Where the time goes at batch 2:" in with_profile and "| layer type | **openvino_int8** (suite) |" in with_profile
+    assert "one infer request holding the whole batch of 2" in with_profile and "mean of 2 calls" in with_profile
+    assert "Not profiled: no peer runs on OpenVINO (torch-compile)" in with_profile
+    assert "Where the time goes" not in without and "| layer type |" not in without
+    for kind, text in (("kind-a", with_profile), ("kind-b", without)):
+        (tmp_path / kind / "peers").mkdir(parents=True)
+        (tmp_path / kind / "peers" / "peers.md").write_text(text + "\n")
+    stored = stored_peer_tables(tmp_path)
+    assert stored.index("`kind-a`") < stored.index("Where the time goes") < stored.index("`kind-b`")
+    assert stored.count("Where the time goes") == 1

@@ -21,7 +21,8 @@ same round-robin (issue 14's stacking target: a chain against ``openvino_int8``)
 plain script then runs the same parts through an ``AsyncInferQueue``, as OpenVINO's
 benchmark_app does. ``--layer-profile`` then prints, per variant, where a call's time goes:
 OpenVINO's per-layer counters (``PERF_COUNT=YES``) of its model at one stream, summed by
-executed layer type, mean of 5 calls round-robin (ms per call).
+executed layer type, mean of 5 calls round-robin (ms per call; densenet_opt/measure/layer_profile.py,
+as tools/peers.py profiles).
 
 Uses the sweep's options (weights, cache dir, calibration images) with their defaults;
 synthetic weights when torchvision's are not cached. Needs the cpu extra (OpenVINO, NNCF).
@@ -39,28 +40,23 @@ import torch
 
 from densenet_opt.config import options_from_mapping
 from densenet_opt.errors import UserError
+from densenet_opt.measure.layer_profile import PROFILE_CALLS, layer_profiles
 from densenet_opt.preprocessing import IMAGE_SHAPE
+from densenet_opt.render.markdown import layer_profile_table
 from densenet_opt.values import whole_number
 from densenet_opt.variants import get_variant, parse_variant_options
-from densenet_opt.variants.openvino import OPENVINO, OPENVINO_INT8, compile_config, core, import_openvino, part_size, split_batch
+from densenet_opt.variants.openvino import (
+    OPENVINO, OPENVINO_INT8, CompiledFrom, compiled_from_of, import_openvino, part_size, split_batch,
+)
 from densenet_opt.workbench import Workbench
 
 
-def compile_model_file(info: dict[str, str], images: int, streams: int = 1, extra: dict[str, str] | None = None):
-    """The model file in ``info`` (an engine's), reshaped to ``images`` images and compiled
-    with the engine's precision and threads, ``streams`` and ``extra`` properties."""
-    model = core().read_model(info["model_file"])
-    model.reshape([images, *IMAGE_SHAPE])
-    config = compile_config(info["precision"], int(info["inference_num_threads"]), streams) | (extra or {})
-    return core().compile_model(model, "CPU", config)
-
-
-def plain_caller(info: dict[str, str], array, streams: int):
-    """A plain OpenVINO call of the model file in ``info`` (an engine's), compiled with the
-    engine's precision and threads and ``streams``: one synchronous request, or the batch's
-    parts (padded as the suite's engine pads them) through an AsyncInferQueue."""
+def plain_caller(source: CompiledFrom, array, streams: int):
+    """A plain OpenVINO call of an engine's model file and properties (``source``, built
+    with ``streams`` streams): one synchronous request, or the batch's parts (padded as the
+    suite's engine pads them) through an AsyncInferQueue."""
     size = part_size(len(array), streams)
-    compiled = compile_model_file(info, size, streams)
+    compiled = source.compile([size, *IMAGE_SHAPE])
     if size == len(array):
         request = compiled.create_infer_request()
         request.infer({0: array})
@@ -101,18 +97,19 @@ def main(argv: list[str] | None = None) -> int:
     batch = torch.randn(args.batch_size, *IMAGE_SHAPE, generator=torch.Generator().manual_seed(0))
     array = batch.numpy()
     callers: dict[str, object] = {}
-    model_files: dict[str, dict[str, str]] = {}
+    model_files: dict[str, CompiledFrom] = {}
     for variant in args.variants.split(","):
         for streams in streams_values:
             ctx = workbench.build_context(args.batch_size)
             ctx = dataclasses.replace(ctx, options=parse_variant_options(dict(ctx.options) | {"openvino.streams": str(streams)}))
             engine = get_variant(variant).build_engine(ctx)
-            if "model_file" not in engine.info:
+            source = compiled_from_of(engine)
+            if source is None:
                 raise UserError(f"{variant} is not an OpenVINO engine: pass OpenVINO variants (or chains ending in one)")
             name = variant if len(streams_values) == 1 else f"{variant} streams={streams}"
-            model_files.setdefault(variant, engine.info)
+            model_files.setdefault(variant, source)
             callers[f"{name} (suite)"] = lambda engine=engine: engine(batch)
-            callers[f"{name} (plain)"] = plain_caller(engine.info, array, streams)
+            callers[f"{name} (plain)"] = plain_caller(source, array, streams)
     seconds: dict[str, list[float]] = {name: [] for name in callers}
     for _ in range(args.rounds):
         for name, call in callers.items():
@@ -130,40 +127,10 @@ def main(argv: list[str] | None = None) -> int:
             ratio, versus_first = f"{plain / median:.3f}", f"{first / median:.3f}"
         print(f"{name:48s} {median * 1e3:9.1f} {args.batch_size / median:10.2f} {ratio:>12s} {versus_first:>8s}")
     if args.layer_profile:
-        print_layer_profile(layer_profiles(model_files, array))
+        print(f"\nms per call by layer type (PERF_COUNT, one stream, mean of {PROFILE_CALLS} calls round-robin; "
+              "in brackets the share of the variant's counted total)\n")
+        print(layer_profile_table(layer_profiles(model_files, array)))
     return 0
-
-
-def layer_profiles(infos: dict[str, dict[str, str]], array, calls: int = 5) -> dict[str, dict[str, float]]:
-    """Per variant, ms per call by executed layer type of the model file in its engine's
-    ``info``, one stream, with OpenVINO's per-layer counters (PERF_COUNT=YES): the mean of
-    ``calls`` calls, the variants called round-robin so that drift lands on all."""
-    requests = {}
-    for variant, info in infos.items():
-        requests[variant] = compile_model_file(info, len(array), extra={"PERF_COUNT": "YES"}).create_infer_request()
-        requests[variant].infer({0: array})
-    totals: dict[str, dict[str, float]] = {variant: {} for variant in infos}
-    for _ in range(calls):
-        for variant, request in requests.items():
-            request.infer({0: array})
-            for layer in request.profiling_info:
-                if layer.status == layer.Status.EXECUTED:
-                    profile = totals[variant]
-                    profile[layer.node_type] = profile.get(layer.node_type, 0.0) + layer.real_time.total_seconds() * 1e3 / calls
-    return totals
-
-
-def print_layer_profile(profiles: dict[str, dict[str, float]]) -> None:
-    """One row per layer type (those of at least 1 ms somewhere), one column per variant."""
-    names = list(profiles)
-    types = sorted({kind for profile in profiles.values() for kind in profile}, key=lambda kind: -profiles[names[0]].get(kind, 0.0))
-    print("\nms per call by layer type (PERF_COUNT, one stream, mean of 5 calls round-robin)")
-    width = max(len(name) for name in names)
-    print(f"{'layer type':32s}" + "".join(f" {name:>{width}s}" for name in names))
-    for kind in types:
-        if max(profile.get(kind, 0.0) for profile in profiles.values()) >= 1.0:
-            print(f"{kind:32s}" + "".join(f" {profiles[name].get(kind, 0.0):{width}.1f}" for name in names))
-    print(f"{'total':32s}" + "".join(f" {sum(profiles[name].values()):{width}.1f}" for name in names))
 
 
 if __name__ == "__main__":

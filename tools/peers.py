@@ -6,9 +6,14 @@ batch size, times them in one process round-robin, scores each by MLPerf's accur
 (top-1 at least 99% of the fp32 model's, on --num-samples evaluation images, with a 95%
 paired-bootstrap interval) and prints each suite engine's speed over the fastest peer that
 meets the rule, with a 95% bootstrap interval, and each engine's fraction of this CPU's
-compute limit (densenet_opt/measure/limits.py). Writes OUTPUT_DIR/peers.csv (pandas) and
-OUTPUT_DIR/peers.md (the tables of docs/performance.md's peer section, naming the machine
-kind, the CPU pressure and the date).
+compute limit (densenet_opt/measure/limits.py). At each batch size it then profiles the
+fastest suite engine and the fastest peer that run on OpenVINO and meet the rule: OpenVINO's
+per-layer counters (PERF_COUNT=YES) by layer type, each model compiled again as it was timed
+but in one stream, one infer request, the mean of 5 calls round-robin
+(densenet_opt/measure/layer_profile.py; --no-layer-profile skips it). Writes
+OUTPUT_DIR/peers.csv and OUTPUT_DIR/layer_profile.csv (pandas) and OUTPUT_DIR/peers.md (the
+tables of docs/performance.md's peer section, naming the machine kind, the CPU pressure and
+the date, each batch size's layer profile under its table).
 
     python tools/peers.py                                  # batch 32 and 1, every peer
     python tools/peers.py --batch-sizes 1 --rounds 40 --peers openvino,nncf-int8
@@ -52,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-samples", default="2000", help="evaluation images the accuracy rule is measured on (default: %(default)s)")
     parser.add_argument("--calibration-samples", default="128", help="calibration images of every int8 engine (default: %(default)s)")
     parser.add_argument("--variant-options", default="", help="as the sweep's, e.g. openvino_int8.streams=2")
-    parser.add_argument("--output-dir", type=Path, default=Path("results") / "peers", help="where peers.csv and peers.md go (default: %(default)s)")
+    parser.add_argument("--no-layer-profile", action="store_true",
+                        help="skip the OpenVINO layer-type profile (layer_profile.csv then holds only its header)")
+    parser.add_argument("--output-dir", type=Path, default=Path("results") / "peers",
+                        help="where peers.csv, layer_profile.csv and peers.md go (default: %(default)s)")
     parser.add_argument("--store", action="store_true",
                         help="also store them as this machine kind's comparison, benchmarks_baseline/KIND/peers/ (shown in "
                         "docs/performance.md by tools/performance_tables.py); refused when the rounds were timed under CPU "
@@ -76,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     gmacs = workbench.reference_gflops_per_image / 2
     accuracy: dict[str, object] = {}
     results: list[peers.Result] = []
+    profiles: dict[int, peers.LayerProfile] = {}
     pressures: list[str] = []
     contended = False
     for size in sizes:
@@ -99,24 +108,29 @@ def main(argv: list[str] | None = None) -> int:
         results += batch_results
         for contender in contenders:
             contender.close()
+        if not args.no_layer_profile:
+            workbench.progress(f"batch {size}: layer profile (OpenVINO PERF_COUNT, one stream, {peers.PROFILE_CALLS} calls)")
+            profiles[size] = peers.measure_layer_profile(batch_results, workbench.input_batch(size))
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     command = " ".join(["python tools/peers.py", *(argv if argv is not None else sys.argv[1:])])
     heading = (f"### Peers on `{machine_kind('cpu')}`\n\n{when}; CPU pressure while timed: {', '.join(pressures)}; "
                f"{rounds} rounds; accuracy on {len(workbench.eval_set)} images; measured by `{command}`.")
-    text = peers_tables(results, heading)
+    text = peers_tables(results, heading, profiles)
+    files = {peers.PEERS_FILE: peers.csv_text(results), peers.PROFILE_FILE: peers.profile_csv_text(list(profiles.values())),
+             PEERS_MARKDOWN: text + "\n"}
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(args.output_dir / peers.PEERS_FILE, peers.csv_text(results), option="--output-dir")
-    atomic.write_text(args.output_dir / PEERS_MARKDOWN, text + "\n", option="--output-dir")
+    for name, content in files.items():
+        atomic.write_text(args.output_dir / name, content, option="--output-dir")
     print(text)
-    print(f"wrote {args.output_dir / peers.PEERS_FILE} and {args.output_dir / PEERS_MARKDOWN}", file=sys.stderr)
+    print(f"wrote {', '.join(str(args.output_dir / name) for name in files)}", file=sys.stderr)
     if args.store:
         if contended:
             raise UserError(f"not stored: the rounds ran under CPU pressure above {DEFAULT_MAX_CPU_PRESSURE:g}% "
                             f"({', '.join(pressures)}); rerun on a quiet machine (the results are in {args.output_dir})")
         stored = Path("benchmarks_baseline") / machine_kind("cpu") / "peers"
         stored.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(stored / peers.PEERS_FILE, peers.csv_text(results), option="--store")
-        atomic.write_text(stored / PEERS_MARKDOWN, text + "\n", option="--store")
+        for name, content in files.items():
+            atomic.write_text(stored / name, content, option="--store")
         print(f"stored in {stored}: run tools/performance_tables.py to show it in docs/performance.md", file=sys.stderr)
     return 0
 

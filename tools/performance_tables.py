@@ -9,8 +9,9 @@ Five blocks, each between its markers (densenet_opt/render/markdown.py), never t
 - docs/performance.md: render.markdown.stored_sweep_tables(benchmarks_baseline/), one table
   per machine kind and device, from BASELINE_DIR/KIND/DEVICE-sweep/benchmark_results.csv,
   which `nox -s bench -- --save-baseline` stores;
-- docs/performance.md: the comparison with the peers' defaults of each kind,
-  BASELINE_DIR/KIND/peers/peers.md, which `python tools/peers.py --store` writes;
+- docs/performance.md: the comparison with the peers' defaults of each kind, with its
+  layer profiles where measured, BASELINE_DIR/KIND/peers/peers.md, which
+  `python tools/peers.py --store` writes;
 - README.md: the same table for one kind, the one measured most recently;
 - docs/usage.md: the sweep's options, from densenet_opt/config.py's OPTIONS (what
   `densenet-opt sweep --help` and the pytest plugin offer);

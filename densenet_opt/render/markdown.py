@@ -206,7 +206,8 @@ PEERS_MARKDOWN = "peers.md"  # tools/peers.py's markdown, beside its peers.csv
 
 def stored_peer_tables(baseline_dir: Path) -> str:
     """tools/peers.py's stored output of each machine kind
-    (``baseline_dir/KIND/peers/peers.md``, kinds in name order), as written."""
+    (``baseline_dir/KIND/peers/peers.md``, kinds in name order), as written: its peer
+    tables, each with the batch size's layer profile under it where it was measured."""
     stored = sorted(Path(baseline_dir).glob(f"*/peers/{PEERS_MARKDOWN}"))
     return "\n\n".join(path.read_text(encoding="utf-8").strip() for path in stored) or (
         "No stored comparison yet: `python tools/peers.py --store` stores one for the machine kind it runs on.")
@@ -316,9 +317,15 @@ def append_gate_table(output_dir: Path, verdicts: Sequence[Verdict], kind: str) 
     return path
 
 
-def peers_tables(results: Sequence[peers.Result], heading: str) -> str:
+def _engine_label(contender: peers.Contender) -> str:
+    return f"**{contender.name}** (suite)" if contender.group == peers.SUITE else f"{contender.name} (peer default)"
+
+
+def peers_tables(results: Sequence[peers.Result], heading: str,
+                 profiles: Mapping[int, peers.LayerProfile] | None = None) -> str:
     """tools/peers.py's comparison (peers.Result) as a markdown table per batch size, under
-    ``heading`` (which names the machine kind and the conditions), fastest first."""
+    ``heading`` (which names the machine kind and the conditions), fastest first; under a
+    batch size's table, its layer profile where ``profiles`` (by batch size) has one."""
     lines = [heading, ""]
     for size in sorted({r.batch_size for r in results}, reverse=True):
         lines += [f"Batch {size}:", "", "| engine | images/s | ms per batch | % of fp32 top-1 (95% CI) | MLPerf rule | "
@@ -329,8 +336,50 @@ def peers_tables(results: Sequence[peers.Result], heading: str) -> str:
             limit = "" if r.limit is None else f"{r.limit.fraction(r.images_per_s):.1%} of {r.limit.images_per_s:.0f} ({r.limit.precision})"
             speed = "" if r.over_best_peer is None else (f"{r.over_best_peer[1]:.2f} ({r.over_best_peer[2]:.2f}-"
                                                          f"{r.over_best_peer[3]:.2f}) vs {r.over_best_peer[0]}")
-            name = f"**{r.contender.name}** (suite)" if r.contender.group == peers.SUITE else f"{r.contender.name} (peer default)"
-            lines.append(f"| {name} | {r.images_per_s:.1f} | {r.median_ms:.2f} | {accuracy} | "
+            lines.append(f"| {_engine_label(r.contender)} | {r.images_per_s:.1f} | {r.median_ms:.2f} | {accuracy} | "
                          f"{'meets' if r.meets else 'below' if figure else 'not measured'} | {limit} | {speed} |")
         lines.append("")
+        if profiles and size in profiles:
+            lines += [layer_profile_section(profiles[size]), ""]
     return "\n".join(lines)
+
+
+def layer_profile_section(profile: peers.LayerProfile) -> str:
+    """One batch size's peers.LayerProfile: a sentence saying what was measured, the
+    layer_profile_table of the engines profiled, and why any group has none."""
+    text = (f"Where the time goes at batch {profile.batch_size}: OpenVINO's per-layer counters (`PERF_COUNT=YES`), "
+            "ms per call by executed layer type (in brackets, its share of the engine's counted total), the mean of "
+            f"{profile.calls} calls, the engines called round-robin; each model compiled again from its model file with "
+            f"the properties it was timed with, but in one stream: one infer request holding the whole batch of "
+            f"{profile.batch_size}. Types under 1 ms and 2% in every engine are summed as other types; the counters' "
+            "total leaves out the time between layers: it is not the latency above.")
+    if profile.profiled:
+        text += "\n\n" + layer_profile_table({_engine_label(c): ms for c, ms in profile.profiled})
+    return text + "".join(f"\n\nNot profiled: {reason}." for reason in profile.left_out)
+
+
+def layer_profile_table(profiles: Mapping[str, Mapping[str, float]], min_ms: float = 1.0, min_share_pct: float = 2.0) -> str:
+    """ms per call by layer type (``profiles``: engine name -> layer type -> ms), a column per
+    engine, each cell "ms (share of the engine's total %)": a row per layer type of at least
+    ``min_ms`` or ``min_share_pct`` in some engine, the first engine's largest first, then
+    the other types together and the total (the sum of every type)."""
+    totals = {name: sum(ms.values()) for name, ms in profiles.items()}
+
+    def share(name: str, ms: float) -> float:
+        return 100.0 * ms / totals[name] if totals[name] > 0 else 0.0
+
+    kinds = {kind for ms in profiles.values() for kind in ms}
+    shown = [kind for kind in kinds if any(ms.get(kind, 0.0) >= min_ms or share(name, ms.get(kind, 0.0)) >= min_share_pct
+                                           for name, ms in profiles.items())]
+    first = next(iter(profiles.values()), {})
+    shown.sort(key=lambda kind: (-first.get(kind, 0.0), -max(ms.get(kind, 0.0) for ms in profiles.values()), kind))
+
+    def cells(label: str, values: Mapping[str, float]) -> dict[str, str]:
+        return {"layer type": label, **{name: f"{values[name]:.2f} ({share(name, values[name]):.1f}%)" for name in profiles}}
+
+    rows = [cells(kind, {name: ms.get(kind, 0.0) for name, ms in profiles.items()}) for kind in shown]
+    if len(shown) < len(kinds):
+        rows.append(cells(f"other types ({len(kinds) - len(shown)})",
+                          {name: sum(v for k, v in ms.items() if k not in shown) for name, ms in profiles.items()}))
+    rows.append(cells("total", totals))
+    return markdown_table(rows, ["layer type", *profiles])

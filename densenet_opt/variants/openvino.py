@@ -59,7 +59,7 @@ import pickle
 import queue
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,6 +181,31 @@ INT8_OPTIONS = (
 )
 
 
+@dataclass(frozen=True)
+class CompiledFrom:
+    """What an OpenVINO model was compiled from: its ``model_file`` (IR .xml or ONNX) and the
+    CPU plugin ``properties`` it was compiled with, so that the same model can be compiled
+    again beside it (a plain OpenVINO script, a profile with PERF_COUNT)."""
+
+    model_file: str
+    properties: Mapping[str, str]
+
+    def compile(self, input_shape: Sequence[int], extra: Mapping[str, str] | None = None):
+        """The model file reshaped to the static ``input_shape`` ([N,3,224,224] for DenseNet)
+        and compiled for the CPU with ``properties`` and then ``extra`` (which win): an
+        openvino.CompiledModel. VariantUnavailable without OpenVINO."""
+        model = core().read_model(self.model_file)
+        model.reshape(list(input_shape))
+        return core().compile_model(model, "CPU", dict(self.properties) | dict(extra or {}))
+
+
+def compiled_from_of(call: object) -> CompiledFrom | None:
+    """What an engine or a peer's call that runs on OpenVINO was compiled from (its
+    ``compiled_from``); None for one that does not run on OpenVINO."""
+    found = getattr(call, "compiled_from", None)
+    return found if isinstance(found, CompiledFrom) else None
+
+
 class OpenVinoEngine:
     """A compiled OpenVINO model behind the engine contract: float32 [N,3,224,224] host
     batch in, float32 [N,1000] host logits out, synchronous.
@@ -189,14 +214,17 @@ class OpenVinoEngine:
     part, one inference request per call; with ``ceil(N / part_size)`` > 1 parts, one
     request per part, all started before any is waited for, so that the plugin's streams
     run them at once (the last part, when N is not a multiple of ``part_size``, is padded
-    with zeros and its padding dropped from the logits)."""
+    with zeros and its padding dropped from the logits). ``compiled_from``: its model file
+    and properties (CompiledFrom; None where not given)."""
 
-    def __init__(self, compiled, *, part_size: int, model_size_bytes: int, info: dict[str, str]) -> None:
+    def __init__(self, compiled, *, part_size: int, model_size_bytes: int, info: dict[str, str],
+                 compiled_from: CompiledFrom | None = None) -> None:
         self._compiled = compiled
         self._part_size = part_size
         self._requests: list = []
         self.model_size_bytes = model_size_bytes
         self.info = info
+        self.compiled_from = compiled_from
 
     def _request(self, index: int):
         while len(self._requests) <= index:
@@ -273,7 +301,8 @@ def _source_model(ctx: BuildContext):
 def _compile(ctx: BuildContext, model, precision: str, size_bytes: int, info: dict[str, str]) -> OpenVinoEngine:
     """Compile ``model`` (an ov.Model) for the CPU at ``ctx.batch_size`` with compile_config
     (parts of part_size images when ``streams`` > 1);
-    ``info`` must name the ``model_file`` it came from (tools/openvino_side_by_side.py reads it)."""
+    ``info`` must name the ``model_file`` it came from: the engine's ``compiled_from`` pairs it
+    with the properties (tools/openvino_side_by_side.py and tools/peers.py compile it again)."""
     from densenet_opt.variants.onnx.providers import default_threads
 
     ov = import_openvino()
@@ -288,7 +317,7 @@ def _compile(ctx: BuildContext, model, precision: str, size_bytes: int, info: di
     compiled = core().compile_model(model, "CPU", config)
     info = {**info, "streams_chosen": mode_note}
     engine = OpenVinoEngine(
-        compiled, part_size=part, model_size_bytes=size_bytes,
+        compiled, part_size=part, model_size_bytes=size_bytes, compiled_from=CompiledFrom(info["model_file"], config),
         info={
             "runtime": f"openvino-{ov.__version__.split('-')[0]}",
             "precision": precision,
