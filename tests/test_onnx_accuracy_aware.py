@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from densenet_opt.accuracy import TOP1_OF_FP32_RULE
 from densenet_opt.errors import UserError
 from densenet_opt.workbench import Workbench
 from densenet_opt.variants import BuildContext, get_variant, parse_variant_options
@@ -19,8 +20,7 @@ from densenet_opt.variants.onnx import builders as ort_variants
 from densenet_opt.variants.onnx.builders import ONNX_INT8
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is an extra: pip install -e .[cpu]")
-from densenet_opt.pareto import ParetoPoint, Search, ladder  # noqa: E402
-from densenet_opt.variants.onnx.accuracy_aware import PARETO_COLUMNS  # noqa: E402 - needs onnxruntime
+from densenet_opt.pareto import ParetoPoint, Search, columns, ladder  # noqa: E402
 from densenet_opt.variants.onnx.graph_ops import optimized_op_counts  # noqa: E402
 from densenet_opt.variants.onnx.quantize import CPU, RECIPES, int8_artifact  # noqa: E402
 
@@ -43,7 +43,12 @@ def test_chosen_is_the_fewest_float_nodes_meeting_the_target() -> None:
     search = Search((point(0, 95.0), point(1, 99.2, 9.0), point(2, 99.6, 8.0)), 99.0, 256, 32)
     assert search.chosen.kept_float == 1
     table = list(csv.DictReader(io.StringIO(search.table_csv())))
-    assert tuple(table[0]) == PARETO_COLUMNS
+    assert tuple(table[0]) == columns("nodes") == (
+        "float_nodes", "agreement_top_1", "throughput_samples_per_sec", "throughput_vs_all_int8", "meets_target", "chosen",
+        "excluded_nodes")
+    mlperf = Search(search.points, 99.0, 256, 32, "nodes", TOP1_OF_FP32_RULE)
+    assert next(csv.reader(io.StringIO(mlperf.table_csv())))[1] == "top1_of_fp32_pct"
+    assert Search.from_json(mlperf.to_json()) == mlperf
     assert [row["chosen"] for row in table] == ["false", "true", "false"]
     assert [row["meets_target"] for row in table] == ["false", "true", "true"]
     assert table[2]["excluded_nodes"] == "node0;node1"

@@ -41,7 +41,7 @@ import torch
 
 from densenet_opt.cache import key_digest, tensor_digest
 from densenet_opt.errors import UserError
-from densenet_opt.pareto import Search, columns, measure_ladder
+from densenet_opt.pareto import Search, measure_ladder
 from densenet_opt.variants.onnx.export import Artifact
 from densenet_opt.variants.search_rule import search_rule
 from densenet_opt.variants.onnx.quantize import (
@@ -58,7 +58,6 @@ DEFAULT_MAX_FLOAT_NODES = 64
 # about 120 MB an image).
 SENSITIVITY_IMAGES = 4
 SEARCH_VERSION = 3  # 2: the shared pareto.Search (kept_float); 3: the accuracy rule
-PARETO_COLUMNS = columns("nodes")
 
 
 def rank_nodes(fp32_model: onnx.ModelProto, int8_path: Path, images: np.ndarray, workdir: Path) -> list[str]:
