@@ -698,9 +698,11 @@ def build_int8(ctx: BuildContext) -> Engine:
     if control is not None:
         info |= control_info(folder / CONTROL_FILE, control, len(heldout))
         metric = rule_metric(control.rule)
+        controlled = info[f"controlled_{metric}"]
         ctx.progress(f"{OPENVINO_INT8}: {info['accuracy_control_chosen']}: {info['fake_quantize_ops']} FakeQuantize "
-                     f"operations, {info['accuracy_rule']}: all-int8 {info[f'all_int8_{metric}']}%, with accuracy "
-                     f"control {info[f'controlled_{metric}']}% on {len(heldout)} held-out images")
+                     f"operations; {info['accuracy_rule']}: all-int8 {info[f'all_int8_{metric}']}%"
+                     + (f", with accuracy control {controlled}%" if controlled != "n/a" else "")
+                     + f" on {len(heldout)} held-out images")
     return _compile(ctx, model, int8_precision(ctx.option("float_precision"), cpu_supports_bf16(core())), size, info)
 
 
