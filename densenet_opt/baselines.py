@@ -186,7 +186,7 @@ def load_speedup_rounds(path: Path) -> dict[str, dict[str, list[float]]]:
 
 def sweep_file(device: str, directory: Path) -> Path:
     """The stored sweep of ``device`` in ``directory`` (a kind_dir): the results CSV the
-    tables of that kind in README.md and docs/performance.md are generated from (render.markdown.stored_sweep_tables)."""
+    tables of that kind in README.md and docs/results/KIND.md are generated from (render.markdown.stored_sweep_tables)."""
     return directory / f"{device}-sweep" / RESULTS_FILE
 
 

@@ -101,7 +101,7 @@ def close_sweep(options: SweepOptions, *, measured_ok: bool, write=print, starte
         rows = [r for r in rows if r.machine_kind == kind]  # the kind's folder holds the kind's rows only
         baselines.save_speedups(rows, options.device, path)
         write(f"stored speedups over the baseline variant: {path}")
-        write(f"stored the sweep (the tables of README.md and docs/performance.md: tools/performance_tables.py): "
+        write(f"stored the sweep (the tables of README.md and docs/results/{kind}.md: tools/performance_tables.py): "
               f"{baselines.save_sweep(rows, options.device, directory)}")
         if schedule.store_history(options, directory):
             write(f"stored the config times (the next cold run's estimates): {schedule.history_path(directory, options.device)}")

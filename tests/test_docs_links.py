@@ -1,5 +1,5 @@
-"""Every relative link in README.md and docs/*.md leads to a file that exists and, with a
-``#fragment``, to a heading of that page (the anchor GitHub gives it); so does every
+"""Every relative link in README.md, docs/*.md and docs/results/*.md leads to a file that
+exists and, with a ``#fragment``, to a heading of that page (the anchor GitHub gives it); so does every
 ``docs/PAGE.md#anchor`` that the code, the default budgets and the tests point at."""
 
 from __future__ import annotations
@@ -10,15 +10,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "docs" / "results").glob("*.md"))]
 
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
 CODE_SPAN = re.compile(r"`[^`\n]*`")
 # [text](target) or ![alt](target); a target may carry a "title" after a space.
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
-# docs/PAGE.md or docs/PAGE.md#anchor as the code, its comments and the tests name a section.
-DOC_REFERENCE = re.compile(r"\bdocs/([\w-]+\.md)(?:#([\w-]+))?")
+# docs/PAGE.md or docs/PAGE.md#anchor (docs/results/KIND.md#anchor too) as the code, its
+# comments and the tests name a section; pages are named in lower case (README.md aside),
+# so a placeholder in capitals (docs/results/KIND.md) names none.
+DOC_REFERENCE = re.compile(r"\bdocs/((?:[a-z][\w-]*/)*(?:README|[a-z][\w-]*)\.md)(?:#([\w-]+))?")
 SOURCES = sorted([*(ROOT / "densenet_opt").rglob("*.py"), *(ROOT / "densenet_opt").rglob("*.toml"),
                   *(ROOT / "tests").glob("*.py"), ROOT / "conftest.py", ROOT / "noxfile.py"])
 EXTERNAL = re.compile(r"^([a-z][a-z0-9+.-]*:|//)", re.IGNORECASE)  # http:, https:, mailto:, ...
@@ -113,6 +115,8 @@ def test_github_anchors() -> None:
 
 def test_the_reference_checker_finds_a_missing_page_and_anchor(tmp_path: Path) -> None:
     source = tmp_path / "module.py"
-    source.write_text("# see docs/numbers.md#budgets, docs/nowhere.md and docs/numbers.md#not-there\n")
+    source.write_text("# see docs/numbers.md#budgets, docs/nowhere.md, docs/numbers.md#not-there, "
+                      "docs/results/KIND.md (a placeholder) and docs/results/nowhere.md#x\n")
     assert broken_references(source) == ["docs/nowhere.md: no such page",
-                                         "docs/numbers.md#not-there: numbers.md has no heading with that anchor"]
+                                         "docs/numbers.md#not-there: numbers.md has no heading with that anchor",
+                                         "docs/results/nowhere.md: no such page"]

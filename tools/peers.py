@@ -12,8 +12,9 @@ per-layer counters (PERF_COUNT=YES) by layer type, each model compiled again as 
 but in one stream, one infer request, the mean of 5 calls round-robin
 (densenet_opt/measure/layer_profile.py; --no-layer-profile skips it). Writes
 OUTPUT_DIR/peers.csv and OUTPUT_DIR/layer_profile.csv (pandas) and OUTPUT_DIR/peers.md (the
-tables of docs/performance.md's peer section, naming the machine kind, the CPU pressure and
-the date, each batch size's layer profile under its table).
+tables of the kind's results page, docs/results/KIND.md, naming the machine kind, the CPU
+pressure and the date, each batch size's layer profile under its table; docs/performance.md
+shows the one dated latest).
 
     python tools/peers.py                                  # batch 32 and 1, every peer
     python tools/peers.py --batch-sizes 1 --rounds 40 --peers openvino,nncf-int8
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         stored.mkdir(parents=True, exist_ok=True)
         for name, content in files.items():
             atomic.write_text(stored / name, content, option="--store")
-        print(f"stored in {stored}: run tools/performance_tables.py to show it in docs/performance.md", file=sys.stderr)
+        print(f"stored in {stored}: run tools/performance_tables.py to show it in docs/results/{stored.parent.name}.md",
+              file=sys.stderr)
     return 0
 
 

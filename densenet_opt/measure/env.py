@@ -45,6 +45,14 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
+def x86_level(flags: Collection[str]) -> str:
+    """The x86-64 microarchitecture level an x86 CPU's /proc/cpuinfo ``flags`` reach: x86v4
+    (AVX-512 F/BW/CD/DQ/VL), x86v3 (AVX2 and FMA), x86v2 (SSE4.2 and POPCNT), else x86v1."""
+    flags = set(flags)
+    return ("x86v4" if X86_V4 <= flags else "x86v3" if X86_V3 <= flags
+            else "x86v2" if {"sse4_2", "popcnt"} <= flags else "x86v1")
+
+
 def cpu_kind(cpuinfo: str, usable_cpus: Collection[int], machine: str = "x86_64", cpu_quota: int | None = None) -> str:
     """The machine kind of a CPU, from the text of its /proc/cpuinfo, the logical CPUs the
     process may use (``os.sched_getaffinity(0)``), the platform's architecture
@@ -74,9 +82,7 @@ def cpu_kind(cpuinfo: str, usable_cpus: Collection[int], machine: str = "x86_64"
     model = _slug(_NOISE.sub(" ", named))
     if architecture in ("x86-64", "amd64", "i386", "i686"):
         flags = set(first.get("flags", "").split())
-        level = ("x86v4" if X86_V4 <= flags else "x86v3" if X86_V3 <= flags
-                 else "x86v2" if {"sse4_2", "popcnt"} <= flags else "x86v1")
-        features = [level] + [name for flag, name in X86_FEATURES if flag in flags]
+        features = [x86_level(flags)] + [name for flag, name in X86_FEATURES if flag in flags]
     elif architecture in ("aarch64", "arm64") or architecture.startswith("arm"):
         flags = set(first.get("Features", "").split())
         features = [name for flag, name in ARM_FEATURES if flag in flags] or ["armv8"]

@@ -3,6 +3,7 @@ config within budget per batch size, and what was not measured or not checked.""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ from densenet_opt.accuracy import AGREEMENT, SYNTHETIC_ACCURACY
 from densenet_opt.budgets import BudgetCheck
 from densenet_opt.config import DEFAULT_MAX_CPU_PRESSURE, OPTIONS
 from densenet_opt.measure.contention import CONTENDED_LOAD_PER_CORE
+from densenet_opt.measure.env import X86_FEATURES, x86_level
 from densenet_opt.render.plots import ACCURACY_LABELS
 from densenet_opt.report import BASELINE, OUTPUT_OPTION, SKIPPED_FOR_TIME, Row, read_rows
 
@@ -193,24 +195,33 @@ def summary_markdown(
     return "\n".join(lines) + "\n"
 
 
-# docs/performance.md's tables sit between these lines, generated (stored_sweep_tables).
-TABLES_BEGIN = "<!-- performance tables: generated from benchmarks_baseline/KIND/DEVICE-sweep by tools/performance_tables.py; edit the stored sweeps, not this -->"
-TABLES_END = "<!-- end of the generated performance tables -->"
-
-
-# docs/performance.md's comparisons with the peers sit between these lines (stored_peer_tables).
+# docs/performance.md's comparison with the peers sits between these lines: the newest kind's
+# (newest_peer_kind, stored_peer_tables); every kind's is in its results page (kind_page).
 PEERS_BEGIN = "<!-- peer comparisons: generated from benchmarks_baseline/KIND/peers/peers.md (tools/peers.py --store) by tools/performance_tables.py; edit those, not this -->"
 PEERS_END = "<!-- end of the generated peer comparisons -->"
 PEERS_MARKDOWN = "peers.md"  # tools/peers.py's markdown, beside its peers.csv
+ISO_DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")  # the date tools/peers.py and tools/false_alarm_rate.py write
+PEERS_PRESSURE = re.compile(r"CPU pressure while timed: [^;\n]*")  # as tools/peers.py writes it
 
 
-def stored_peer_tables(baseline_dir: Path) -> str:
-    """tools/peers.py's stored output of each machine kind
+def stored_peer_tables(baseline_dir: Path, kinds: Sequence[str] | None = None) -> str:
+    """tools/peers.py's stored output of each machine kind (only ``kinds`` when given)
     (``baseline_dir/KIND/peers/peers.md``, kinds in name order), as written: its peer
     tables, each with the batch size's layer profile under it where it was measured."""
-    stored = sorted(Path(baseline_dir).glob(f"*/peers/{PEERS_MARKDOWN}"))
+    stored = [path for path in sorted(Path(baseline_dir).glob(f"*/peers/{PEERS_MARKDOWN}"))
+              if kinds is None or path.parent.parent.name in kinds]
     return "\n\n".join(path.read_text(encoding="utf-8").strip() for path in stored) or (
         "No stored comparison yet: `python tools/peers.py --store` stores one for the machine kind it runs on.")
+
+
+def newest_peer_kind(baseline_dir: Path) -> str | None:
+    """The machine kind whose stored comparison with the peers is dated latest (the first
+    date in its peers.md; the last kind in name order on a tie); None: none stored."""
+    newest = {}
+    for path in sorted(Path(baseline_dir).glob(f"*/peers/{PEERS_MARKDOWN}")):
+        date = ISO_DATE.search(path.read_text(encoding="utf-8"))
+        newest[date.group() if date else ""] = path.parent.parent.name
+    return newest[max(newest)] if newest else None
 
 
 def stored_sweeps(baseline_dir: Path) -> list[Path]:
@@ -239,13 +250,12 @@ def stored_sweep_tables(baseline_dir: Path, kinds: Sequence[str] | None = None) 
         if not rows:
             continue
         first = rows[0]
-        dates = sorted({(r.measured_at or "")[:10] for r in rows} - {""})
         software = ", ".join(f"{name} {getattr(first, name)}" for name in ("torch", "onnxruntime", "openvino", "nncf", "torchao")
                              if getattr(first, name))
         rounds = sorted({r.rounds for r in rows if r.rounds})
         sections.append(
             f"#### `{kind}` ({device})\n\n"
-            f"Measured {' to '.join(dict.fromkeys([dates[0], dates[-1]])) if dates else 'on an unrecorded date'} on "
+            f"Measured {measured_span(rows)} on "
             f"{first.device_name or 'an unnamed device'}; {software or 'software not recorded'}; {first.num_samples} "
             f"evaluation images, {'/'.join(map(str, rounds)) or 'an unrecorded number of'} timed rounds, "
             f"{first.weights} weights; `{Path(baseline_dir).name}/{kind}/{results.parent.name}/{results.name}`. "
@@ -253,6 +263,106 @@ def stored_sweep_tables(baseline_dir: Path, kinds: Sequence[str] | None = None) 
             + throughput_matrix(rows, device))
     return "\n\n".join(sections) or ("No stored sweep yet: `nox -s bench -- --save-baseline` (CPU) or "
                                       "`nox -s gpu_bench -- --save-baseline` (CUDA) stores one for the machine kind it runs on.")
+
+
+# The results pages, docs/RESULTS_PAGES/KIND.md, one per folder of benchmarks_baseline/
+# (kind_page); KIND_NOTES in that folder holds the kind's hand-written, dated measurement
+# notes. The list of pages sits between these lines in docs/performance.md and docs/README.md.
+RESULTS_PAGES = "results"
+KIND_NOTES = "notes.md"
+FALSE_ALARM_MARKDOWN = "false_alarm.md"  # tools/false_alarm_rate.py's table, stored in KIND/false-alarm/
+KINDS_BEGIN = "<!-- results pages: generated from the folders of benchmarks_baseline/ by tools/performance_tables.py -->"
+KINDS_END = "<!-- end of the generated list of results pages -->"
+NOTE_HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+
+
+def generated_page_line(kind: str, source: str) -> str:
+    """The line a results page opens with: what it is generated from (``source``: the
+    baseline folder's name), and not to edit it."""
+    return (f"Generated by tools/performance_tables.py from {source}/{kind}; do not edit: change the files there "
+            f"(the hand-written notes: `{source}/{kind}/{KIND_NOTES}`) and run the tool.")
+
+
+def cpu_summary(cpu: Mapping[str, object]) -> str:
+    """A stored pytest-benchmark run's ``machine_info["cpu"]`` (py-cpuinfo's fields) in one
+    line: the model, logical CPUs and clock; on x86 the x86-64 level and which of the flags
+    that pick kernels (measure.env.X86_FEATURES) the CPU has and lacks."""
+    text = f"{cpu.get('brand_raw') or 'an unnamed CPU'}, {cpu.get('count') or 'an unrecorded number of'} logical CPUs"
+    if cpu.get("hz_advertised_friendly"):
+        text += f" at {cpu['hz_advertised_friendly']}"
+    flags = {str(flag) for flag in cpu.get("flags") or ()}
+    if flags and str(cpu.get("arch", "")).upper().startswith("X86"):
+        has = [flag for flag, _ in X86_FEATURES if flag in flags]
+        lacks = [flag for flag, _ in X86_FEATURES if flag not in flags]
+        text += (f"; x86-64 level {x86_level(flags)}; of the flags that pick kernels, with {', '.join(has) or 'none'}, "
+                 f"without {', '.join(lacks) or 'none'}")
+    return text
+
+
+def measured_span(rows: Sequence[Row]) -> str:
+    """The days ``rows`` were measured on: "2026-11-28", "2026-11-28 to 2026-11-30", or
+    "on an unrecorded date"."""
+    dates = sorted({(r.measured_at or "")[:10] for r in rows} - {""})
+    return " to ".join(dict.fromkeys([dates[0], dates[-1]])) if dates else "on an unrecorded date"
+
+
+def sweep_fact(device: str, rows: Sequence[Row]) -> str:
+    """What a stored sweep's ``rows`` of ``device`` say of when and how quietly they were
+    timed: the dates, the configs measured, the CPU pressure (lowest-highest)."""
+    measured = [r for r in rows if r.device == device and r.measured]
+    pressures = sorted(r.cpu_pressure_pct for r in measured if r.cpu_pressure_pct is not None)
+    pressure = ("not recorded" if not pressures else
+                "-".join(dict.fromkeys([f"{pressures[0]:.1f}", f"{pressures[-1]:.1f}"])) + "%")
+    return (f"the stored {device} sweep: measured {measured_span(measured)}, {len(measured)} configs; "
+            f"CPU pressure while timed: {pressure}")
+
+
+def stored_date(markdown: str) -> str:
+    """The first date a stored report (peers.md, false_alarm.md) names; "undated" for none."""
+    date = ISO_DATE.search(markdown)
+    return date.group() if date else "undated"
+
+
+def peers_fact(peers_markdown: str) -> str:
+    """A stored peers.md's date and CPU pressure, as tools/peers.py wrote them."""
+    pressure = PEERS_PRESSURE.search(peers_markdown)
+    return (f"the comparison with the peers: {stored_date(peers_markdown)}; "
+            f"{pressure.group() if pressure else 'CPU pressure not recorded'}")
+
+
+def note_titles(notes: str) -> list[str]:
+    """The headings of a kind's hand-written notes, in order."""
+    return NOTE_HEADING.findall(notes)
+
+
+def kind_page(kind: str, source: str, facts: Sequence[str], peers: str, sweeps: str,
+              false_alarm: str | None = None, notes: str | None = None) -> str:
+    """docs/results/KIND.md: a heading naming ``kind``, generated_page_line (``source``: the
+    baseline folder's name), the ``facts`` the stored files give (the CPU, dates, CPU
+    pressure), its comparison with the peers and its stored sweeps (as stored_peer_tables
+    and stored_sweep_tables render them), the gate's false-alarm table where stored, and the
+    kind's hand-written ``notes``."""
+    lines = [f"# Results on `{kind}`", "",
+             "[README](../../README.md) · [all pages](../README.md) · [what is measured and how](../performance.md)", "",
+             generated_page_line(kind, source), "", "What the stored files say:", "",
+             *(f"- {fact}" for fact in facts or ["no stored run, sweep or comparison yet: only notes"]), "",
+             "## Against the peers' own defaults", "",
+             "How they are measured: [Performance](../performance.md#against-the-peers-own-defaults).", "", peers, "",
+             "## The stored sweep", "",
+             "How it is measured: [Performance](../performance.md#the-stored-sweeps).", "", sweeps, ""]
+    if false_alarm:
+        lines += ["## The gate's false alarms", "", "How they are counted: "
+                  "[Baselines](../baselines.md#how-often-it-is-wrong-toolsfalse_alarm_ratepy).", "", false_alarm.strip(), ""]
+    lines += ["## Measurement notes", "",
+              notes.strip() if notes else f"None yet: a kind's hand-written, dated notes go in `{source}/{kind}/{KIND_NOTES}`."]
+    return "\n".join(lines) + "\n"
+
+
+def kind_index(contents: Mapping[str, Sequence[str]]) -> str:
+    """The list of the results pages: per kind (``contents``: kind -> what its page holds,
+    in name order), a link to docs/RESULTS_PAGES/KIND.md and what it holds."""
+    return "\n".join(f"- [`{kind}`]({RESULTS_PAGES}/{kind}.md): {'; '.join(held) or 'nothing stored yet'}"
+                     for kind, held in sorted(contents.items())) or "No machine kind stored yet."
 
 
 OPTIONS_BEGIN = "<!-- options table: generated from densenet_opt/config.py's OPTIONS by tools/performance_tables.py -->"

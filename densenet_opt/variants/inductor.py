@@ -15,7 +15,7 @@ the input shape), so oneDNN re-lays the weights out on every call (ONEDNN_VERBOS
 a weight reorder per convolution per call; none with static shapes), which costs most at
 small batch sizes. ``<variant>.batch=dynamic`` compiles one package for every batch size:
 less compile time over a sweep, for that cost per call. The measurements are in
-docs/performance.md#measurements-behind-the-design.
+docs/results/amd-epyc_x86v4-vnni-bf16_2c.md#measurements-behind-the-design.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ What bounds bf16 on a CPU: without AMX, oneDNN's avx512_core_bf16 convolutions d
 bf16 multiply-adds per 32-bit lane, so they can be at most about 2x faster than fp32's,
 and the rest of the call (concatenations, BatchNorm, pooling) does not shrink; AMX
 multiplies bf16 at 8x the per-core rate of AVX512-BF16. The figures measured on a CPU
-without AMX are in docs/performance.md#measurements-behind-the-design.
+without AMX are in docs/results/amd-epyc_x86v4-vnni-bf16_2c.md#measurements-behind-the-design.
 """
 
 from __future__ import annotations

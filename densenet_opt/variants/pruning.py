@@ -7,9 +7,9 @@ parameters on any hardware.
 
 Time falls less than FLOPs: BatchNorm and ReLU over the concatenated feature maps,
 the concatenations and the pooling are untouched (a sizeable share of eager CPU time:
-docs/performance.md#measurements-behind-the-design), and oneDNN computes channels in blocks of 16,
-so 90 kept channels cost as much as 96. Amounts that leave a multiple of 16 of the 128
-channels (0.25, 0.375) waste nothing.
+docs/results/amd-epyc_x86v4-vnni-bf16_2c.md#the-zen-4-sweep-amd-epyc_x86v4-vnni-bf16_2c),
+and oneDNN computes channels in blocks of 16, so 90 kept channels cost as much as 96.
+Amounts that leave a multiple of 16 of the 128 channels (0.25, 0.375) waste nothing.
 
 Option ``amount`` (``pruned.amount``, ``pruned_structured.amount``): the fraction pruned.
 

@@ -13,7 +13,7 @@ What bounds it on a CPU without AMX: VNNI does 4 int8 multiply-adds per 32-bit l
 the int8 convolutions can be at most about 4x faster than fp32's, and the rest of the
 call (concatenations, BatchNorm+ReLU+quantize) remains; AMX multiplies int8 at 8x the
 per-core rate of AVX-512 VNNI. The figures measured on a CPU without AMX are in
-docs/performance.md#measurements-behind-the-design.
+docs/results/amd-epyc_x86v4-vnni-bf16_2c.md#measurements-behind-the-design.
 
 Accuracy-aware (option ``float_modules``, default auto): the modules whose int8 adds the
 most error are kept in float, the fewest that meet ``accuracy_rule`` (MLPerf's rule where

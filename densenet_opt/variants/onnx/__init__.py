@@ -17,7 +17,7 @@ TensorRT session that fell back is not run.
 - onnx_fp16: the float16 model (inputs and outputs stay float32, cast on the device at
   each end) on the CUDA or TensorRT provider; skipped on the CPU, whose provider has no
   fast float16 path on x86: it wraps most kernels in casts and runs slower than fp32
-  (docs/performance.md#measurements-behind-the-design).
+  (docs/results/amd-epyc_x86v4-vnni-bf16_2c.md#measurements-behind-the-design).
 - onnx_int8: static QDQ int8 (quantize.py). On a CUDA machine with the TensorRT provider
   it runs on TensorRT's int8 path (explicit quantization); without TensorRT it runs on
   the CPU provider, and engine_info says so: the CUDA provider has no int8 convolutions,
