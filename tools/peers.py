@@ -25,7 +25,7 @@ Uses the sweep's defaults for the weights, cache dir and calibration images (syn
 weights and images where no others are given: their top-1 is against the synthetic
 pseudo-classes). Needs the cpu extra (OpenVINO, NNCF, ONNX Runtime). On a quiet machine
 only: the figures are ratios measured in one process, but a busy machine changes which
-execution mode wins (docs/performance.md).
+execution mode wins (docs/results/intel-xeon_x86v4-avxvnni-vnni-bf16-fp16-amxbf16-amxint8_2c.md).
 """
 
 from __future__ import annotations

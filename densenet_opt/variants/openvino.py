@@ -167,7 +167,8 @@ INT8_OPTIONS = (
         "INFERENCE_PRECISION_HINT of the layers NNCF leaves in float (concatenations, pooling, the classifier, any "
         "operation accuracy control reverted): bf16 needs a CPU with native bf16 (AVX-512 BF16 or AMX); auto is "
         "bf16 where the CPU has it, else f32, as OpenVINO's own default (on the AMX Xeon all-int8 with bf16 float "
-        "layers ran batch 1 in 11.3 ms against 14.6 with f32, the same top-1: docs/performance.md)",
+        "layers ran batch 1 in 11.3 ms against 14.6 with f32, the same top-1: docs/results/"
+        "intel-xeon_x86v4-avxvnni-vnni-bf16-fp16-amxbf16-amxint8_2c.md)",
     ),
     *rule_options("accuracy_control"),
     VariantOption("search_images", lambda text: whole_number(text, minimum=1), 256,
