@@ -27,9 +27,11 @@ from densenet_opt.variants import CHAIN_SEPARATOR, get_variant, registry
 # a machine kind's overrides are KIND/budgets.toml beside the file (with_kind_overrides).
 BUDGETS_FILE = Path(str(resources.files("densenet_opt") / "default_budgets" / "budgets.toml"))
 
-FIDELITY_KEYS = ("agreement_top1_min", "top1_of_fp32_min", "relative_error_max", "accuracy_drop_max", "top5_drop_max")
+FIDELITY_KEYS = ("agreement_top_1_min", "top1_of_fp32_min", "relative_error_max", "accuracy_drop_max", "top5_drop_max")
 MEMORY_KEYS = ("ram_mb_max_cpu", "ram_mb_max_cuda", "vram_mb_max")
 KNOWN_KEYS = (*FIDELITY_KEYS, "model_size_mb_max", *MEMORY_KEYS)
+# Keys an earlier version read, by their name now (one idea, one name: the results column's).
+RENAMED_KEYS = {"agreement_top1_min": "agreement_top_1_min"}
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,7 @@ class Budget:
         """Agreement and logit error; with labels (kind ACCURACY) also the top-1/top-5 drop
         against ``baseline``, in percentage points."""
         checks = [
-            ("agreement_top1_min", "top-1 agreement with fp32 (%)", measured.agreement_top_1, "min"),
+            ("agreement_top_1_min", "top-1 agreement with fp32 (%)", measured.agreement_top_1, "min"),
             # MLPerf's rule as a budget (accuracy.MLPERF_TOP1_OF_FP32 = 99): the measured figure.
             ("top1_of_fp32_min", "top-1 as % of fp32's", measured.top1_of_fp32 and measured.top1_of_fp32.pct, "min"),
             ("relative_error_max", "logit relative error", measured.relative_error, "max"),
@@ -181,6 +183,9 @@ def _is_chain(path: Path, name: str) -> bool:
 
 def _check_entry(path: Path, variant: str, key: str, value: object) -> None:
     where = f"budgets file {path}, [{variant}] {key}"
+    if key in RENAMED_KEYS:
+        raise UserError(f"{where}: this key is now {RENAMED_KEYS[key]} (the results column agreement_top_1's name): "
+                        "rename it in the file")
     if key not in KNOWN_KEYS:
         raise UserError(f"{where}: unknown key{_did_you_mean(key, KNOWN_KEYS)}; known keys: {', '.join(KNOWN_KEYS)}")
     if isinstance(value, bool) or not isinstance(value, int | float | dict):

@@ -29,9 +29,10 @@ def test_the_committed_file_covers_every_registered_variant_and_stacked_chain() 
     ("text", "fragment"),
     [
         ("[baselin]\n", "unknown variant 'baselin' (did you mean 'baseline'?)"),
-        ("[baseline]\nagreement_top1_mn = 99\n", "[baseline] agreement_top1_mn: unknown key 'agreement_top1_mn' (did you mean 'agreement_top1_min'?)"),
-        ("[baseline]\nagreement_top1_min = 'high'\n", "must be a number"),
-        ("[baseline]\nagreement_top1_min = { 1 = 3 }\n", "must be a number, not a table"),
+        ("[baseline]\nagreement_top1_mn = 99\n", "[baseline] agreement_top1_mn: unknown key 'agreement_top1_mn' (did you mean 'agreement_top_1_min'?)"),
+        ("[baseline]\nagreement_top1_min = 99\n", "[baseline] agreement_top1_min: this key is now agreement_top_1_min"),
+        ("[baseline]\nagreement_top_1_min = 'high'\n", "must be a number"),
+        ("[baseline]\nagreement_top_1_min = { 1 = 3 }\n", "must be a number, not a table"),
         ("[baseline]\nram_mb_max_cpu = { one = 3 }\n", "entry one = 3"),
         ("[baseline\n", "is not valid TOML"),
         ("baseline = 3\n", "must be a table"),
@@ -50,7 +51,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def test_violations_name_variant_metric_budget_and_value(tmp_path: Path) -> None:
-    path = write(tmp_path, "[other]\nagreement_top1_min = 97\naccuracy_drop_max = 1.0\nram_mb_max_cpu = { 1 = 100, 8 = 400 }\n")
+    path = write(tmp_path, "[other]\nagreement_top_1_min = 97\naccuracy_drop_max = 1.0\nram_mb_max_cpu = { 1 = 100, 8 = 400 }\n")
     budget = load_budgets(path, VARIANTS)["other"]
     baseline = Fidelity(ACCURACY, 75.0, 92.0, 100.0, 0.0)
     measured = Fidelity(ACCURACY, 73.5, 91.0, 96.5, 0.1)
@@ -73,12 +74,12 @@ def test_limit_for_batch_uses_the_next_listed_size() -> None:
 def test_a_kinds_overrides_replace_the_keys_they_name(tmp_path: Path) -> None:
     """KIND/budgets.toml beside the budgets file tightens a limit on one machine kind only; the
     merged budget names the kind's file."""
-    path = write(tmp_path, "[other]\nagreement_top1_min = 90\nrelative_error_max = 0.45\n")
+    path = write(tmp_path, "[other]\nagreement_top_1_min = 90\nrelative_error_max = 0.45\n")
     (tmp_path / "amd-epyc_x86v4-vnni-bf16_2c").mkdir()
     (tmp_path / "amd-epyc_x86v4-vnni-bf16_2c" / "budgets.toml").write_text("[other]\nrelative_error_max = 0.2\n")
-    assert load_budgets(path, VARIANTS)["other"].limits == {"agreement_top1_min": 90, "relative_error_max": 0.45}
+    assert load_budgets(path, VARIANTS)["other"].limits == {"agreement_top_1_min": 90, "relative_error_max": 0.45}
     tight = load_budgets(path, VARIANTS, kind="amd-epyc_x86v4-vnni-bf16_2c")["other"]
-    assert tight.limits == {"agreement_top1_min": 90, "relative_error_max": 0.2}
+    assert tight.limits == {"agreement_top_1_min": 90, "relative_error_max": 0.2}
     assert tight.source == tmp_path / "amd-epyc_x86v4-vnni-bf16_2c" / "budgets.toml"
     assert load_budgets(path, VARIANTS, kind="amd-epyc_x86v3_2c")["other"].limits["relative_error_max"] == 0.45
 

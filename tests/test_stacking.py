@@ -63,8 +63,8 @@ def test_all_is_the_registry_then_the_stacked_chains() -> None:
 
 def test_budgets_take_chain_tables_and_refuse_malformed_ones(tmp_path: Path) -> None:
     path = tmp_path / "budgets.toml"
-    path.write_text('[baseline]\n["pruned_structured+onnx_int8"]\nagreement_top1_min = 50\n')
-    assert load_budgets(path)["pruned_structured+onnx_int8"].limits == {"agreement_top1_min": 50}
+    path.write_text('[baseline]\n["pruned_structured+onnx_int8"]\nagreement_top_1_min = 50\n')
+    assert load_budgets(path)["pruned_structured+onnx_int8"].limits == {"agreement_top_1_min": 50}
     path.write_text('["onnx+onnx_int8"]\n')
     with pytest.raises(UserError, match=r"table \['onnx\+onnx_int8'\]: variant 'onnx\+onnx_int8': onnx is not a model transform"):
         load_budgets(path)

@@ -55,7 +55,7 @@ def results_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-BUDGETS = {name: Budget(name, {"agreement_top1_min": 99.0}, Path("budgets.toml")) for name in ("baseline", "fast", "fastest")}
+BUDGETS = {name: Budget(name, {"agreement_top_1_min": 99.0}, Path("budgets.toml")) for name in ("baseline", "fast", "fastest")}
 
 
 def test_summary_writes_plots_and_picks_the_fastest_within_budget(results_dir: Path, monkeypatch) -> None:
@@ -239,7 +239,7 @@ def test_within_budget_means_fidelity_and_model_size_and_memory_everywhere(tmp_p
     rows = [_row("baseline", 1, latency=10.0, vram=300.0), _row("baseline", 8, latency=40.0, vram=900.0),
             _row("fat", 1, latency=5.0, vram=200.0, model_size_mb=120.0)]
     limits = {
-        "baseline": Budget("baseline", {"agreement_top1_min": 99.0, "vram_mb_max": {"1": 400, "8": 800}}, Path("b.toml")),
+        "baseline": Budget("baseline", {"agreement_top_1_min": 99.0, "vram_mb_max": {"1": 400, "8": 800}}, Path("b.toml")),
         "fat": Budget("fat", {"model_size_mb_max": 100}, Path("b.toml")),
     }
     results = report.load_results(write_results(tmp_path, rows))

@@ -307,7 +307,7 @@ def test_engine_gives_finite_logits_within_budget(built, workbench) -> None:
     assert logits.shape == (len(workbench.eval_set), 1000) and logits.dtype == torch.float32
     measured = fidelity(logits, workbench.reference_logits, None)
     limits = budget_for(load_budgets(), name).limits
-    assert measured.agreement_top_1 >= limits["agreement_top1_min"], measured
+    assert measured.agreement_top_1 >= limits["agreement_top_1_min"], measured
     assert measured.relative_error <= limits["relative_error_max"], measured
 
 
