@@ -32,9 +32,9 @@ from pathlib import Path
 from densenet_opt.baselines import RUN_GLOB
 from densenet_opt.render.markdown import (
     FALSE_ALARM_MARKDOWN, KIND_NOTES, KINDS_BEGIN, KINDS_END, OPTIONS_BEGIN, OPTIONS_END, PEERS_BEGIN, PEERS_END,
-    PEERS_MARKDOWN, README_TABLE_BEGIN, README_TABLE_END, RESULTS_PAGES, VARIANT_OPTIONS_BEGIN, VARIANT_OPTIONS_END,
+    PEERS_MARKDOWN, README_TABLE_BEGIN, README_TABLE_END, RESULTS_PAGES, VARIANT_OPTIONS_BEGIN, VARIANT_OPTIONS_END, VARIANTS_BEGIN, VARIANTS_END,
     cpu_summary, kind_index, kind_page, measured_span, newest_peer_kind, newest_sweep_kind, note_titles, options_table,
-    peers_fact, stored_date, stored_peer_tables, stored_sweep_tables, stored_sweeps, sweep_fact, variant_options_table,
+    peers_fact, stored_date, stored_peer_tables, stored_sweep_tables, stored_sweeps, sweep_fact, variant_options_table, variants_table,
 )
 from densenet_opt.report import read_rows
 
@@ -128,7 +128,8 @@ def generated(root: Path, baseline_dir: Path) -> dict[Path, str]:
         root / "README.md": [(README_TABLE_BEGIN, README_TABLE_END,
                               stored_sweep_tables(baseline_dir, kinds=[kind] if kind else []))],
         root / "docs" / "usage.md": [(OPTIONS_BEGIN, OPTIONS_END, options_table())],
-        root / "docs" / "variants.md": [(VARIANT_OPTIONS_BEGIN, VARIANT_OPTIONS_END, variant_options_table())],
+        root / "docs" / "variants.md": [(VARIANTS_BEGIN, VARIANTS_END, variants_table()),
+                                        (VARIANT_OPTIONS_BEGIN, VARIANT_OPTIONS_END, variant_options_table())],
     }
     texts = {}
     for path, replacements in blocks.items():

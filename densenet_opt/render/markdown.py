@@ -371,8 +371,20 @@ README_TABLE_BEGIN = "<!-- README_TABLE_BEGIN -->"
 README_TABLE_END = "<!-- README_TABLE_END -->"
 
 
+VARIANTS_BEGIN = "<!-- variants: generated from the registry (each Variant's name, description, devices) by tools/performance_tables.py -->"
+VARIANTS_END = "<!-- end of the generated variants -->"
 VARIANT_OPTIONS_BEGIN = "<!-- variant options: generated from each variant's declared options by tools/performance_tables.py -->"
 VARIANT_OPTIONS_END = "<!-- end of the generated variant options -->"
+
+
+def variants_table() -> str:
+    """Every registered variant as ``densenet-opt list`` names it: name, description (its
+    Variant's), devices, and the module that builds it."""
+    from densenet_opt.variants import registry
+
+    rows = [{"variant": f"`{v.name}`", "what it is": v.description.replace("|", "\\|"), "devices": ", ".join(v.devices),
+             "module": f"`{v.build.__module__.removeprefix('densenet_opt.')}`"} for v in registry().values()]
+    return markdown_table(rows, ["variant", "what it is", "devices", "module"])
 
 
 def variant_options_table() -> str:
