@@ -28,6 +28,7 @@ import numpy as np
 from densenet_opt import atomic
 from densenet_opt.accuracy import AGREEMENT_RULE, rule_metric, rule_text, score_text
 from densenet_opt.cache import CACHE_OPTION
+from densenet_opt.measure.timing import interleaved
 
 
 def columns(unit: str, rule: str = AGREEMENT_RULE) -> tuple[str, ...]:
@@ -132,14 +133,15 @@ def ladder(max_parts: int, available: int) -> list[int]:
 
 def round_robin_throughput(calls: Sequence[Callable[[], object]], batch_size: int, rounds: int) -> list[float]:
     """Samples/s of each of ``calls`` (each runs one batch of ``batch_size``): the median
-    of ``rounds`` timed calls, the calls interleaved round by round so that a drift of
-    the machine's speed lands on every one alike (perf_counter)."""
+    of ``rounds`` timed calls, the calls interleaved round by round in a fresh random order
+    (measure.timing.interleaved) so that a drift of the machine's speed lands on every one
+    alike and none always follows the same one (perf_counter)."""
     seconds: list[list[float]] = [[] for _ in calls]
-    for _ in range(rounds):
-        for times, call in zip(seconds, calls):
+    for order in interleaved(len(calls), rounds):
+        for index in order:
             tick = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - tick)
+            calls[index]()
+            seconds[index].append(time.perf_counter() - tick)
     return [batch_size / float(np.median(times)) for times in seconds]
 
 

@@ -4,8 +4,9 @@ A user who does not use this suite converts DenseNet-121 with OpenVINO (and quan
 with NNCF), or opens it in ONNX Runtime, or calls torch.compile, each with its defaults.
 This module builds those **peers** beside the suite's variants (through the registry, as a
 sweep builds them), from the same weights and ONNX export, times them in one process
-round by round (each round calls every engine once on the same batch, in an order that
-rotates, so that a change of the machine's speed lands on all), scores each by MLPerf's
+round by round (each round calls every engine once on the same batch, in a fresh random
+order, so that a change of the machine's speed lands on all and no engine always follows the
+same one: measure.timing.interleaved), scores each by MLPerf's
 accuracy rule on the same images (accuracy.top1_of_fp32) and gives each suite engine's
 speed over the fastest peer that meets the rule, with a bootstrap interval.
 
@@ -53,6 +54,7 @@ from densenet_opt.accuracy import MLPERF_TOP1_OF_FP32, Fidelity, fidelity, predi
 from densenet_opt.errors import UserError, VariantUnavailable
 from densenet_opt.measure.layer_profile import PROFILE_CALLS, layer_profiles
 from densenet_opt.measure.limits import ComputeLimit
+from densenet_opt.measure.timing import interleaved
 from densenet_opt.preprocessing import IMAGE_SHAPE
 from densenet_opt.variants import BuildContext, get_variant, parse_variant_options
 from densenet_opt.variants.openvino import CompiledFrom, compiled_from_of, core, import_openvino, part_size, split_batch
@@ -256,8 +258,8 @@ def build_contenders(variants: Sequence[str], peers: Sequence[str], batch_size: 
 def time_round_robin(contenders: Sequence[Contender], batch: torch.Tensor, rounds: int, warmup: int = 2,
                      progress: Callable[[str], None] = print) -> dict[str, list[float]]:
     """Seconds per call of each contender (by Contender.key) over ``rounds`` rounds; each round calls every
-    contender once on ``batch`` (float32 [N,3,224,224]), starting one further along the
-    list each round (so that no engine always follows the same one). ``warmup`` untimed
+    contender once on ``batch`` (float32 [N,3,224,224]), in a fresh random order
+    (measure.timing.interleaved: no engine always follows the same one). ``warmup`` untimed
     calls each first. Raises ValueError for rounds < 1."""
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, not {rounds}")
@@ -266,9 +268,8 @@ def time_round_robin(contenders: Sequence[Contender], batch: torch.Tensor, round
             contender.call(batch)
     seconds: dict[str, list[float]] = {c.key: [] for c in contenders}
     started = time.perf_counter()
-    for index in range(rounds):
-        order = contenders[index % len(contenders):] + contenders[: index % len(contenders)]
-        for contender in order:
+    for index, order in enumerate(interleaved(len(contenders), rounds)):
+        for contender in (contenders[position] for position in order):
             tick = time.perf_counter()
             contender.call(batch)
             seconds[contender.key].append(time.perf_counter() - tick)

@@ -87,3 +87,19 @@ def test_the_paired_speedup_is_the_median_ratio_of_neighbouring_rounds() -> None
     assert noisy.speedup == pytest.approx(1.0) and noisy.spread == pytest.approx((1.25 - 0.875) / 2)
     with pytest.raises(ValueError, match="must match"):
         PairedSpeedup.from_seconds([1.0], [1.0, 1.0])
+
+
+def test_interleaved_rounds_are_permutations_where_every_engine_follows_every_other() -> None:
+    """A rotated order keeps each engine's predecessor fixed (it would pay for what that one
+    leaves behind); interleaved deals a fresh permutation each round, the same for a seed."""
+    from densenet_opt.measure.timing import interleaved
+
+    orders = list(interleaved(4, 40))
+    assert len(orders) == 40 and all(sorted(order) == [0, 1, 2, 3] for order in orders)
+    assert orders == list(interleaved(4, 40)) and orders != list(interleaved(4, 40, seed=1))
+    sequence = [index for order in orders for index in order]
+    predecessors = {index: {before for before, after in zip(sequence, sequence[1:]) if after == index} for index in range(4)}
+    assert all(len(predecessors[index] - {index}) == 3 for index in range(4))
+    assert list(interleaved(0, 2)) == [[], []]
+    with pytest.raises(ValueError, match="must be >= 0"):
+        list(interleaved(-1, 3))

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from densenet_opt.measure.timing import interleaved
 from densenet_opt.variants.openvino import CompiledFrom
 
 # Calls whose counters are averaged per model (after one untimed call).
@@ -33,8 +34,8 @@ def layer_profiles(models: Mapping[str, CompiledFrom], batch: np.ndarray,
 
     Each model is compiled from its file (CompiledFrom.compile) reshaped to ``batch``'s
     shape, with its properties and then PROFILE_PROPERTIES (PERF_COUNT=YES, one stream), and
-    called once untimed; then ``calls`` rounds call every model once, in the order given
-    (round-robin, so that a change of the machine's speed lands on all), each call's
+    called once untimed; then ``calls`` rounds call every model once, in a fresh random order
+    (measure.timing.interleaved: a change of the machine's speed lands on all), each call's
     ``real_time`` of the layers with status EXECUTED summed by node type. The figure is the
     mean over the calls: a profile's values sum to the mean of its counters' totals.
     ValueError for calls < 1; VariantUnavailable without OpenVINO."""
@@ -46,8 +47,9 @@ def layer_profiles(models: Mapping[str, CompiledFrom], batch: np.ndarray,
         requests[name] = source.compile(array.shape, PROFILE_PROPERTIES).create_infer_request()
         requests[name].infer({0: array})
     totals: dict[str, dict[str, float]] = {name: {} for name in models}
-    for _ in range(calls):
-        for name, request in requests.items():
+    named = list(requests.items())
+    for order in interleaved(len(named), calls):
+        for name, request in (named[index] for index in order):
             request.infer({0: array})
             profile = totals[name]
             for layer in request.profiling_info:

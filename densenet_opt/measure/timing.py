@@ -1,11 +1,12 @@
-"""Latency statistics over pytest-benchmark's timed rounds."""
+"""Latency statistics over pytest-benchmark's timed rounds, and the order engines timed side by side are called in."""
 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -37,6 +38,30 @@ class LatencyStats:
             p90_ms=percentile(ms, 90),
             p99_ms=percentile(ms, 99),
         )
+
+
+# Seed of the orders interleaved() deals: the same run calls engines in the same orders.
+ORDER_SEED = 20261207
+
+
+def interleaved(count: int, rounds: int, seed: int = ORDER_SEED) -> Iterator[list[int]]:
+    """The order in which ``count`` engines timed side by side are called in each of
+    ``rounds`` rounds: a fresh random permutation of range(count) every round (numpy's
+    generator, ``seed``), so that a change of the machine's speed lands on all of them and
+    each engine follows every other about equally often.
+
+    Why not one fixed or rotated order: rotating where a round starts keeps every engine's
+    predecessor the same, and an engine pays for what the one before it leaves behind (a
+    runtime's threads still spinning after its call: OpenMP's, ONNX Runtime's). Measured on
+    the Intel AMX Xeon kind, batch 1, one process: the suite's openvino_int8 always called
+    after torch.compile bf16 read 12.28 ms against 11.61 ms for the same IR under OpenVINO's
+    defaults; in shuffled rounds 11.12 against 11.90 ms (benchmarks_baseline/<that kind>/notes.md).
+    Raises ValueError for a negative count or rounds."""
+    if count < 0 or rounds < 0:
+        raise ValueError(f"count and rounds must be >= 0, got {count} and {rounds}")
+    generator = np.random.default_rng(seed)
+    for _ in range(rounds):
+        yield [int(index) for index in generator.permutation(count)]
 
 
 def percentile(sorted_values: Sequence[float], pct: float) -> float:

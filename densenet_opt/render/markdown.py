@@ -471,7 +471,7 @@ def layer_profile_section(profile: peers.LayerProfile) -> str:
     layer_profile_table of the engines profiled, and why any group has none."""
     text = (f"Where the time goes at batch {profile.batch_size}: OpenVINO's per-layer counters (`PERF_COUNT=YES`), "
             "ms per call by executed layer type (in brackets, its share of the engine's counted total), the mean of "
-            f"{profile.calls} calls, the engines called round-robin; each model compiled again from its model file with "
+            f"{profile.calls} calls, the engines called in a fresh random order each round; each model compiled again from its model file with "
             f"the properties it was timed with, but in one stream: one infer request holding the whole batch of "
             f"{profile.batch_size}. Types under 1 ms and 2% in every engine are summed as other types; the counters' "
             "total leaves out the time between layers: it is not the latency above.")

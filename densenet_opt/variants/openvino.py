@@ -353,7 +353,7 @@ def stream_candidates(batch_size: int, cores: int) -> tuple[int, ...]:
 def choose_streams(ctx: BuildContext, model, precision: str, threads: int, model_file: str) -> tuple[int, str]:
     """The stream count (stream_candidates) that runs ``model`` fastest at ``ctx.batch_size``
     here, and how it was chosen, for engine_info: measured now (every candidate compiled,
-    called MODE_ROUNDS times round-robin on zeros, the lowest median wins) or read from
+    called MODE_ROUNDS times in interleaved rounds on zeros (measure.timing.interleaved), the lowest median wins) or read from
     MODES_FILE, where each choice is kept under the model file's bytes, precision, batch
     size, threads, OpenVINO version and machine kind. Why measure: one stream or several
     is a choice the machine decides (issue 30: OpenVINO's two-stream default was 1.3x
@@ -361,6 +361,7 @@ def choose_streams(ctx: BuildContext, model, precision: str, threads: int, model
     measured while other processes loaded the CPUs is used but not kept."""
     from densenet_opt.measure.contention import Contention, PressureMark
     from densenet_opt.measure.env import machine_kind
+    from densenet_opt.measure.timing import interleaved
 
     candidates = stream_candidates(ctx.batch_size, threads)
     if len(candidates) == 1:
@@ -389,8 +390,9 @@ def choose_streams(ctx: BuildContext, model, precision: str, threads: int, model
     for engine in calls.values():
         engine(batch)
     start = PressureMark.now()
-    for _ in range(MODE_ROUNDS):
-        for streams, engine in calls.items():
+    candidates_built = list(calls.items())
+    for order in interleaved(len(candidates_built), MODE_ROUNDS):
+        for streams, engine in (candidates_built[index] for index in order):
             tick = time.perf_counter()
             engine(batch)
             seconds[streams].append(time.perf_counter() - tick)
