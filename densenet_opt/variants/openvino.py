@@ -16,7 +16,7 @@ change the answer:
   when an engine is built, one stream (``PERFORMANCE_HINT = LATENCY``, one inference
   request at a time on all the threads) and 2, 4, ... up to one stream per core (below; the
   threads shared among the streams, so this also chooses the threads per request) are
-  compiled and timed round-robin at the engine's batch size, and the fastest is kept, cached per model,
+  compiled and timed in interleaved rounds at the engine's batch size, and the fastest is kept, cached per model,
   precision, batch size, threads, OpenVINO version and machine kind (choose_streams); at
   batch 1 there is nothing to split and one stream is used. Either way the call boundary is
   every other engine's (batch in, logits out, synchronous); ``INFERENCE_NUM_THREADS`` = the
