@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from densenet_opt.baselines import RUN_GLOB
@@ -102,12 +103,12 @@ def kind_contents(baseline_dir: Path, kind: str) -> tuple[list[str], list[str]]:
     return facts, held
 
 
-def kind_pages(root: Path, baseline_dir: Path) -> dict[Path, str]:
-    """{docs/results/KIND.md: its text} for every kind folder of ``baseline_dir``."""
+def kind_pages(root: Path, baseline_dir: Path, facts_of: Mapping[str, Sequence[str]]) -> dict[Path, str]:
+    """{docs/results/KIND.md: its text} for every kind of ``facts_of`` (kind -> the facts
+    kind_contents read from its folder of ``baseline_dir``)."""
     pages = {}
-    for kind in kinds(baseline_dir):
+    for kind, facts in facts_of.items():
         directory = Path(baseline_dir) / kind
-        facts, _ = kind_contents(baseline_dir, kind)
         pages[root / "docs" / RESULTS_PAGES / f"{kind}.md"] = kind_page(
             kind, Path(baseline_dir).name, facts, stored_peer_tables(baseline_dir, kinds=[kind]),
             stored_sweep_tables(baseline_dir, kinds=[kind]),
@@ -119,7 +120,8 @@ def generated(root: Path, baseline_dir: Path) -> dict[Path, str]:
     """{file: its text with every generated block up to date}, the results pages included."""
     kind = newest_sweep_kind(baseline_dir)
     peer_kind = newest_peer_kind(baseline_dir)
-    index = kind_index({name: kind_contents(baseline_dir, name)[1] for name in kinds(baseline_dir)})
+    contents = {name: kind_contents(baseline_dir, name) for name in kinds(baseline_dir)}
+    index = kind_index({name: held for name, (_, held) in contents.items()})
     blocks = {
         root / "docs" / "performance.md": [(KINDS_BEGIN, KINDS_END, index),
                                            (PEERS_BEGIN, PEERS_END,
@@ -137,7 +139,7 @@ def generated(root: Path, baseline_dir: Path) -> dict[Path, str]:
         for begin, end, block in replacements:
             text = with_block(text, begin, end, block, str(path.relative_to(root)))
         texts[path] = text
-    return texts | kind_pages(root, baseline_dir)
+    return texts | kind_pages(root, baseline_dir, {name: facts for name, (facts, _) in contents.items()})
 
 
 def orphan_pages(root: Path, pages: dict[Path, str]) -> list[Path]:
